@@ -1,0 +1,110 @@
+"""The causal convolutional encoder and decoder (Cosmos DV4x8x8 geometry, CPU-sized).
+
+Video `(B, 3, T, H, W)` in [-1, 1] with T % 4 == 0 and H, W % 8 == 0 maps to features
+`(B, C, T/4, H/8, W/8)` and back. Cost is kept low by a pixel-unshuffle patch in front (2× time,
+4× space, lossless) and by factorised convolutions: a 3×3 spatial conv run as Conv2d over frames
+(much faster than Conv3d on a CPU) and a kernel-3 temporal conv padded on the past side only, so a
+latent frame never sees the future (block-causal, as Cosmos).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def space_time_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """`(B, C, T, H, W)` → `(B, C·t·s·s, T/t, H/s, W/s)`, lossless."""
+    b, c, tt, h, w = x.shape
+    x = x.reshape(b, c, tt // t, t, h // s, s, w // s, s)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * t * s * s, tt // t, h // s, w // s)
+
+
+def space_time_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """Inverse of `space_time_unshuffle`."""
+    b, c, tt, h, w = x.shape
+    c0 = c // (t * s * s)
+    x = x.reshape(b, c0, t, s, s, tt, h, w)
+    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, c0, tt * t, h * s, w * s)
+
+
+class SpatialConv(nn.Module):
+    """3×3 conv applied to every frame independently, as a Conv2d."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = self.conv(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.reshape(b, t, -1, h, w).transpose(1, 2)
+
+
+class CausalTemporalConv(nn.Module):
+    """Kernel-3 conv along time, padded with the first frame on the past side only."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 0, 0, 0, 2, 0), mode="replicate"))
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block: GroupNorm, SiLU, spatial conv, GroupNorm, SiLU, temporal conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, channels)
+        self.spatial = SpatialConv(channels, channels)
+        self.norm2 = nn.GroupNorm(8, channels)
+        self.temporal = CausalTemporalConv(channels)
+        # Zero-initialised last layer: every block starts as the identity, which trains faster.
+        nn.init.zeros_(self.temporal.conv.weight)
+        nn.init.zeros_(self.temporal.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.spatial(F.silu(self.norm1(x)))
+        h = self.temporal(F.silu(self.norm2(h)))
+        return x + h
+
+
+class ConvEncoder(nn.Module):
+    """`(B, 3, T, H, W)` in [-1, 1] → `(B, out_channels, T/4, H/8, W/8)`."""
+
+    def __init__(self, c1: int, c2: int, blocks1: int, blocks2: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_in = SpatialConv(3 * 2 * 4 * 4, c1)
+        self.stage1 = nn.Sequential(*[ResBlock(c1) for _ in range(blocks1)])
+        self.down = nn.Conv3d(c1 * 8, c2, 1)
+        self.stage2 = nn.Sequential(*[ResBlock(c2) for _ in range(blocks2)])
+        self.norm_out = nn.GroupNorm(8, c2)
+        self.conv_out = nn.Conv3d(c2, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stage1(self.conv_in(space_time_unshuffle(x, 2, 4)))
+        h = self.stage2(self.down(space_time_unshuffle(h, 2, 2)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ConvDecoder(nn.Module):
+    """`(B, in_channels, T/4, H/8, W/8)` → `(B, 3, T, H, W)`, roughly in [-1, 1]."""
+
+    def __init__(self, c1: int, c2: int, blocks1: int, blocks2: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv3d(in_channels, c2, 1)
+        self.stage2 = nn.Sequential(*[ResBlock(c2) for _ in range(blocks2)])
+        self.up = nn.Conv3d(c2, c1 * 8, 1)
+        self.stage1 = nn.Sequential(*[ResBlock(c1) for _ in range(blocks1)])
+        self.norm_out = nn.GroupNorm(8, c1)
+        self.conv_out = SpatialConv(c1, 3 * 2 * 4 * 4)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.stage2(self.conv_in(z))
+        h = self.stage1(space_time_shuffle(self.up(h), 2, 2))
+        return space_time_shuffle(self.conv_out(F.silu(self.norm_out(h))), 2, 4)

@@ -1,0 +1,234 @@
+"""The tokenizer: conv encoder → compressor → FSQ, and masked decode; its weights file.
+
+Shapes: video `(B, 3, T, H, W)` float in [-1, 1]; indices `(B, T', h, w)` int64 in [0, K) with
+T' = ceil(T/4), h = ceil(H/8), w = ceil(W/8); keep-mask `(B, T', h, w)` bool. Any size works:
+video is padded by replicating its last frame / row / column and outputs are cropped back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from infotok_codec.autoencoder import ConvDecoder, ConvEncoder
+from infotok_codec.compressor import WindowTransformer
+from infotok_codec.errors import ModelError
+from infotok_codec.fsq import FSQ
+
+TIME_FACTOR = 4
+SPACE_FACTOR = 8
+MODEL_FORMAT = "infotok-model-1"
+DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "infotok-s.safetensors"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Everything that fixes the network's shape; travels inside the weights file."""
+
+    name: str = "infotok-s"
+    levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
+    c1: int = 96  # channels at T/2 × H/4 × W/4
+    c2: int = 256  # channels at T/4 × H/8 × W/8
+    enc_blocks1: int = 2
+    enc_blocks2: int = 2
+    dec_blocks1: int = 3
+    dec_blocks2: int = 3
+    dim: int = 256  # transformer width
+    enc_depth: int = 2
+    dec_depth: int = 3
+    heads: int = 4
+    window: int = 8  # latent positions per window side (64 px)
+    max_latent_frames: int = 16
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenizerConfig:
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ModelError(f"model config fields {sorted(data)} do not match {sorted(names)}")
+        data["levels"] = tuple(data["levels"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def pad_video(video: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad `(B, 3, T, H, W)` so T % 4 == 0 and H, W % 8 == 0."""
+    _, _, t, h, w = video.shape
+    pt, ph, pw = -t % TIME_FACTOR, -h % SPACE_FACTOR, -w % SPACE_FACTOR
+    if not (pt or ph or pw):
+        return video
+    return F.pad(video, (0, pw, 0, ph, 0, pt), mode="replicate")
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(T', h, w) of the latent grid for a clip of this size."""
+    return (
+        math.ceil(frames / TIME_FACTOR),
+        math.ceil(height / SPACE_FACTOR),
+        math.ceil(width / SPACE_FACTOR),
+    )
+
+
+class Tokenizer(nn.Module):
+    """A small InfoTok: `encode` at full rate, `decode` with a keep-mask, `error_map` for routing."""
+
+    def __init__(self, config: TokenizerConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or TokenizerConfig()
+        self.fsq = FSQ(cfg.levels)
+        self.encoder = ConvEncoder(cfg.c1, cfg.c2, cfg.enc_blocks1, cfg.enc_blocks2, cfg.dim)
+        self.compressor = WindowTransformer(
+            cfg.dim, cfg.enc_depth, cfg.heads, cfg.window, cfg.max_latent_frames
+        )
+        self.to_code = nn.Linear(cfg.dim, self.fsq.dim)
+        self.from_code = nn.Linear(self.fsq.dim, cfg.dim)
+        # The decoder is told which positions were dropped (the mask is in the stream anyway), so
+        # a dropped position gets a learned embedding rather than the bare all-zero code.
+        self.dropped = nn.Parameter(torch.zeros(cfg.dim))
+        self.decompressor = WindowTransformer(
+            cfg.dim, cfg.dec_depth, cfg.heads, cfg.window, cfg.max_latent_frames
+        )
+        self.decoder = ConvDecoder(cfg.c1, cfg.c2, cfg.dec_blocks1, cfg.dec_blocks2, cfg.dim)
+
+    # -- the two halves ----------------------------------------------------------------------
+    def quantized_codes(self, video: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, T, H, W)` → FSQ codes `(B, T', h, w, D)` (straight-through gradient)."""
+        features = self.compressor(self.encoder(pad_video(video)))
+        return self.fsq(self.to_code(features.permute(0, 2, 3, 4, 1)))
+
+    def decode_codes(
+        self, codes: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """FSQ codes `(B, T', h, w, D)` + keep-mask → video `(B, 3, T, H, W)` cropped to `size`."""
+        x = self.from_code(codes)
+        if keep is not None:
+            x = torch.where(keep.unsqueeze(-1), x, self.dropped.to(x.dtype))
+        y = self.decoder(self.decompressor(x.permute(0, 4, 1, 2, 3)))
+        t, h, w = size
+        return y[:, :, :t, :h, :w]
+
+    def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Training path: reconstruct `video` keeping only `keep` positions (all when None)."""
+        codes = self.quantized_codes(video)
+        if keep is not None:
+            codes = codes * keep.unsqueeze(-1).to(codes.dtype)
+        return self.decode_codes(codes, keep, tuple(video.shape[2:]))  # type: ignore[arg-type]
+
+    # -- the codec's API ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, T, H, W)` in [-1, 1] → indices `(B, T', h, w)` int64."""
+        return self.fsq.codes_to_indices(self.quantized_codes(video))
+
+    @torch.no_grad()
+    def decode(
+        self, indices: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """Indices `(B, T', h, w)` (dropped ones ignored) + keep-mask → `(B, 3, *size)` in [-1, 1]."""
+        codes = self.fsq.indices_to_codes(indices)
+        if keep is not None:
+            codes = codes * keep.unsqueeze(-1).to(codes.dtype)
+        return self.decode_codes(codes, keep, size).clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode_with_error(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices and the ELBO proxy in one pass: (`(B, T', h, w)` int64, `(B, T', h, w)` float).
+
+        The error map is |x − D(E(x))| at full rate, averaged over each position's 3×4×8×8 cell:
+        −log p(x) up to an affine map under a Laplace likelihood and a uniform prior on codes.
+        """
+        codes = self.quantized_codes(video)
+        recon = self.decode_codes(codes, None, tuple(video.shape[2:]))  # type: ignore[arg-type]
+        return self.fsq.codes_to_indices(codes), pooled_error(video, recon)
+
+    def error_map(self, video: torch.Tensor) -> torch.Tensor:
+        """The router's ELBO proxy `(B, T', h, w)`; see `encode_with_error`."""
+        return self.encode_with_error(video)[1]
+
+
+def pooled_error(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """|video − recon| `(B, 3, T, H, W)` averaged per latent cell → `(B, T', h, w)`."""
+    err = pad_video((video - recon).abs().mean(dim=1, keepdim=True))
+    pooled = F.avg_pool3d(err, (TIME_FACTOR, SPACE_FACTOR, SPACE_FACTOR))
+    return pooled[:, 0]
+
+
+# -- the weights file ------------------------------------------------------------------------
+def save_model(
+    model: Tokenizer, path: str | Path, *, tables_json: str, extra: dict[str, Any] | None = None
+) -> None:
+    """One safetensors file: fp16 weights, metadata with config, coder tables and the recipe."""
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": MODEL_FORMAT,
+        "config": model.config.to_json(),
+        "entropy_tables": tables_json,
+    }
+    for key, value in (extra or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+@dataclass
+class LoadedModel:
+    """A tokenizer ready to run, with what the stream needs from its file."""
+
+    tokenizer: Tokenizer
+    tables_json: str
+    sha256: bytes  # of the whole file: weights and tables together decide the decoded video
+    metadata: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.tokenizer.config.name
+
+
+def load_model(path: str | Path | None = None) -> LoadedModel:
+    """Load strictly: unknown format, config mismatch, missing or extra tensors → ModelError."""
+    path = Path(path) if path is not None else DEFAULT_MODEL_PATH
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    raw = path.read_bytes()
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a safetensors model ({exc})") from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: format {metadata.get('format')!r} is not {MODEL_FORMAT!r}")
+    try:
+        config = TokenizerConfig.from_json(metadata["config"])
+        tokenizer = Tokenizer(config)
+        state = {k: v.to(torch.float32) for k, v in tensors.items()}
+        tokenizer.load_state_dict(state, strict=True)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{path}: weights do not match the model config ({first})") from None
+    tokenizer.eval()
+    return LoadedModel(
+        tokenizer=tokenizer,
+        tables_json=metadata.get("entropy_tables", ""),
+        sha256=hashlib.sha256(raw).digest(),
+        metadata=metadata,
+    )

@@ -1,0 +1,422 @@
+"""Training: stage 1 at full rate, stage 2 InfoTok post-training with data-dependent rates.
+
+One process on a CPU, or one per GPU under `torchrun` (PyTorch DDP: DistributedSampler, rank-0
+logging and checkpoints, bf16 autocast on CUDA). The schedule is set in wall-clock minutes, because
+that is the budget a CPU run has; checkpoints are written on a timer and `--resume` continues one.
+At the end the entropy coder's frequency tables are fitted on training tokens and stored, with the
+config, the recipe and a hash of the data manifest, in one safetensors file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from infotok_codec import video as video_io
+from infotok_codec.errors import InfotokError
+from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, pooled_error, save_model
+
+# Stage-2 rate sampler: r = clip(b · L(x) / EMA(L), 1/16, 1), b drawn from these (InfoTok §3.3).
+STAGE2_BUDGETS = (1.0, 0.75, 0.5, 0.25)
+MIN_RATE = 1 / 16
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".264", ".h264", ".y4m"}
+
+
+@dataclass
+class TrainOptions:
+    data: list[Path]
+    out: Path
+    minutes: float = 120.0
+    stage2_fraction: float = 0.3  # last share of the run spent on masked post-training
+    batch: int = 8
+    frames: int = 16
+    crop: int = 64
+    lr: float = 8e-4
+    warmup_steps: int = 200
+    short_side: int = 256  # training frames are scaled like the benchmarks' inputs
+    max_frames_per_clip: int = 256
+    val_files: int = 4
+    checkpoint_minutes: float = 10.0
+    seed: int = 0
+    resume: bool = False
+    threads: int | None = None
+    config: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".ckpt.pt")
+
+
+# -- data ------------------------------------------------------------------------------------
+def find_videos(paths: Sequence[Path]) -> list[Path]:
+    """Video files and image-sequence folders under `paths`, sorted for a reproducible split."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_dir() or child.suffix.lower() in VIDEO_SUFFIXES:
+                    found.append(child)
+        else:
+            raise InfotokError(f"{path}: no such file or folder")
+    if not found:
+        raise InfotokError("no training videos found")
+    return sorted(found)
+
+
+def manifest_sha256(files: Sequence[Path]) -> str:
+    """Hash of the training set's names and sizes: which data a model saw, cheaply."""
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size if f.is_file() else sum(p.stat().st_size for p in f.iterdir())
+        h.update(f"{f.name}\t{size}\n".encode())
+    return h.hexdigest()
+
+
+def load_clip(path: Path, short_side: int, max_frames: int) -> np.ndarray:
+    """Decode a clip once into `(T, H, W, 3)` uint8 at the training scale."""
+    chunks = list(video_io.read_frames(path, 64, max_frames=max_frames, short_side=short_side))
+    return np.concatenate(chunks)
+
+
+class ClipWindows(Dataset[torch.Tensor]):
+    """Random windows of cached clips: item i is `(3, frames, crop, crop)` float in [-1, 1].
+
+    Each item is drawn from its own seeded generator, so a DistributedSampler can split a virtual
+    epoch of `length` items across ranks without two ranks drawing the same window.
+    """
+
+    def __init__(self, clips: list[np.ndarray], frames: int, crop: int, length: int) -> None:
+        self.clips = [c for c in clips if c.shape[1] >= crop and c.shape[2] >= crop]
+        if not self.clips:
+            raise InfotokError(f"no training clip is at least {crop}×{crop}")
+        self.frames, self.crop, self.length = frames, crop, length
+        self.epoch_seed = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rng = np.random.default_rng((self.epoch_seed, i))
+        clip = self.clips[rng.integers(len(self.clips))]
+        stride = int(rng.choice([1, 2])) if clip.shape[0] >= 2 * self.frames else 1
+        span = (self.frames - 1) * stride + 1
+        t0 = int(rng.integers(max(clip.shape[0] - span, 0) + 1))
+        times = np.minimum(np.arange(t0, t0 + span, stride), clip.shape[0] - 1)
+        y = int(rng.integers(clip.shape[1] - self.crop + 1))
+        x = int(rng.integers(clip.shape[2] - self.crop + 1))
+        window = clip[times, y : y + self.crop, x : x + self.crop]
+        if rng.random() < 0.5:
+            window = window[:, :, ::-1]
+        tensor = torch.from_numpy(np.ascontiguousarray(window)).permute(3, 0, 1, 2)
+        return tensor.float() / 127.5 - 1.0
+
+
+# -- the loss of one batch -------------------------------------------------------------------
+def stage2_keep_mask(error: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """Keep the top ⌈r·N⌉ positions of each clip's error map `(B, T', h, w)` → bool mask."""
+    b = error.shape[0]
+    flat = error.reshape(b, -1)
+    n = flat.shape[1]
+    keep_counts = torch.ceil(rates * n).long().clamp(1, n)
+    order = flat.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(n).expand(b, n))
+    return (ranks < keep_counts[:, None]).reshape(error.shape)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two tensors in [-1, 1], one MSE over everything."""
+    mse = F.mse_loss(a.clamp(-1, 1), b).item() / 4.0
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+# -- the loop --------------------------------------------------------------------------------
+def _is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def train(opts: TrainOptions) -> Path:
+    """Run (or resume) a training run; returns the path of the finished model file."""
+    distributed = _is_distributed()
+    if distributed:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    console = Console(stderr=True, quiet=rank != 0)
+    torch.manual_seed(opts.seed + rank)
+    random.seed(opts.seed + rank)
+
+    files = find_videos(opts.data)
+    n_val = min(opts.val_files, max(len(files) - 1, 0))
+    # Split by file, deterministically: every n-th file (by name) is held out.
+    val_set = set(files[:: max(len(files) // n_val, 1)][:n_val]) if n_val else set()
+    train_files = [f for f in files if f not in val_set]
+    console.log(f"{len(train_files)} training files, {len(val_set)} validation files")
+    started = time.time()
+    clips = [load_clip(f, opts.short_side, opts.max_frames_per_clip) for f in train_files]
+    val_clips = [load_clip(f, opts.short_side, 32) for f in sorted(val_set)]
+    n_frames = sum(len(c) for c in clips)
+    console.log(f"decoded {n_frames} frames in {time.time() - started:.0f} s")
+
+    model = Tokenizer(opts.config).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.99)
+    )
+    state = {"step": 0, "elapsed": 0.0, "loss_ema": None, "err_ema": None}
+    if opts.resume and opts.checkpoint_path.exists():
+        ckpt = torch.load(opts.checkpoint_path, map_location=device, weights_only=False)
+        if ckpt["config"] != opts.config.to_json():
+            raise InfotokError(f"{opts.checkpoint_path}: checkpoint is for another model config")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        console.log(f"resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+    net: torch.nn.Module = DistributedDataParallel(model) if distributed else model
+
+    dataset = ClipWindows(clips, opts.frames, opts.crop, length=100_000 * opts.batch)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=world, rank=rank, seed=opts.seed)
+        if distributed
+        else None
+    )
+    val_batch = _validation_batch(val_clips, opts.frames, 128).to(device)
+
+    budget_s = opts.minutes * 60
+    stage2_at = budget_s * (1 - opts.stage2_fraction)
+    last_ckpt = time.time()
+    run_start = time.time() - state["elapsed"]
+    amp = device.type == "cuda"
+    epoch = state["step"] // (len(dataset) // (opts.batch * world))
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=rank != 0,
+    )
+    with progress:
+        task = progress.add_task("train", total=budget_s, completed=state["elapsed"], info="")
+        while time.time() - run_start < budget_s:
+            dataset.epoch_seed = opts.seed * 1000 + epoch
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = DataLoader(dataset, batch_size=opts.batch, sampler=sampler, shuffle=False)
+            for batch in loader:
+                elapsed = time.time() - run_start
+                if elapsed >= budget_s:
+                    break
+                x = batch.to(device, non_blocking=True)
+                lr = _learning_rate(opts, state["step"], elapsed / budget_s)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                keep = None
+                stage = 2 if elapsed >= stage2_at else 1
+                if stage == 2:
+                    keep, state["err_ema"] = _sample_keep_masks(model, x, state["err_ema"], amp)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    recon = net(x, keep)
+                    loss = (recon.float() - x).abs().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                state["step"] += 1
+                value = loss.item()
+                state["loss_ema"] = (
+                    value if state["loss_ema"] is None else 0.98 * state["loss_ema"] + 0.02 * value
+                )
+                state["elapsed"] = time.time() - run_start
+                progress.update(
+                    task,
+                    completed=state["elapsed"],
+                    info=f"step {state['step']} stage {stage} loss {state['loss_ema']:.4f} lr {lr:.1e}",
+                )
+                if state["step"] % 100 == 0:
+                    console.log(
+                        f"step {state['step']} stage {stage} loss {state['loss_ema']:.4f} "
+                        f"batch-psnr {psnr(recon.detach().float(), x):.2f} dB"
+                    )
+                if time.time() - last_ckpt > opts.checkpoint_minutes * 60:
+                    _checkpoint(opts, model, optimizer, state, val_batch, console, rank)
+                    last_ckpt = time.time()
+            epoch += 1
+    _checkpoint(opts, model, optimizer, state, val_batch, console, rank)
+    if rank == 0:
+        _finalize(opts, model, clips, files, state, world, device, console)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return opts.out
+
+
+def _learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay over the wall-clock budget to 5% of the peak."""
+    warm = min(1.0, (step + 1) / opts.warmup_steps)
+    return opts.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@torch.no_grad()
+def _sample_keep_masks(
+    model: Tokenizer, x: torch.Tensor, err_ema: float | None, amp: bool
+) -> tuple[torch.Tensor, float]:
+    """InfoTok's data-dependent sampler: per clip r = clip(b·L(x)/EMA(L), 1/16, 1)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        codes = model.quantized_codes(x)
+        recon = model.decode_codes(codes, None, tuple(x.shape[2:]))  # type: ignore[arg-type]
+    error = pooled_error(x, recon.float())
+    per_clip = error.flatten(1).mean(dim=1)
+    mean = per_clip.mean().item()
+    err_ema = mean if err_ema is None else 0.99 * err_ema + 0.01 * mean
+    b = torch.tensor([random.choice(STAGE2_BUDGETS) for _ in range(x.shape[0])], device=x.device)
+    rates = (b * per_clip / err_ema).clamp(MIN_RATE, 1.0)
+    return stage2_keep_mask(error, rates), err_ema
+
+
+def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
+    """Fixed centre windows of the held-out files: `(N, 3, frames, crop, crop)` in [-1, 1]."""
+    windows = []
+    for clip in val_clips:
+        if clip.shape[0] < frames or min(clip.shape[1:3]) < crop:
+            continue
+        y, x = (clip.shape[1] - crop) // 2, (clip.shape[2] - crop) // 2
+        windows.append(clip[:frames, y : y + crop, x : x + crop])
+    if not windows:
+        return torch.empty(0, 3, frames, crop, crop)
+    return torch.from_numpy(np.stack(windows)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
+    """PSNR at full rate and at rate 0.5 with error-selected positions."""
+    if len(batch) == 0:
+        return {}
+    model.eval()
+    out = {}
+    codes = model.quantized_codes(batch)
+    size = tuple(batch.shape[2:])
+    full = model.decode_codes(codes, None, size)  # type: ignore[arg-type]
+    out["psnr_full"] = psnr(full, batch)
+    keep = stage2_keep_mask(pooled_error(batch, full), torch.full((len(batch),), 0.5))
+    half = model.decode_codes(codes * keep.unsqueeze(-1), keep, size)  # type: ignore[arg-type]
+    out["psnr_half"] = psnr(half, batch)
+    model.train()
+    return out
+
+
+def _checkpoint(
+    opts: TrainOptions,
+    model: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    val_batch: torch.Tensor,
+    console: Console,
+    rank: int,
+) -> None:
+    if rank != 0:
+        return
+    val = _validate(model, val_batch)
+    state.setdefault("history", []).append(
+        {"step": state["step"], "minutes": state["elapsed"] / 60, **val}
+    )
+    tmp = opts.checkpoint_path.with_name(opts.checkpoint_path.name + ".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": state,
+            "config": opts.config.to_json(),
+        },
+        tmp,
+    )
+    tmp.replace(opts.checkpoint_path)
+    console.log(
+        f"checkpoint at step {state['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in val.items())
+    )
+
+
+def _finalize(
+    opts: TrainOptions,
+    model: Tokenizer,
+    clips: list[np.ndarray],
+    files: list[Path],
+    state: dict,
+    world: int,
+    device: torch.device,
+    console: Console,
+) -> None:
+    """Fit the entropy coder's tables on training tokens and write the model file."""
+    tables_json = fit_tables(model, clips, device)
+    recipe = {
+        "options": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(opts).items()
+            if k not in ("data", "out", "config")
+        },
+        "steps": state["step"],
+        "minutes": round(state["elapsed"] / 60, 1),
+        "processes": world,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "history": state.get("history", []),
+        "data_files": [f.name for f in files],
+    }
+    save_model(
+        model,
+        opts.out,
+        tables_json=tables_json,
+        extra={"recipe": recipe, "data_manifest_sha256": manifest_sha256(files)},
+    )
+    console.log(f"wrote {opts.out}")
+
+
+@torch.no_grad()
+def fit_tables(
+    model: Tokenizer, clips: list[np.ndarray], device: torch.device, size: int = 128
+) -> str:
+    """Frequency tables for the `range` coder, from full-rate tokens of training windows."""
+    from infotok_codec.entropy import FrequencyTables
+
+    model.eval()
+    tokens = []
+    for clip in clips:
+        if clip.shape[0] < 16 or min(clip.shape[1:3]) < size:
+            continue
+        for t0 in range(0, clip.shape[0] - 15, 64):
+            y, x = (clip.shape[1] - size) // 2, (clip.shape[2] - size) // 2
+            window = torch.from_numpy(
+                np.ascontiguousarray(clip[t0 : t0 + 16, y : y + size, x : x + size])
+            )
+            video = window.permute(3, 0, 1, 2)[None].float().to(device) / 127.5 - 1.0
+            tokens.append(model.encode(video).flatten().cpu().numpy())
+    model.train()
+    indices = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64)
+    return FrequencyTables.fit(indices, model.config.levels).to_json()
