@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -199,22 +199,29 @@ class LoadedModel:
         return self.tokenizer.config.name
 
 
-def load_model(path: str | Path | None = None) -> LoadedModel:
-    """Load strictly: unknown format, config mismatch, missing or extra tensors → ModelError."""
+def read_model_metadata(path: str | Path | None = None) -> tuple[dict[str, str], bytes]:
+    """A model file's metadata and sha256, without building the network (for token tools)."""
     path = Path(path) if path is not None else DEFAULT_MODEL_PATH
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
-    raw = path.read_bytes()
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a safetensors model ({exc})") from None
     if metadata.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: format {metadata.get('format')!r} is not {MODEL_FORMAT!r}")
+    return metadata, hashlib.sha256(path.read_bytes()).digest()
+
+
+def load_model(path: str | Path | None = None) -> LoadedModel:
+    """Load strictly: unknown format, config mismatch, missing or extra tensors → ModelError."""
+    path = Path(path) if path is not None else DEFAULT_MODEL_PATH
+    metadata, sha256 = read_model_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a safetensors model ({exc})") from None
     try:
         config = TokenizerConfig.from_json(metadata["config"])
         tokenizer = Tokenizer(config)
@@ -229,6 +236,6 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     return LoadedModel(
         tokenizer=tokenizer,
         tables_json=metadata.get("entropy_tables", ""),
-        sha256=hashlib.sha256(raw).digest(),
+        sha256=sha256,
         metadata=metadata,
     )

@@ -1,0 +1,432 @@
+"""The codec: video file ⇄ `.itok` file, and the tokens inside one.
+
+`encode_file` and `decode_file` are mirrors. Encoding with the `elbo` router takes two passes over
+the chunks: pass 1 runs the tokenizer once per chunk (indices and the full-rate error map) and
+spills both to a temporary file, keeping in memory only each chunk's mean error; the router then
+sets every chunk's token count from those means, and pass 2 reads the spill back to choose
+positions and write records. Memory stays flat however long the video is, and the model runs once
+per chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infotok_codec import router as routing
+from infotok_codec.container import (
+    ChunkRecord,
+    ContainerReader,
+    ContainerWriter,
+    Header,
+    decode_chunk,
+    encode_chunk,
+)
+from infotok_codec.entropy import FrequencyTables
+from infotok_codec.errors import InfotokError, ModelError
+from infotok_codec.tokenizer import LoadedModel, load_model
+from infotok_codec.video import VideoWriter, probe, read_frames
+
+Progress = Callable[[str, int], None]
+"""Called as `progress(pass_name, frames_done_in_this_call)` after each chunk."""
+
+
+# -- running the model on one chunk ----------------------------------------------------------
+class ChunkModel:
+    """A loaded tokenizer on a device, working on uint8 frames `(n, H, W, 3)`."""
+
+    def __init__(self, model: LoadedModel, device: str = "auto") -> None:
+        self.model = model
+        self.device = resolve_device(device)
+        self.tokenizer = model.tokenizer.to(self.device).eval()
+        self.tables = (
+            FrequencyTables.from_json(model.tables_json)
+            if model.tables_json
+            else FrequencyTables.uniform(model.tokenizer.config.levels)
+        )
+
+    def _video(self, frames: np.ndarray) -> torch.Tensor:
+        """`(n, H, W, 3)` uint8 → `(1, 3, n, H, W)` float in [-1, 1] on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        return x.permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+
+    def tokens(self, frames: np.ndarray) -> np.ndarray:
+        """Full-rate indices `(T', h, w)` int64."""
+        return self.tokenizer.encode(self._video(frames))[0].cpu().numpy()
+
+    def tokens_and_error(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices `(T', h, w)` int64 and the ELBO proxy `(T', h, w)` float32."""
+        indices, error = self.tokenizer.encode_with_error(self._video(frames))
+        return indices[0].cpu().numpy(), error[0].float().cpu().numpy()
+
+    def frames(
+        self, indices: np.ndarray, keep: np.ndarray, n: int, height: int, width: int
+    ) -> np.ndarray:
+        """Indices `(T', h, w)` + keep-mask `(T', h, w)` → frames `(n, height, width, 3)` uint8."""
+        idx = torch.from_numpy(np.where(keep, indices, 0)).to(self.device)[None]
+        mask = None if keep.all() else torch.from_numpy(keep).to(self.device)[None]
+        video = self.tokenizer.decode(idx, mask, (n, height, width))
+        pixels = ((video[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InfotokError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InfotokError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def _as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def _check_output(path: Path, force: bool) -> None:
+    """Refuse to overwrite, and fail before any work when the output cannot be written."""
+    if path.exists() and not force:
+        raise InfotokError(f"{path}: already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InfotokError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InfotokError(f"{parent}: output folder is not writable")
+
+
+# -- encode ----------------------------------------------------------------------------------
+@dataclass
+class EncodeResult:
+    path: Path
+    width: int
+    height: int
+    frames: int
+    fps: Fraction
+    chunks: int
+    bytes: int
+    bpp: float
+    router: str
+    budget: float
+    realised_rate: float  # kept positions / all positions, over the whole video
+    chunk_rates: list[float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def encode_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    budget: float = 0.8,
+    router: str = "elbo",
+    model: LoadedModel | str | Path | None = None,
+    chunk_frames: int = 16,
+    coder: str = "range",
+    device: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> EncodeResult:
+    """Encode a video file into an `.itok` file at `budget` of the full-rate token count."""
+    src, dst = Path(src), Path(dst)
+    routing.check_router(router)
+    routing.check_budget(budget)
+    if chunk_frames < 4 or chunk_frames % 4:
+        raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+    _check_output(dst, force)
+    info = probe(src)
+    loaded = _as_model(model)
+    engine = ChunkModel(loaded, device)
+    header = Header(
+        width=info.width,
+        height=info.height,
+        frames=info.frames,
+        fps_num=info.fps.numerator,
+        fps_den=info.fps.denominator,
+        chunk_frames=chunk_frames,
+        latent_height=-(-info.height // 8),
+        latent_width=-(-info.width // 8),
+        model_name=loaded.name,
+        model_hash=loaded.sha256,
+        fsq_levels=loaded.tokenizer.config.levels,
+        coder=coder,
+        router=router,
+        budget=budget,
+    )
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryFile(dir=dst.parent) as spill:
+        started = time.perf_counter()
+        chunks = _analyse(src, engine, header, router, budget, spill, progress)
+        seconds["analyse"] = time.perf_counter() - started
+        started = time.perf_counter()
+        positions = [c.positions for c in chunks]
+        counts = routing.allocate_counts(router, budget, positions, [c.mean_error for c in chunks])
+        seconds["route"] = time.perf_counter() - started
+        started = time.perf_counter()
+        spill.seek(0)
+        with ContainerWriter(dst, header) as writer:
+            for k, (chunk, count) in enumerate(zip(chunks, counts)):
+                indices, error = chunk.load(spill)
+                keep = routing.select_positions(router, error, indices.shape, count)
+                writer.write_chunk(encode_chunk(header, k, keep, indices[keep], engine.tables))
+                if progress:
+                    progress("write", chunk.frames)
+        seconds["write"] = time.perf_counter() - started
+    size = dst.stat().st_size
+    return EncodeResult(
+        path=dst,
+        width=info.width,
+        height=info.height,
+        frames=info.frames,
+        fps=info.fps,
+        chunks=len(chunks),
+        bytes=size,
+        bpp=8 * size / (info.width * info.height * info.frames),
+        router=router,
+        budget=budget,
+        realised_rate=sum(counts) / sum(positions),
+        chunk_rates=[c / n for c, n in zip(counts, positions)],
+        seconds=seconds,
+    )
+
+
+@dataclass
+class _SpilledChunk:
+    """Where pass 1 left a chunk's indices and error map, and what routing needs of it."""
+
+    frames: int
+    shape: tuple[int, int, int]
+    mean_error: float
+    has_error: bool
+
+    @property
+    def positions(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def load(self, spill: tempfile._TemporaryFileWrapper) -> tuple[np.ndarray, np.ndarray | None]:  # type: ignore[type-arg]
+        indices = np.load(spill)
+        error = np.load(spill) if self.has_error else None
+        return indices.reshape(self.shape), error
+
+
+def _analyse(
+    src: Path,
+    engine: ChunkModel,
+    header: Header,
+    router: str,
+    budget: float,
+    spill: tempfile._TemporaryFileWrapper,
+    progress: Progress | None,  # type: ignore[type-arg]
+) -> list[_SpilledChunk]:
+    """Pass 1: tokens (and, where the router needs it, the error map) of every chunk."""
+    needs_error = router in ("elbo", "fixed") and budget < 1.0
+    chunks: list[_SpilledChunk] = []
+    total = 0
+    for frames in read_frames(src, header.chunk_frames):
+        if needs_error:
+            indices, error = engine.tokens_and_error(frames)
+            np.save(spill, indices.astype(np.int32))
+            np.save(spill, error)
+            mean = float(error.mean(dtype=np.float64))
+        else:
+            indices = engine.tokens(frames)
+            np.save(spill, indices.astype(np.int32))
+            mean = 0.0
+        chunks.append(_SpilledChunk(len(frames), indices.shape, mean, needs_error))  # type: ignore[arg-type]
+        total += len(frames)
+        if progress:
+            progress("analyse", len(frames))
+    if total != header.frames:
+        raise InfotokError(f"{src}: read {total} frames, expected {header.frames}")
+    return chunks
+
+
+# -- decode ----------------------------------------------------------------------------------
+@dataclass
+class ChunkTokens:
+    """One chunk's tokens as stored: indices `(T', h, w)` int64, -1 where dropped."""
+
+    index: int
+    first_frame: int
+    frames: int
+    indices: np.ndarray
+    keep: np.ndarray  # (T', h, w) bool
+
+
+@dataclass
+class DecodeResult:
+    path: Path | None
+    tokens_path: Path | None
+    width: int
+    height: int
+    frames: int  # frames written
+    fps: Fraction
+    first_frame: int
+    seconds: float
+
+
+def _chunk_tokens(header: Header, rec: ChunkRecord, tables: FrequencyTables) -> ChunkTokens:
+    keep, kept = decode_chunk(header, rec, tables)
+    indices = np.full(keep.shape, -1, dtype=np.int64)
+    indices[keep] = kept
+    return ChunkTokens(rec.index, rec.first_frame, rec.frames, indices, keep)
+
+
+def _check_model_matches(header: Header, model: LoadedModel) -> None:
+    if header.model_hash != model.sha256:
+        raise ModelError(
+            f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
+            f"this is model {model.name} ({model.sha256.hex()[:12]}): pass the right --model"
+        )
+
+
+def parse_frame_range(text: str | None, frames: int) -> tuple[int, int]:
+    """'A:B' (either side may be empty) → [A, B) inside [0, frames)."""
+    if not text:
+        return 0, frames
+    try:
+        a_text, b_text = text.split(":")
+        a = int(a_text) if a_text else 0
+        b = int(b_text) if b_text else frames
+    except ValueError:
+        raise InfotokError(f"--frames {text!r} is not A:B") from None
+    if not 0 <= a < b <= frames:
+        raise InfotokError(f"--frames {text}: need 0 <= A < B <= {frames}")
+    return a, b
+
+
+def iter_tokens(
+    reader: ContainerReader, tables: FrequencyTables, first: int = 0, stop: int | None = None
+) -> Iterator[ChunkTokens]:
+    """Tokens of the chunks that overlap frames [first, stop), read through the seek index."""
+    header = reader.header
+    stop = header.frames if stop is None else stop
+    for k in range(first // header.chunk_frames, -(-stop // header.chunk_frames)):
+        yield _chunk_tokens(header, reader.chunk(k), tables)
+
+
+def decode_file(
+    src: str | Path,
+    dst: str | Path | None,
+    *,
+    frames: str | None = None,
+    tokens_out: str | Path | None = None,
+    model: LoadedModel | str | Path | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> DecodeResult:
+    """Decode an `.itok` file to a video (format by extension) and/or a `.npz` of its tokens."""
+    src = Path(src)
+    out = Path(dst) if dst is not None else None
+    tokens_path = Path(tokens_out) if tokens_out is not None else None
+    if out is None and tokens_path is None:
+        raise InfotokError("nothing to write: give an output video and/or --tokens")
+    for path in (out, tokens_path):
+        if path is not None:
+            _check_output(path, force)
+    if not src.is_file():
+        raise InfotokError(f"{src}: no such file")
+    started = time.perf_counter()
+    with ContainerReader(src) as reader:
+        header = reader.header
+        first, stop = parse_frame_range(frames, header.frames)
+        fps = Fraction(header.fps_num, header.fps_den)
+        engine: ChunkModel | None = None
+        if out is not None:
+            loaded = _as_model(model)
+            _check_model_matches(header, loaded)
+            engine = ChunkModel(loaded, device)
+            tables = engine.tables
+        else:
+            tables = load_tables(header, model)
+        collected: list[ChunkTokens] = []
+        with ExitStack() as stack:
+            writer = (
+                stack.enter_context(VideoWriter(out, header.width, header.height, fps))
+                if out is not None
+                else None
+            )
+            for chunk in iter_tokens(reader, tables, first, stop):
+                if tokens_path is not None:
+                    collected.append(chunk)
+                if writer is not None and engine is not None:
+                    video = engine.frames(
+                        chunk.indices, chunk.keep, chunk.frames, header.height, header.width
+                    )
+                    lo = max(first - chunk.first_frame, 0)
+                    hi = min(stop - chunk.first_frame, chunk.frames)
+                    writer.write(video[lo:hi])
+                if progress:
+                    progress("decode", chunk.frames)
+            if tokens_path is not None:
+                save_tokens(tokens_path, header, collected)
+    return DecodeResult(
+        path=out,
+        tokens_path=tokens_path,
+        width=header.width,
+        height=header.height,
+        frames=stop - first,
+        fps=fps,
+        first_frame=first,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def load_tables(header: Header, model: LoadedModel | str | Path | None) -> FrequencyTables:
+    """The coder tables of the model that wrote `header`, without building the network."""
+    if isinstance(model, LoadedModel):
+        _check_model_matches(header, model)
+        tables_json = model.tables_json
+    else:
+        from infotok_codec.tokenizer import read_model_metadata
+
+        meta, sha = read_model_metadata(model)
+        if sha != header.model_hash:
+            raise ModelError(
+                f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
+                f"the model given has hash {sha.hex()[:12]}: pass the right --model"
+            )
+        tables_json = meta.get("entropy_tables", "")
+    if not tables_json:
+        return FrequencyTables.uniform(header.fsq_levels)
+    return FrequencyTables.from_json(tables_json)
+
+
+def read_tokens(
+    path: str | Path, model: LoadedModel | str | Path | None = None
+) -> list[ChunkTokens]:
+    """Every chunk's indices and keep-mask, without running the model."""
+    with ContainerReader(path) as reader:
+        tables = load_tables(reader.header, model)
+        return list(iter_tokens(reader, tables))
+
+
+def save_tokens(path: Path, header: Header, chunks: list[ChunkTokens]) -> None:
+    """A `.npz` with `indices_K` / `keep_K` / `first_frame_K` per chunk and the header fields."""
+    arrays: dict[str, np.ndarray] = {
+        "width": np.array(header.width),
+        "height": np.array(header.height),
+        "frames": np.array(header.frames),
+        "fps": np.array([header.fps_num, header.fps_den]),
+        "fsq_levels": np.array(header.fsq_levels),
+        "chunk_frames": np.array(header.chunk_frames),
+    }
+    for c in chunks:
+        arrays[f"indices_{c.index}"] = c.indices
+        arrays[f"keep_{c.index}"] = c.keep
+        arrays[f"first_frame_{c.index}"] = np.array(c.first_frame)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
