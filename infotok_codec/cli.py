@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
 from infotok_codec.errors import InfotokError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
 err_console = Console(stderr=True)
+
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", help="Model file (default: the shipped model).")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary.")]
 
 
 @app.callback()
@@ -20,10 +48,205 @@ def _root() -> None:
     """infotok: a video codec built on an adaptive discrete video tokenizer."""
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """One line on stderr, an exit code, no traceback."""
-    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"--threads {threads} must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Fraction):
+        return f"{value.numerator}/{value.denominator}"
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(_jsonable(value), indent=2))
+
+
+@contextmanager
+def _progress(quiet: bool, totals: dict[str, int]) -> Iterator[Any]:
+    """A rich bar per pass with frames/s; yields the callback the library calls."""
+    if quiet:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TextColumn("{task.fields[fps]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def advance(name: str, frames: int) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=totals.get(name) or None, fps="")
+        bars.advance(tasks[name], frames)
+        speed = bars.tasks[tasks[name]].speed
+        bars.update(tasks[name], fps=f"{speed:.1f} fps" if speed else "")
+
+    with bars:
+        yield advance
+
+
+@app.command()
+def encode(
+    src: Annotated[
+        Path, typer.Argument(help="Input video (anything FFmpeg reads) or image folder.")
+    ],
+    dst: Annotated[Path, typer.Argument(help="Output .itok file.")],
+    budget: Annotated[
+        float, typer.Option(help="Share of the full-rate token count, in (0, 1].")
+    ] = 0.8,
+    router: Annotated[str, typer.Option(help="elbo, fixed or uniform.")] = "elbo",
+    model: ModelOption = None,
+    chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
+    coder: Annotated[str, typer.Option(help="Token coder: range or zstd.")] = "range",
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Encode a video into an .itok file, spending tokens where the information is."""
+    from infotok_codec.codec import encode_file
+    from infotok_codec.router import ROUTERS
+    from infotok_codec.video import probe
+
+    if not 0.0 < budget <= 1.0:
+        raise typer.BadParameter(f"--budget {budget} outside (0, 1]")
+    if router not in ROUTERS:
+        raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
+    _set_threads(threads)
+    frames = probe(src).frames if not quiet and src.exists() else 0
+    with _progress(quiet or as_json, {"analyse": frames, "write": frames}) as progress:
+        result = encode_file(
+            src,
+            dst,
+            budget=budget,
+            router=router,
+            model=model,
+            chunk_frames=chunk_frames,
+            coder=coder,
+            device=device,
+            force=force,
+            progress=progress,
+        )
+    if as_json:
+        _print_json(result)
+    elif not quiet:
+        err_console.print(
+            f"{result.path}: {result.frames} frames, {result.bytes} bytes, {result.bpp:.4f} bpp, "
+            f"rate {result.realised_rate:.3f} ({result.router}, budget {result.budget})"
+        )
+
+
+@app.command()
+def decode(
+    src: Annotated[Path, typer.Argument(help="Input .itok file.")],
+    dst: Annotated[
+        Path | None,
+        typer.Argument(help="Output video: .mp4, .mkv, .y4m, or a folder for PNGs."),
+    ] = None,
+    frames: Annotated[str | None, typer.Option(help="Only frames A:B (end exclusive).")] = None,
+    tokens: Annotated[
+        Path | None, typer.Option("--tokens", help="Also write every chunk's tokens to a .npz.")
+    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Decode an .itok file to video (format by extension) and/or tokens."""
+    from infotok_codec.codec import decode_file
+
+    _set_threads(threads)
+    with _progress(quiet or as_json, {}) as progress:
+        result = decode_file(
+            src,
+            dst,
+            frames=frames,
+            tokens_out=tokens,
+            model=model,
+            device=device,
+            force=force,
+            progress=progress,
+        )
+    if as_json:
+        _print_json(result)
+
+
+@app.command()
+def info(
+    src: Annotated[Path, typer.Argument(help="An .itok file.")],
+    as_json: JsonOption = False,
+    heatmap: Annotated[
+        Path | None, typer.Option(help="Write a PNG of token usage (decodes thumbnails).")
+    ] = None,
+    model: ModelOption = None,
+) -> None:
+    """Header, per-chunk rates and sizes, and bits per pixel from the real file size."""
+    from infotok_codec.inspect import file_info, token_heatmap
+
+    summary = file_info(src)
+    if heatmap is not None:
+        token_heatmap(src, heatmap, model=model)
+    if as_json:
+        _print_json(summary)
+        return
+    h = summary
+    console.print(
+        f"[bold]{src}[/]  {h.width}×{h.height}, {h.frames} frames at {h.fps} fps, "
+        f"chunks of {h.chunk_frames}\nmodel {h.model} ({h.model_hash[:12]}), router {h.router}, "
+        f"budget {h.budget}, coder {h.coder}"
+    )
+    table = Table(
+        "chunk",
+        "first frame",
+        "frames",
+        "tokens",
+        "positions",
+        "rate",
+        "mask bytes",
+        "index bytes",
+        "bytes",
+    )
+    for c in h.chunks:
+        table.add_row(
+            str(c.index),
+            str(c.first_frame),
+            str(c.frames),
+            str(c.tokens),
+            str(c.positions),
+            f"{c.tokens / c.positions:.3f}",
+            str(c.mask_bytes),
+            str(c.index_bytes),
+            str(c.bytes),
+        )
+    console.print(table)
+    console.print(
+        f"total {h.tokens} of {h.positions} tokens (rate {h.rate:.3f}); {h.bytes} bytes "
+        f"(masks {h.mask_bytes}, indices {h.index_bytes}); {h.bpp:.4f} bpp"
+    )
 
 
 @app.command()
@@ -38,7 +261,7 @@ def train(
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT.ckpt.pt.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train a tokenizer; runs under `torchrun` for several GPUs."""
     from infotok_codec.train import TrainOptions
@@ -61,10 +284,20 @@ def train(
 
 
 def main() -> None:
+    """Entry point: every expected failure is one `error: …` line and an exit code."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except InfotokError as exc:
-        raise SystemExit(fail(str(exc)).exit_code) from None
-    except KeyboardInterrupt:
-        err_console.print("error: interrupted", markup=False)
-        sys.exit(130)
+        _fail(str(exc), 1)
+    except typer.TyperException as exc:  # usage errors (bad option, missing argument)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(message, getattr(exc, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    err_console.print(f"error: {first_line}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)

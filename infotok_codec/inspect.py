@@ -1,0 +1,154 @@
+"""What is inside an `.itok` file: sizes and rates per chunk, and a picture of token usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from infotok_codec.container import ContainerReader
+from infotok_codec.tokenizer import LoadedModel
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    index: int
+    first_frame: int
+    frames: int
+    tokens: int  # kept positions
+    positions: int
+    mask_bytes: int
+    index_bytes: int
+    bytes: int  # the whole record, framing and CRC included
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    width: int
+    height: int
+    frames: int
+    fps: str
+    chunk_frames: int
+    model: str
+    model_hash: str
+    router: str
+    budget: float
+    coder: str
+    fsq_levels: list[int]
+    bytes: int  # the file's size
+    bpp: float  # 8 · bytes / (width · height · frames)
+    tokens: int
+    positions: int
+    rate: float
+    mask_bytes: int
+    index_bytes: int
+    chunks: list[ChunkInfo]
+
+
+def file_info(path: str | Path) -> FileInfo:
+    """Read every chunk record (CRC-checked) without decoding any token."""
+    with ContainerReader(path) as reader:
+        h = reader.header
+        chunks = [
+            ChunkInfo(
+                index=rec.index,
+                first_frame=rec.first_frame,
+                frames=rec.frames,
+                tokens=rec.kept,
+                positions=rec.positions(h),
+                mask_bytes=len(rec.mask),
+                index_bytes=len(rec.tokens),
+                bytes=size,
+            )
+            for rec, size in zip(reader.chunks(), reader.chunk_sizes)
+        ]
+        size = reader.file_size
+    fps = Fraction(h.fps_num, h.fps_den)
+    return FileInfo(
+        path=str(path),
+        width=h.width,
+        height=h.height,
+        frames=h.frames,
+        fps=str(fps),
+        chunk_frames=h.chunk_frames,
+        model=h.model_name,
+        model_hash=h.model_hash.hex(),
+        router=h.router,
+        budget=h.budget,
+        coder=h.coder,
+        fsq_levels=list(h.fsq_levels),
+        bytes=size,
+        bpp=8 * size / (h.width * h.height * h.frames),
+        tokens=sum(c.tokens for c in chunks),
+        positions=sum(c.positions for c in chunks),
+        rate=sum(c.tokens for c in chunks) / max(sum(c.positions for c in chunks), 1),
+        mask_bytes=sum(c.mask_bytes for c in chunks),
+        index_bytes=sum(c.index_bytes for c in chunks),
+        chunks=chunks,
+    )
+
+
+def token_heatmap(
+    path: str | Path,
+    out: str | Path,
+    *,
+    model: LoadedModel | str | Path | None = None,
+    max_chunks: int = 8,
+) -> None:
+    """PNG: the rate of every chunk, and each latent frame's keep-mask over its decoded frame.
+
+    Shows up to `max_chunks` chunks, spread evenly over the video.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from infotok_codec.codec import ChunkModel, _as_model, _check_model_matches, iter_tokens
+
+    loaded = _as_model(model)
+    engine = ChunkModel(loaded, "cpu")
+    with ContainerReader(path) as reader:
+        h = reader.header
+        _check_model_matches(h, loaded)
+        n = len(reader)
+        rates = [rec.kept / rec.positions(h) for rec in reader.chunks()]
+        shown = sorted(set(np.linspace(0, n - 1, min(n, max_chunks)).round().astype(int).tolist()))
+        latent_frames = h.chunk_frames // 4
+        fig = plt.figure(figsize=(2.0 * latent_frames + 1, 1.6 * len(shown) + 2.2))
+        grid = fig.add_gridspec(
+            len(shown) + 1, latent_frames, height_ratios=[1.4] + [1] * len(shown)
+        )
+        ax = fig.add_subplot(grid[0, :])
+        ax.bar(range(n), rates, color="tab:blue")
+        ax.axhline(h.budget, color="k", lw=0.8, ls="--", label=f"budget {h.budget}")
+        ax.set(
+            xlabel="chunk",
+            ylabel="rate",
+            ylim=(0, 1.05),
+            title=f"{Path(path).name}: {h.router} router",
+        )
+        ax.legend(loc="upper right", fontsize=8)
+        for row, k in enumerate(shown, start=1):
+            chunk = next(
+                iter_tokens(reader, engine.tables, k * h.chunk_frames, k * h.chunk_frames + 1)
+            )
+            frames = engine.frames(chunk.indices, chunk.keep, chunk.frames, h.height, h.width)
+            for t in range(chunk.keep.shape[0]):
+                axt = fig.add_subplot(grid[row, t])
+                frame = frames[min(4 * t, chunk.frames - 1)]
+                axt.imshow(frame)
+                mask = np.kron(chunk.keep[t], np.ones((8, 8)))[: h.height, : h.width]
+                axt.imshow(np.where(mask, np.nan, 0.0), cmap="gray", alpha=0.6, vmin=0, vmax=1)
+                axt.set_xticks([])
+                axt.set_yticks([])
+                if t == 0:
+                    axt.set_ylabel(f"chunk {k}\nrate {rates[k]:.2f}", fontsize=8)
+        fig.tight_layout()
+        tmp = Path(out).with_name(f".{Path(out).name}.tmp.png")
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        tmp.replace(out)
