@@ -66,7 +66,8 @@ class ResBlock(nn.Module):
         self.temporal = CausalTemporalConv(channels)
         # Zero-initialised last layer: every block starts as the identity, which trains faster.
         nn.init.zeros_(self.temporal.conv.weight)
-        nn.init.zeros_(self.temporal.conv.bias)
+        if self.temporal.conv.bias is not None:
+            nn.init.zeros_(self.temporal.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.spatial(F.silu(self.norm1(x)))

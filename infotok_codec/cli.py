@@ -78,7 +78,7 @@ def _print_json(value: Any) -> None:
 
 
 @contextmanager
-def _progress(quiet: bool, totals: dict[str, int]) -> Iterator[Any]:
+def _progress(quiet: bool) -> Iterator[Any]:
     """A rich bar per pass with frames/s; yields the callback the library calls."""
     if quiet:
         yield None
@@ -95,9 +95,9 @@ def _progress(quiet: bool, totals: dict[str, int]) -> Iterator[Any]:
     )
     tasks: dict[str, TaskID] = {}
 
-    def advance(name: str, frames: int) -> None:
+    def advance(name: str, frames: int, total: int) -> None:
         if name not in tasks:
-            tasks[name] = bars.add_task(name, total=totals.get(name) or None, fps="")
+            tasks[name] = bars.add_task(name, total=total, fps="")
         bars.advance(tasks[name], frames)
         speed = bars.tasks[tasks[name]].speed
         bars.update(tasks[name], fps=f"{speed:.1f} fps" if speed else "")
@@ -128,15 +128,13 @@ def encode(
     """Encode a video into an .itok file, spending tokens where the information is."""
     from infotok_codec.codec import encode_file
     from infotok_codec.router import ROUTERS
-    from infotok_codec.video import probe
 
     if not 0.0 < budget <= 1.0:
         raise typer.BadParameter(f"--budget {budget} outside (0, 1]")
     if router not in ROUTERS:
         raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
     _set_threads(threads)
-    frames = probe(src).frames if not quiet and src.exists() else 0
-    with _progress(quiet or as_json, {"analyse": frames, "write": frames}) as progress:
+    with _progress(quiet or as_json) as progress:
         result = encode_file(
             src,
             dst,
@@ -180,7 +178,7 @@ def decode(
     from infotok_codec.codec import decode_file
 
     _set_threads(threads)
-    with _progress(quiet or as_json, {}) as progress:
+    with _progress(quiet or as_json) as progress:
         result = decode_file(
             src,
             dst,

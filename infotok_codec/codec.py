@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import VideoWriter, probe, read_frames
 
-Progress = Callable[[str, int], None]
-"""Called as `progress(pass_name, frames_done_in_this_call)` after each chunk."""
+Progress = Callable[[str, int, int], None]
+"""Called as `progress(pass_name, frames_just_done, total_frames)` after each chunk."""
 
 
 # -- running the model on one chunk ----------------------------------------------------------
@@ -173,12 +174,12 @@ def encode_file(
         started = time.perf_counter()
         spill.seek(0)
         with ContainerWriter(dst, header) as writer:
-            for k, (chunk, count) in enumerate(zip(chunks, counts)):
+            for k, (chunk, count) in enumerate(zip(chunks, counts, strict=True)):
                 indices, error = chunk.load(spill)
                 keep = routing.select_positions(router, error, indices.shape, count)
                 writer.write_chunk(encode_chunk(header, k, keep, indices[keep], engine.tables))
                 if progress:
-                    progress("write", chunk.frames)
+                    progress("write", chunk.frames, header.frames)
         seconds["write"] = time.perf_counter() - started
     size = dst.stat().st_size
     return EncodeResult(
@@ -193,7 +194,7 @@ def encode_file(
         router=router,
         budget=budget,
         realised_rate=sum(counts) / sum(positions),
-        chunk_rates=[c / n for c, n in zip(counts, positions)],
+        chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
         seconds=seconds,
     )
 
@@ -211,7 +212,7 @@ class _SpilledChunk:
     def positions(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2]
 
-    def load(self, spill: tempfile._TemporaryFileWrapper) -> tuple[np.ndarray, np.ndarray | None]:  # type: ignore[type-arg]
+    def load(self, spill: BinaryIO) -> tuple[np.ndarray, np.ndarray | None]:
         indices = np.load(spill)
         error = np.load(spill) if self.has_error else None
         return indices.reshape(self.shape), error
@@ -223,8 +224,8 @@ def _analyse(
     header: Header,
     router: str,
     budget: float,
-    spill: tempfile._TemporaryFileWrapper,
-    progress: Progress | None,  # type: ignore[type-arg]
+    spill: BinaryIO,
+    progress: Progress | None,
 ) -> list[_SpilledChunk]:
     """Pass 1: tokens (and, where the router needs it, the error map) of every chunk."""
     needs_error = router in ("elbo", "fixed") and budget < 1.0
@@ -240,10 +241,10 @@ def _analyse(
             indices = engine.tokens(frames)
             np.save(spill, indices.astype(np.int32))
             mean = 0.0
-        chunks.append(_SpilledChunk(len(frames), indices.shape, mean, needs_error))  # type: ignore[arg-type]
+        chunks.append(_SpilledChunk(len(frames), indices.shape, mean, needs_error))
         total += len(frames)
         if progress:
-            progress("analyse", len(frames))
+            progress("analyse", len(frames), header.frames)
     if total != header.frames:
         raise InfotokError(f"{src}: read {total} frames, expected {header.frames}")
     return chunks
@@ -366,7 +367,7 @@ def decode_file(
                     hi = min(stop - chunk.first_frame, chunk.frames)
                     writer.write(video[lo:hi])
                 if progress:
-                    progress("decode", chunk.frames)
+                    progress("decode", chunk.frames, stop - first)
             if tokens_path is not None:
                 save_tokens(tokens_path, header, collected)
     return DecodeResult(
@@ -392,7 +393,8 @@ def load_tables(header: Header, model: LoadedModel | str | Path | None) -> Frequ
         meta, sha = read_model_metadata(model)
         if sha != header.model_hash:
             raise ModelError(
-                f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
+                f"the file was written by model {header.model_name} "
+                f"({header.model_hash.hex()[:12]}), "
                 f"the model given has hash {sha.hex()[:12]}: pass the right --model"
             )
         tables_json = meta.get("entropy_tables", "")

@@ -63,7 +63,7 @@ def file_info(path: str | Path) -> FileInfo:
                 index_bytes=len(rec.tokens),
                 bytes=size,
             )
-            for rec, size in zip(reader.chunks(), reader.chunk_sizes)
+            for rec, size in zip(reader.chunks(), reader.chunk_sizes, strict=True)
         ]
         size = reader.file_size
     fps = Fraction(h.fps_num, h.fps_den)

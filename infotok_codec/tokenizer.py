@@ -83,7 +83,7 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
 
 
 class Tokenizer(nn.Module):
-    """A small InfoTok: `encode` at full rate, `decode` with a keep-mask, `error_map` for routing."""
+    """A small InfoTok: full-rate `encode`, `decode` with a keep-mask, `error_map` for routing."""
 
     def __init__(self, config: TokenizerConfig | None = None) -> None:
         super().__init__()
@@ -137,7 +137,7 @@ class Tokenizer(nn.Module):
     def decode(
         self, indices: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
     ) -> torch.Tensor:
-        """Indices `(B, T', h, w)` (dropped ones ignored) + keep-mask → `(B, 3, *size)` in [-1, 1]."""
+        """Indices `(B, T', h, w)` + keep-mask → `(B, 3, *size)` in [-1, 1]; dropped ignored."""
         codes = self.fsq.indices_to_codes(indices)
         if keep is not None:
             codes = codes * keep.unsqueeze(-1).to(codes.dtype)

@@ -58,11 +58,34 @@ class TrainOptions:
     seed: int = 0
     resume: bool = False
     threads: int | None = None
+    max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
     config: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out.with_name(self.out.name + ".ckpt.pt")
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides weights and optimizer; stored as a plain dict."""
+
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training so far, across resumes
+    loss_ema: float | None = None
+    err_ema: float | None = None  # EMA of the per-clip error L(x) for the stage-2 sampler
+    first_loss: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    out: Path
+    steps: int
+    minutes: float
+    first_loss: float | None
+    last_loss: float | None
+    history: list[dict[str, float]]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -155,8 +178,8 @@ def _is_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def train(opts: TrainOptions) -> Path:
-    """Run (or resume) a training run; returns the path of the finished model file."""
+def train(opts: TrainOptions) -> TrainReport:
+    """Run (or resume) a training run and write the model file."""
     distributed = _is_distributed()
     if distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -189,19 +212,19 @@ def train(opts: TrainOptions) -> Path:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.99)
     )
-    state = {"step": 0, "elapsed": 0.0, "loss_ema": None, "err_ema": None}
+    state = TrainState()
     if opts.resume and opts.checkpoint_path.exists():
         ckpt = torch.load(opts.checkpoint_path, map_location=device, weights_only=False)
         if ckpt["config"] != opts.config.to_json():
             raise InfotokError(f"{opts.checkpoint_path}: checkpoint is for another model config")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        console.log(f"resumed at step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+        state = TrainState(**ckpt["state"])
+        console.log(f"resumed at step {state.step} ({state.elapsed / 60:.1f} min)")
     net: torch.nn.Module = DistributedDataParallel(model) if distributed else model
 
     dataset = ClipWindows(clips, opts.frames, opts.crop, length=100_000 * opts.batch)
-    sampler = (
+    sampler: DistributedSampler[torch.Tensor] | None = (
         DistributedSampler(dataset, num_replicas=world, rank=rank, seed=opts.seed)
         if distributed
         else None
@@ -211,36 +234,36 @@ def train(opts: TrainOptions) -> Path:
     budget_s = opts.minutes * 60
     stage2_at = budget_s * (1 - opts.stage2_fraction)
     last_ckpt = time.time()
-    run_start = time.time() - state["elapsed"]
+    run_start = time.time() - state.elapsed
     amp = device.type == "cuda"
-    epoch = state["step"] // (len(dataset) // (opts.batch * world))
+    epoch = state.step // (len(dataset) // (opts.batch * world))
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
         console=console,
-        disable=rank != 0,
+        disable=rank != 0 or not console.is_terminal,
     )
     with progress:
-        task = progress.add_task("train", total=budget_s, completed=state["elapsed"], info="")
-        while time.time() - run_start < budget_s:
+        task = progress.add_task("train", total=budget_s, completed=int(state.elapsed), info="")
+        while time.time() - run_start < budget_s and not _step_limit(opts, state):
             dataset.epoch_seed = opts.seed * 1000 + epoch
             if sampler is not None:
                 sampler.set_epoch(epoch)
             loader = DataLoader(dataset, batch_size=opts.batch, sampler=sampler, shuffle=False)
             for batch in loader:
                 elapsed = time.time() - run_start
-                if elapsed >= budget_s:
+                if elapsed >= budget_s or _step_limit(opts, state):
                     break
                 x = batch.to(device, non_blocking=True)
-                lr = _learning_rate(opts, state["step"], elapsed / budget_s)
+                lr = _learning_rate(opts, state.step, elapsed / budget_s)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 keep = None
                 stage = 2 if elapsed >= stage2_at else 1
                 if stage == 2:
-                    keep, state["err_ema"] = _sample_keep_masks(model, x, state["err_ema"], amp)
+                    keep, state.err_ema = _sample_keep_masks(model, x, state.err_ema, amp)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     recon = net(x, keep)
                     loss = (recon.float() - x).abs().mean()
@@ -248,20 +271,22 @@ def train(opts: TrainOptions) -> Path:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
-                state["step"] += 1
+                state.step += 1
                 value = loss.item()
-                state["loss_ema"] = (
-                    value if state["loss_ema"] is None else 0.98 * state["loss_ema"] + 0.02 * value
+                if state.first_loss is None:
+                    state.first_loss = value
+                state.loss_ema = (
+                    value if state.loss_ema is None else 0.98 * state.loss_ema + 0.02 * value
                 )
-                state["elapsed"] = time.time() - run_start
+                state.elapsed = time.time() - run_start
                 progress.update(
                     task,
-                    completed=state["elapsed"],
-                    info=f"step {state['step']} stage {stage} loss {state['loss_ema']:.4f} lr {lr:.1e}",
+                    completed=state.elapsed,
+                    info=f"step {state.step} stage {stage} loss {state.loss_ema:.4f} lr {lr:.1e}",
                 )
-                if state["step"] % 100 == 0:
+                if state.step % 100 == 0:
                     console.log(
-                        f"step {state['step']} stage {stage} loss {state['loss_ema']:.4f} "
+                        f"step {state.step} stage {stage} loss {state.loss_ema:.4f} "
                         f"batch-psnr {psnr(recon.detach().float(), x):.2f} dB"
                     )
                 if time.time() - last_ckpt > opts.checkpoint_minutes * 60:
@@ -274,7 +299,18 @@ def train(opts: TrainOptions) -> Path:
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return opts.out
+    return TrainReport(
+        out=opts.out,
+        steps=state.step,
+        minutes=state.elapsed / 60,
+        first_loss=state.first_loss,
+        last_loss=state.loss_ema,
+        history=state.history,
+    )
+
+
+def _step_limit(opts: TrainOptions, state: TrainState) -> bool:
+    return opts.max_steps is not None and state.step >= opts.max_steps
 
 
 def _learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
@@ -335,7 +371,7 @@ def _checkpoint(
     opts: TrainOptions,
     model: Tokenizer,
     optimizer: torch.optim.Optimizer,
-    state: dict,
+    state: TrainState,
     val_batch: torch.Tensor,
     console: Console,
     rank: int,
@@ -343,22 +379,20 @@ def _checkpoint(
     if rank != 0:
         return
     val = _validate(model, val_batch)
-    state.setdefault("history", []).append(
-        {"step": state["step"], "minutes": state["elapsed"] / 60, **val}
-    )
+    state.history.append({"step": state.step, "minutes": state.elapsed / 60, **val})
     tmp = opts.checkpoint_path.with_name(opts.checkpoint_path.name + ".tmp")
     torch.save(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "state": state,
+            "state": dataclasses.asdict(state),
             "config": opts.config.to_json(),
         },
         tmp,
     )
     tmp.replace(opts.checkpoint_path)
     console.log(
-        f"checkpoint at step {state['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in val.items())
+        f"checkpoint at step {state.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in val.items())
     )
 
 
@@ -367,7 +401,7 @@ def _finalize(
     model: Tokenizer,
     clips: list[np.ndarray],
     files: list[Path],
-    state: dict,
+    state: TrainState,
     world: int,
     device: torch.device,
     console: Console,
@@ -380,13 +414,13 @@ def _finalize(
             for k, v in dataclasses.asdict(opts).items()
             if k not in ("data", "out", "config")
         },
-        "steps": state["step"],
-        "minutes": round(state["elapsed"] / 60, 1),
+        "steps": state.step,
+        "minutes": round(state.elapsed / 60, 1),
         "processes": world,
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
-        "history": state.get("history", []),
+        "history": state.history,
         "data_files": [f.name for f in files],
     }
     save_model(
