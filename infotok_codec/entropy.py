@@ -1,0 +1,643 @@
+"""Entropy coders for FSQ token indices and keep-masks.
+
+Two coders for the indices of kept positions (`CODERS`):
+
+- ``range``: a range coder (constriction's ``queue.RangeEncoder``) driven by static integer
+  frequency tables (`FrequencyTables`) that ship with the model weights. An index is split into
+  its FSQ digits; digit 0 is coded with one table, digit ``i > 0`` with the table selected by the
+  value of digit ``i - 1`` (conditional tables; independent tables are the special case where
+  every context holds the same row).
+- ``zstd``: the indices packed as little-endian ``uint16`` (``K <= 65536``) or ``uint32`` and
+  compressed with zstandard: the simple baseline.
+
+Keep-masks are coded with an adaptive binary context model (neighbours above, beside and in the
+previous latent frame) on the same range coder. All probabilities handed to the coder are exact
+integers, so every machine produces and accepts the same bytes.
+
+Decoders trust nothing: every payload is checked against its declared size before anything is
+allocated, and a range payload is accepted only if re-encoding what was decoded reproduces it
+byte for byte, so any damaged or non-canonical payload raises `FormatError`.
+docs/FORMAT.md specifies the bitstreams.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import constriction
+import numpy as np
+import zstandard
+
+from infotok_codec.errors import FormatError
+
+CODERS = ("range", "zstd")
+
+PRECISION_BITS = 24
+"""Every frequency-table row sums to exactly ``2**PRECISION_BITS``: constriction's precision for
+its default categorical models, so a row is used as the coder's fixed-point model unchanged."""
+
+MAX_LEVELS = 16
+LEVEL_RANGE = (2, 256)
+MAX_CODEBOOK = 2**32
+"""Largest codebook ``K = prod(levels)``: indices must fit the ``uint32`` packing of ``zstd``."""
+
+ZSTD_LEVEL = 19
+
+_TOTAL = 1 << PRECISION_BITS
+_TABLES_FORMAT = "infotok-frequency-tables"
+_TABLES_VERSION = 1
+
+# Mask model constants (part of the bitstream: changing them needs a new format version).
+_MASK_CONTEXTS = 32
+_MASK_COUNT_LIMIT = 1024
+"""Per-context counts are halved once they pass this, so the model follows local statistics."""
+_MASK_MIN_BITS = -math.log2((2 * _MASK_COUNT_LIMIT + 1) / (2 * _MASK_COUNT_LIMIT + 2))
+"""The fewest bits the mask model can spend on one position: the bound that rejects a payload
+too short for the mask it claims before the mask is allocated."""
+_RANGE_SLACK_BITS = 64
+"""A range coder's output is never shorter than the message's information content minus one
+32-bit word; this margin is twice that."""
+
+
+def validate_levels(levels: Sequence[int]) -> tuple[int, ...]:
+    """Check FSQ levels and return them as a tuple.
+
+    Args:
+        levels: the FSQ levels, 1 to `MAX_LEVELS` integers each in `LEVEL_RANGE`, with
+            ``prod(levels) <= MAX_CODEBOOK``.
+
+    Raises:
+        ValueError: with a message naming the fault (the container prefixes it with the field).
+    """
+    out = tuple(levels)
+    if not 1 <= len(out) <= MAX_LEVELS:
+        raise ValueError(f"fsq_levels count {len(out)} outside [1, {MAX_LEVELS}]")
+    lo, hi = LEVEL_RANGE
+    for level in out:
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+            raise ValueError(f"fsq level {level!r} is not an integer")
+        if not lo <= level <= hi:
+            raise ValueError(f"fsq level {level} outside [{lo}, {hi}]")
+    size = math.prod(int(level) for level in out)
+    if size > MAX_CODEBOOK:
+        raise ValueError(f"fsq_levels product {size} exceeds {MAX_CODEBOOK}")
+    return tuple(int(level) for level in out)
+
+
+def indices_to_digits(indices: np.ndarray, levels: Sequence[int]) -> np.ndarray:
+    """Split FSQ indices into their mixed-radix digits.
+
+    Digit ``i`` is ``(index // prod(levels[:i])) % levels[i]``: digit 0 is the least
+    significant, the order of vector-quantize-pytorch's FSQ ``codes_to_indices``.
+
+    Args:
+        indices: ``(N,)`` integers in ``[0, prod(levels))``.
+        levels: the FSQ levels.
+
+    Returns:
+        ``(N, len(levels))`` int64, column ``i`` in ``[0, levels[i])``.
+    """
+    rest = np.asarray(indices, dtype=np.int64)
+    digits = np.empty((rest.shape[0], len(levels)), dtype=np.int64)
+    for i, level in enumerate(levels):
+        rest, digits[:, i] = np.divmod(rest, level)
+    return digits
+
+
+def digits_to_indices(digits: np.ndarray, levels: Sequence[int]) -> np.ndarray:
+    """Inverse of `indices_to_digits`: ``(N, len(levels))`` digits to ``(N,)`` int64 indices."""
+    indices = np.zeros(digits.shape[0], dtype=np.int64)
+    for i in reversed(range(len(levels))):
+        indices = indices * levels[i] + digits[:, i]
+    return indices
+
+
+def _quantize_row(counts: np.ndarray) -> tuple[int, ...]:
+    """Integer weights, each >= 1, summing to exactly ``2**PRECISION_BITS``, proportional to
+    ``counts`` (>= 0, not all zero).
+
+    Each symbol gets 1 plus its floor share of the rest; the remainder goes to the largest
+    fractional parts (ties to the lower symbol). Python integers keep it exact.
+    """
+    n = len(counts)
+    total = int(counts.sum())
+    free = _TOTAL - n
+    shares = [divmod(int(c) * free, total) for c in counts]
+    weights = [1 + q for q, _ in shares]
+    remainder = free - sum(q for q, _ in shares)
+    by_fraction = sorted(range(n), key=lambda s: -shares[s][1])
+    for s in by_fraction[:remainder]:
+        weights[s] += 1
+    return tuple(weights)
+
+
+@dataclass(frozen=True)
+class FrequencyTables:
+    """Static integer frequency tables for the ``range`` coder; they ship with the model weights.
+
+    ``weights[i][c][s]`` is the frequency of value ``s`` for FSQ digit ``i`` (digit order as in
+    `indices_to_digits`) when the previous digit ``i - 1`` has value ``c``. Digit 0 has one
+    context (``len(weights[0]) == 1``); digit ``i > 0`` has ``levels[i - 1]`` contexts. Every
+    row has ``levels[i]`` integers, each >= 1 (every symbol stays codable), summing to exactly
+    ``2**PRECISION_BITS``.
+    """
+
+    levels: tuple[int, ...]
+    weights: tuple[tuple[tuple[int, ...], ...], ...]
+
+    def __post_init__(self) -> None:
+        levels = validate_levels(self.levels)
+        if len(self.weights) != len(levels):
+            raise ValueError(f"{len(self.weights)} digit tables for {len(levels)} fsq levels")
+        for i, table in enumerate(self.weights):
+            contexts = 1 if i == 0 else levels[i - 1]
+            if len(table) != contexts:
+                raise ValueError(f"digit {i}: {len(table)} contexts, expected {contexts}")
+            for c, row in enumerate(table):
+                if len(row) != levels[i]:
+                    raise ValueError(
+                        f"digit {i} context {c}: {len(row)} weights, expected {levels[i]}"
+                    )
+                if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in row):
+                    raise ValueError(f"digit {i} context {c}: weights must be integers >= 1")
+                if sum(row) != _TOTAL:
+                    raise ValueError(
+                        f"digit {i} context {c}: weights sum to {sum(row)}, "
+                        f"expected 2**{PRECISION_BITS}"
+                    )
+
+    @property
+    def codebook_size(self) -> int:
+        """``K = prod(levels)``: indices lie in ``[0, K)``."""
+        return math.prod(self.levels)
+
+    @classmethod
+    def fit(
+        cls, indices: np.ndarray, levels: Sequence[int], *, conditional: bool = True
+    ) -> FrequencyTables:
+        """Fit tables to token data.
+
+        Args:
+            indices: ``(N,)`` integers in ``[0, prod(levels))``, e.g. every token of a
+                training set.
+            levels: the FSQ levels.
+            conditional: condition each digit on the previous digit's value; ``False`` gives
+                every context the digit's marginal (independent tables, for comparison).
+
+        Counts start at 1 (add-one smoothing): every symbol stays codable and a context never
+        seen in the data gets a uniform row.
+        """
+        levels = validate_levels(levels)
+        flat = np.asarray(indices)
+        if flat.ndim != 1 or not np.issubdtype(flat.dtype, np.integer):
+            raise ValueError(f"indices must be a 1-D integer array, got {flat.dtype} {flat.shape}")
+        if flat.size and (flat.min() < 0 or flat.max() >= math.prod(levels)):
+            raise ValueError(f"indices outside [0, {math.prod(levels)})")
+        digits = indices_to_digits(flat, levels)
+        weights = []
+        for i, level in enumerate(levels):
+            if i == 0:
+                counts = np.bincount(digits[:, 0], minlength=level)[None, :]
+            elif conditional:
+                pairs = digits[:, i - 1] * level + digits[:, i]
+                counts = np.bincount(pairs, minlength=levels[i - 1] * level)
+                counts = counts.reshape(levels[i - 1], level)
+            else:
+                marginal = np.bincount(digits[:, i], minlength=level)
+                counts = np.repeat(marginal[None, :], levels[i - 1], axis=0)
+            weights.append(tuple(_quantize_row(row + 1) for row in counts))
+        return cls(levels, tuple(weights))
+
+    @classmethod
+    def uniform(cls, levels: Sequence[int]) -> FrequencyTables:
+        """Uniform tables (about ``log2(K)`` bits per index): the fallback for a model without
+        fitted tables."""
+        levels = validate_levels(levels)
+        weights = []
+        for i, level in enumerate(levels):
+            row = _quantize_row(np.ones(level, dtype=np.int64))
+            weights.append((row,) * (1 if i == 0 else levels[i - 1]))
+        return cls(levels, tuple(weights))
+
+    def to_json(self) -> str:
+        """Serialize; the layout is specified in docs/FORMAT.md (frequency tables)."""
+        return json.dumps(
+            {
+                "format": _TABLES_FORMAT,
+                "version": _TABLES_VERSION,
+                "precision_bits": PRECISION_BITS,
+                "levels": list(self.levels),
+                "weights": [[list(row) for row in table] for table in self.weights],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> FrequencyTables:
+        """Parse and validate `to_json` output.
+
+        Raises:
+            FormatError: ``frequency tables: ...`` naming the fault, for anything that is not
+                a valid table set.
+        """
+        try:
+            obj = json.loads(s)
+        except (ValueError, RecursionError) as e:
+            raise FormatError(f"frequency tables: not JSON ({e})") from e
+        expected = {"format", "version", "precision_bits", "levels", "weights"}
+        if not isinstance(obj, dict) or set(obj) != expected:
+            raise FormatError(f"frequency tables: expected an object with keys {sorted(expected)}")
+        if obj["format"] != _TABLES_FORMAT:
+            raise FormatError(
+                f"frequency tables: format {obj['format']!r} is not {_TABLES_FORMAT!r}"
+            )
+        if obj["version"] != _TABLES_VERSION:
+            raise FormatError(f"frequency tables: unsupported version {obj['version']!r}")
+        if obj["precision_bits"] != PRECISION_BITS:
+            raise FormatError(
+                f"frequency tables: precision_bits {obj['precision_bits']!r} "
+                f"is not {PRECISION_BITS}"
+            )
+        levels, weights = obj["levels"], obj["weights"]
+        if not isinstance(levels, list) or not _is_nested_list(weights, depth=3):
+            raise FormatError(
+                "frequency tables: levels must be a list and weights a list of lists of lists"
+            )
+        try:
+            return cls(
+                tuple(levels), tuple(tuple(tuple(row) for row in table) for table in weights)
+            )
+        except ValueError as e:
+            raise FormatError(f"frequency tables: {e}") from e
+
+    @cached_property
+    def _models(self) -> list[list[Any]]:
+        """constriction models, ``[digit][context]``, built once per table set.
+
+        A row of weights ``w`` (summing to ``2**24``) is passed as ``w - 1`` in float64. For
+        ``perfect=False`` constriction gives symbol ``s`` the fixed-point weight
+        ``floor(sum(p[:s]) * scale) + s`` minus the same for ``s - 1``, with
+        ``scale = (2**24 - n) / sum(p)``. Here ``sum(p) = 2**24 - n``, so ``scale`` is exactly
+        1.0, all sums are integers below 2**53 (exact in float64), and the coder's model is
+        exactly ``w`` on every machine: no rounding anywhere.
+        """
+        model = constriction.stream.model
+        return [
+            [
+                model.Categorical(np.asarray(row, dtype=np.float64) - 1.0, perfect=False)
+                for row in table
+            ]
+            for table in self.weights
+        ]
+
+    @cached_property
+    def min_bits_per_index(self) -> float:
+        """The fewest bits any index can cost under these tables (for payload-size bounds)."""
+        return sum(min(-math.log2(max(row) / _TOTAL) for row in table) for table in self.weights)
+
+
+def _is_nested_list(value: object, depth: int) -> bool:
+    if not isinstance(value, list):
+        return False
+    return depth == 1 or all(_is_nested_list(v, depth - 1) for v in value)
+
+
+@contextmanager
+def _coder_errors(what: str) -> Iterator[None]:
+    """Turn anything the coding library raises on a bad payload into a FormatError.
+
+    constriction reports Rust panics as pyo3's ``PanicException``, which derives from
+    ``BaseException``, so the net is wider than ``Exception``; interrupts still pass.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except FormatError:
+        raise
+    except BaseException as e:
+        raise FormatError(f"{what}: payload does not decode ({type(e).__name__}: {e})") from e
+
+
+def _words(data: bytes, what: str) -> np.ndarray:
+    """A range-coder payload as its ``uint32`` words (stored little-endian)."""
+    if len(data) % 4:
+        raise FormatError(f"{what}: range payload length {len(data)} is not a multiple of 4")
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+def _check_payload_bits(data: bytes, count: int, min_bits: float, what: str) -> None:
+    """Reject a payload too short to hold ``count`` symbols of at least ``min_bits`` each,
+    before the decoder allocates ``count`` of anything."""
+    if count * min_bits * (1 - 1e-9) > 8 * len(data) + _RANGE_SLACK_BITS:
+        raise FormatError(f"{what}: {len(data)} payload bytes cannot hold {count} symbols")
+
+
+def _check_indices(indices: np.ndarray, tables: FrequencyTables) -> np.ndarray:
+    flat = np.asarray(indices)
+    if flat.ndim != 1 or not np.issubdtype(flat.dtype, np.integer):
+        raise ValueError(f"indices must be a 1-D integer array, got {flat.dtype} {flat.shape}")
+    if flat.size and (flat.min() < 0 or flat.max() >= tables.codebook_size):
+        raise ValueError(f"indices outside [0, {tables.codebook_size})")
+    return flat.astype(np.int64)
+
+
+def _columns(indices: np.ndarray, tables: FrequencyTables) -> np.ndarray:
+    """``(D, N)`` int32 digits, one contiguous row per digit (the range coder's layout)."""
+    return np.ascontiguousarray(indices_to_digits(indices, tables.levels).T, dtype=np.int32)
+
+
+def _check_coder(coder: str) -> None:
+    if coder not in CODERS:
+        raise ValueError(f"unknown coder {coder!r}; expected one of {CODERS}")
+
+
+def encode_indices(indices: np.ndarray, coder: str, tables: FrequencyTables) -> bytes:
+    """Code FSQ indices.
+
+    Args:
+        indices: ``(N,)`` integers in ``[0, K)``, ``K = tables.codebook_size``; ``N`` may be 0.
+        coder: one of `CODERS`.
+        tables: the model's frequency tables (``zstd`` uses only their levels).
+
+    Returns:
+        The payload; ``b""`` when ``N == 0``.
+    """
+    _check_coder(coder)
+    flat = _check_indices(indices, tables)
+    if flat.size == 0:
+        return b""
+    if coder == "zstd":
+        return _zstd_encode(flat, tables)
+    return _range_encode(_columns(flat, tables), tables)
+
+
+def decode_indices(data: bytes, count: int, coder: str, tables: FrequencyTables) -> np.ndarray:
+    """Mirror of `encode_indices`.
+
+    Args:
+        data: the payload, untrusted.
+        count: the number of indices it holds (a chunk's ``kept``), >= 0.
+        coder: one of `CODERS`.
+        tables: the same tables the encoder used.
+
+    Returns:
+        ``(count,)`` int64 in ``[0, K)``.
+
+    Raises:
+        FormatError: ``tokens: ...`` for any payload that `encode_indices` cannot have produced
+            for ``count`` indices.
+    """
+    _check_coder(coder)
+    if count < 0:
+        raise ValueError(f"count {count} is negative")
+    if count == 0:
+        if data:
+            raise FormatError(f"tokens: {len(data)} payload bytes for 0 indices")
+        return np.zeros(0, dtype=np.int64)
+    if coder == "zstd":
+        return _zstd_decode(data, count, tables)
+    columns = _range_decode(data, count, tables)
+    indices = digits_to_indices(columns.T, tables.levels)
+    # Only bytes that re-encode identically are accepted: this catches garbage that a range
+    # decoder would otherwise turn into plausible symbols, and trailing bytes.
+    if _range_encode(columns, tables) != data:
+        raise FormatError("tokens: range payload is damaged (it does not re-encode to itself)")
+    return indices
+
+
+def _range_groups(
+    columns: np.ndarray, i: int, tables: FrequencyTables
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """The order in which digit ``i`` is coded: groups of positions (into ``columns[i]``)
+    sharing one model, each with that model.
+
+    Digit 0 is one group; digit ``i > 0`` is split by the value of digit ``i - 1`` (already
+    known to the decoder), contexts in increasing order, positions in increasing order within
+    a context. Grouping lets each group go to the coder as one array with one model.
+    """
+    models = tables._models[i]
+    if i == 0:
+        yield np.arange(columns.shape[1]), models[0]
+        return
+    # Levels are <= 256, so uint8 holds the context and the stable sort is a radix sort.
+    previous = columns[i - 1].astype(np.uint8)
+    order = np.argsort(previous, kind="stable")
+    counts = np.bincount(previous, minlength=len(models))
+    for context, positions in enumerate(np.split(order, np.cumsum(counts)[:-1])):
+        if positions.size:
+            yield positions, models[context]
+
+
+def _range_encode(columns: np.ndarray, tables: FrequencyTables) -> bytes:
+    """``(D, N)`` int32 digits to range-coder bytes: digit by digit, each in `_range_groups`
+    order."""
+    encoder = constriction.stream.queue.RangeEncoder()
+    for i in range(len(tables.levels)):
+        for positions, model in _range_groups(columns, i, tables):
+            encoder.encode(columns[i][positions], model)
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def _range_decode(data: bytes, count: int, tables: FrequencyTables) -> np.ndarray:
+    """Mirror of `_range_encode`: ``(D, count)`` int32 digits."""
+    _check_payload_bits(data, count, tables.min_bits_per_index, "tokens")
+    columns = np.zeros((len(tables.levels), count), dtype=np.int32)
+    with _coder_errors("tokens"):
+        decoder = constriction.stream.queue.RangeDecoder(_words(data, "tokens"))
+        for i, level in enumerate(tables.levels):
+            for positions, model in _range_groups(columns, i, tables):
+                values = decoder.decode(model, positions.size)
+                # A categorical model over `level` symbols cannot yield others; checked anyway
+                # because nothing from a file is taken on trust, the library included.
+                if values.min() < 0 or values.max() >= level:
+                    raise FormatError(f"tokens: digit {i} value outside [0, {level})")
+                columns[i][positions] = values
+    return columns
+
+
+def _zstd_width(tables: FrequencyTables) -> int:
+    return 2 if tables.codebook_size <= 1 << 16 else 4
+
+
+def _zstd_encode(indices: np.ndarray, tables: FrequencyTables) -> bytes:
+    """Indices packed as little-endian uint16/uint32, in one zstd frame with its content size
+    and checksum."""
+    dtype = "<u2" if _zstd_width(tables) == 2 else "<u4"
+    compressor = zstandard.ZstdCompressor(
+        level=ZSTD_LEVEL, write_checksum=True, write_content_size=True
+    )
+    return compressor.compress(indices.astype(dtype).tobytes())
+
+
+def _zstd_decode(data: bytes, count: int, tables: FrequencyTables) -> np.ndarray:
+    """Mirror of `_zstd_encode`. The frame must declare exactly ``count * width`` bytes before
+    anything is decompressed (zstd then refuses to write more), carry a checksum, and be the
+    whole payload."""
+    width = _zstd_width(tables)
+    expected = count * width
+    with _coder_errors("tokens"):
+        params = zstandard.get_frame_parameters(data)
+    if params.content_size != expected:
+        raise FormatError(
+            f"tokens: zstd frame declares {params.content_size} bytes, "
+            f"{count} indices need {expected}"
+        )
+    if not params.has_checksum:
+        raise FormatError("tokens: zstd frame has no checksum")
+    with _coder_errors("tokens"):
+        stream = zstandard.ZstdDecompressor().decompressobj()
+        raw = stream.decompress(data)
+        complete, unused = stream.eof, stream.unused_data
+    if not complete or len(raw) != expected:
+        raise FormatError(f"tokens: zstd frame is truncated ({len(raw)} of {expected} bytes)")
+    if unused:
+        raise FormatError(f"tokens: {len(unused)} bytes after the zstd frame")
+    indices = np.frombuffer(raw, dtype="<u2" if width == 2 else "<u4").astype(np.int64)
+    if indices.max() >= tables.codebook_size:
+        raise FormatError(f"tokens: index {indices.max()} outside [0, {tables.codebook_size})")
+    return indices
+
+
+class _MaskModel:
+    """Adaptive binary model for keep-masks, shared by the mask encoder and decoder.
+
+    Each bit's context is its left, up, up-left and up-right neighbours and the same position
+    in the previous latent frame (32 contexts; neighbours outside the grid read as 0): the
+    causal template of a raster scan. Instead of a raster scan, positions are visited latent
+    frame by frame in wavefronts ``2y + x = s`` for ``s = 0, 1, ...`` (``y`` increasing within
+    a wavefront): every neighbour in the template lies on an earlier wavefront, so a whole
+    wavefront goes to the coder as one array (fast in Python) with the full raster context.
+
+    Each context keeps doubled counts ``(a0, a1)`` of the zeros and ones seen;
+    ``P(1) = (a1 + 1) / (a0 + a1 + 2)`` (a KT estimator). A context starts at the vote of its
+    neighbours (``a1`` = number of set neighbours, ``a0`` = 5 minus that), counts update after
+    each wavefront and are halved while ``a0 + a1`` exceeds ``2 * _MASK_COUNT_LIMIT``.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], known: np.ndarray | None) -> None:
+        frames, height, width = shape
+        # Padded copy, flattened: grid[t + 1, y + 1, x + 1] is position (t, y, x) and the
+        # border stays 0; positions are addressed by their flat index into `self.flat`.
+        grid = np.zeros((frames + 1, height + 1, width + 2), dtype=np.int8)
+        if known is not None:
+            grid[1:, 1:, 1:-1] = known
+        self.flat, self.padded_shape = grid.reshape(-1), grid.shape
+        self.frames, self.frame_stride, row = frames, grid[0].size, width + 2
+        # Flat offsets of the template: left, up, up-left, up-right, previous frame.
+        self.template = np.array([-1, -row, -row - 1, -row + 1, -self.frame_stride])
+        self.waves = []
+        for s in range(2 * (height - 1) + width):
+            ys = np.arange(max(0, (s - width + 2) // 2), min(height - 1, s // 2) + 1)
+            if ys.size:  # a one-column grid has nothing on odd wavefronts
+                self.waves.append((ys + 1) * row + (s - 2 * ys) + 1)
+        self.ones = np.array([bin(c).count("1") for c in range(_MASK_CONTEXTS)], np.int64)
+        self.zeros = 5 - self.ones
+        self.table = self._table()
+
+    def steps(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(positions, contexts)`` per wavefront in coding order (flat indices into
+        `self.flat`); the caller codes the bits there and calls `update` before resuming."""
+        weights = 1 << np.arange(len(self.template))
+        for t in range(self.frames):
+            for wave in self.waves:
+                positions = wave + (t + 1) * self.frame_stride
+                yield positions, weights @ self.flat[positions + self.template[:, None]]
+
+    def _table(self) -> np.ndarray:
+        """``(32, 2)`` float64 rows ``w - 1`` with integer ``w0 + w1 = 2**24``: exact for
+        constriction, for the reason given in `FrequencyTables._models`.
+
+        ``w1 = floor(2**24 * (a1 + 1) / (a0 + a1 + 2))`` lies in ``[1, 2**24 - 1]`` because
+        both counts are bounded by the count limit, so neither weight is ever 0.
+        """
+        ones = ((self.ones + 1) << PRECISION_BITS) // (self.zeros + self.ones + 2)
+        return np.stack([_TOTAL - ones - 1, ones - 1], axis=1).astype(np.float64)
+
+    def update(self, positions: np.ndarray, ctx: np.ndarray, bits: np.ndarray) -> None:
+        """Store a wavefront's bits (0/1 int64) and adapt the counts of its contexts."""
+        self.flat[positions] = bits
+        seen = np.bincount(ctx + _MASK_CONTEXTS * bits, minlength=2 * _MASK_CONTEXTS)
+        self.zeros += 2 * seen[:_MASK_CONTEXTS]
+        self.ones += 2 * seen[_MASK_CONTEXTS:]
+        while (self.zeros + self.ones).max() > 2 * _MASK_COUNT_LIMIT:
+            full = self.zeros + self.ones > 2 * _MASK_COUNT_LIMIT
+            self.zeros[full] = (self.zeros[full] + 1) >> 1
+            self.ones[full] = (self.ones[full] + 1) >> 1
+        self.table = self._table()
+
+    def mask(self) -> np.ndarray:
+        """The grid without its border: ``(T', h, w)`` bool."""
+        return self.flat.reshape(self.padded_shape)[1:, 1:, 1:-1].astype(np.bool_)
+
+
+def _check_mask_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) != 3 or any(int(n) < 1 for n in shape):
+        raise ValueError(f"mask shape must be 3 positive sizes (T', h, w), got {shape}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """Code a keep-mask.
+
+    Args:
+        mask: ``(T', h, w)`` bool, True where the position's index is stored.
+
+    Returns:
+        The payload; ``b""`` exactly when every position is kept.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"mask must be bool, got {mask.dtype}")
+    shape = _check_mask_shape(mask.shape)
+    if mask.all():
+        return b""
+    model = _MaskModel(shape, mask)
+    family = constriction.stream.model.Categorical(perfect=False)
+    encoder = constriction.stream.queue.RangeEncoder()
+    for positions, ctx in model.steps():
+        bits = model.flat[positions].astype(np.int64)
+        encoder.encode(bits.astype(np.int32), family, model.table[ctx])
+        model.update(positions, ctx, bits)
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_mask(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """Mirror of `encode_mask`.
+
+    Args:
+        data: the payload, untrusted; ``b""`` means every position is kept.
+        shape: ``(T', h, w)``, from the container header and chunk record.
+
+    Returns:
+        ``shape`` bool.
+
+    Raises:
+        FormatError: ``mask: ...`` for any payload `encode_mask` cannot have produced for
+            ``shape``.
+    """
+    dims = _check_mask_shape(shape)
+    if not data:
+        return np.ones(dims, dtype=np.bool_)
+    _check_payload_bits(data, math.prod(dims), _MASK_MIN_BITS, "mask")
+    model = _MaskModel(dims, None)
+    family = constriction.stream.model.Categorical(perfect=False)
+    with _coder_errors("mask"):
+        decoder = constriction.stream.queue.RangeDecoder(_words(data, "mask"))
+        for positions, ctx in model.steps():
+            bits = decoder.decode(family, model.table[ctx]).astype(np.int64)
+            if bits.min() < 0 or bits.max() > 1:
+                raise FormatError("mask: decoded bit outside {0, 1}")
+            model.update(positions, ctx, bits)
+    mask = model.mask()
+    # As for indices: only a payload that re-encodes to itself is accepted (this also rejects
+    # a non-empty payload for an all-kept mask, which must be stored as b"").
+    if encode_mask(mask) != data:
+        raise FormatError("mask: payload is damaged (it does not re-encode to itself)")
+    return mask

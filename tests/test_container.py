@@ -1,0 +1,387 @@
+"""The .itok container: round trips, random access, atomic writes, and named faults."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infotok_codec.container import (
+    ChunkRecord,
+    ContainerReader,
+    ContainerWriter,
+    Header,
+    decode_chunk,
+    encode_chunk,
+)
+from infotok_codec.entropy import FrequencyTables
+from infotok_codec.errors import FormatError, ModelError
+
+LEVELS = (8, 8, 8, 5, 5, 5)
+
+
+def make_header(**changes: object) -> Header:
+    """A valid header (5 chunks, the last of 5 frames); latent dims follow width and height
+    unless given."""
+    width, height = changes.get("width", 40), changes.get("height", 24)
+    fields: dict[str, object] = dict(
+        width=width,
+        height=height,
+        frames=37,
+        fps_num=30000,
+        fps_den=1001,
+        chunk_frames=8,
+        latent_height=-(-height // 8) if isinstance(height, int) else 1,
+        latent_width=-(-width // 8) if isinstance(width, int) else 1,
+        model_name="infotok-small",
+        model_hash=hashlib.sha256(b"weights").digest(),
+        fsq_levels=LEVELS,
+        coder="range",
+        router="elbo",
+        budget=0.5,
+    )
+    fields.update(changes)
+    return Header(**fields)  # type: ignore[arg-type]
+
+
+def make_chunks(header: Header, seed: int = 0) -> list[ChunkRecord]:
+    """Real coded chunks: random masks (chunk 1 keeps everything) and random indices."""
+    rng = np.random.default_rng(seed)
+    tables = FrequencyTables.uniform(header.fsq_levels)
+    records = []
+    for k in range(header.chunk_count):
+        shape = header.mask_shape(header.chunk_span(k)[1])
+        mask = np.ones(shape, bool) if k == 1 else rng.random(shape) < 0.5
+        indices = rng.integers(0, tables.codebook_size, int(mask.sum()))
+        records.append(encode_chunk(header, k, mask, indices, tables))
+    return records
+
+
+def write_file(path: Path, header: Header, records: list[ChunkRecord]) -> None:
+    with ContainerWriter(path, header) as writer:
+        for rec in records:
+            writer.write_chunk(rec)
+
+
+@pytest.fixture
+def valid(tmp_path: Path) -> tuple[Path, Header, list[ChunkRecord]]:
+    header = make_header()
+    records = make_chunks(header)
+    path = tmp_path / "video.itok"
+    write_file(path, header, records)
+    return path, header, records
+
+
+def chunk_offsets(path: Path) -> list[int]:
+    """Where each chunk record starts: right after the header, records back to back."""
+    (header_length,) = struct.unpack_from("<I", path.read_bytes(), 6)
+    with ContainerReader(path) as reader:
+        return [14 + header_length + sum(reader.chunk_sizes[:k]) for k in range(len(reader))]
+
+
+def sections(path: Path) -> dict[str, int]:
+    """Byte offsets where each section of a valid file starts."""
+    data = path.read_bytes()
+    (index_offset,) = struct.unpack_from("<Q", data, len(data) - 16)
+    offsets = chunk_offsets(path)
+    return {
+        "header_body": 10,
+        "header_crc": offsets[0] - 4,
+        "chunk0": offsets[0],
+        "chunk1": offsets[1],
+        "index": index_offset,
+        "footer": len(data) - 16,
+    }
+
+
+headers = st.builds(
+    make_header,
+    width=st.integers(1, 300),
+    height=st.integers(1, 300),
+    frames=st.integers(1, 40),
+    chunk_frames=st.sampled_from([4, 8, 16]),
+    coder=st.sampled_from(["range", "zstd"]),
+    fps_num=st.integers(1, 2**32 - 1),
+    fps_den=st.integers(1, 2**32 - 1),
+    model_name=st.text(
+        st.characters(codec="utf-8", categories=["L", "N", "P", "S"]), min_size=1, max_size=60
+    ),
+    model_hash=st.binary(min_size=32, max_size=32),
+    fsq_levels=st.lists(st.integers(2, 256), min_size=1, max_size=4).map(tuple),
+    router=st.sampled_from(["elbo", "fixed", "uniform", "oracle"]),
+    budget=st.floats(1e-6, 1.0),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(header=headers, data=st.data())
+def test_write_then_read_gives_the_same_header_and_chunks(
+    tmp_path: Path, header: Header, data: st.DataObject
+) -> None:
+    records = []
+    for k in range(header.chunk_count):
+        first, frames = header.chunk_span(k)
+        rec = ChunkRecord(
+            index=k,
+            first_frame=first,
+            frames=frames,
+            latent_frames=-(-frames // 4),
+            kept=0,
+            mask=b"",
+            tokens=data.draw(st.binary(max_size=40)),
+        )
+        positions = rec.positions(header)
+        kept = data.draw(st.integers(0, positions))
+        mask = b"" if kept == positions else data.draw(st.binary(min_size=1, max_size=40))
+        records.append(dataclasses.replace(rec, kept=kept, mask=mask))
+    path = tmp_path / "rt.itok"
+    write_file(path, header, records)
+    with ContainerReader(path) as reader:
+        assert reader.header == header
+        assert list(reader.chunks()) == records
+        assert sum(reader.chunk_sizes) < reader.file_size == path.stat().st_size
+
+
+def test_chunks_decode_to_the_masks_and_indices_that_were_encoded(tmp_path: Path) -> None:
+    header = make_header(coder="zstd")
+    tables = FrequencyTables.uniform(LEVELS)
+    rng = np.random.default_rng(5)
+    originals = []
+    with ContainerWriter(tmp_path / "v.itok", header) as writer:
+        for k in range(header.chunk_count):
+            mask = rng.random(header.mask_shape(header.chunk_span(k)[1])) < 0.3
+            indices = rng.integers(0, 64000, int(mask.sum()))
+            originals.append((mask, indices))
+            writer.write_chunk(encode_chunk(header, k, mask, indices, tables))
+    with ContainerReader(tmp_path / "v.itok") as reader:
+        for rec, (mask, indices) in zip(reader.chunks(), originals, strict=True):
+            got_mask, got_indices = decode_chunk(header, rec, tables)
+            assert np.array_equal(got_mask, mask) and np.array_equal(got_indices, indices)
+
+
+def test_all_kept_chunk_stores_no_mask_and_decodes_to_all_true(valid) -> None:
+    path, header, _ = valid
+    with ContainerReader(path) as reader:
+        rec = reader.chunk(1)
+        assert rec.mask == b"" and rec.kept == rec.positions(header)
+        mask, indices = decode_chunk(header, rec, FrequencyTables.uniform(LEVELS))
+        assert mask.all() and len(indices) == rec.positions(header)
+
+
+def test_random_access_reads_only_the_chunk_asked_for(valid) -> None:
+    path, _, records = valid
+    data = bytearray(path.read_bytes())
+    offsets = chunk_offsets(path)
+    for k in (0, 2, 3, 4):  # damage every chunk but 1
+        data[offsets[k] + 30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with ContainerReader(path) as reader:
+        assert reader.chunk(1) == records[1]
+        with pytest.raises(FormatError, match="chunk 3: CRC32 mismatch"):
+            reader.chunk(3)
+
+
+def test_chunk_sizes_and_len_follow_the_records(valid) -> None:
+    path, _, records = valid
+    with ContainerReader(path) as reader:
+        assert len(reader) == len(records) == 5
+        assert reader.chunk_sizes == [38 + len(r.mask) + len(r.tokens) for r in records]
+        with pytest.raises(IndexError):
+            reader.chunk(5)
+
+
+def test_writer_leaves_nothing_behind_on_exception(tmp_path: Path) -> None:
+    header = make_header()
+    records = make_chunks(header)
+    path = tmp_path / "out.itok"
+    with pytest.raises(RuntimeError), ContainerWriter(path, header) as writer:
+        writer.write_chunk(records[0])
+        raise RuntimeError("encoder failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_never_overwrites_an_existing_file(tmp_path: Path) -> None:
+    header = make_header()
+    records = make_chunks(header)
+    path = tmp_path / "out.itok"
+    path.write_bytes(b"precious")
+    with (
+        pytest.raises(FormatError, match="index: 2 chunks written, header frames need 5"),
+        ContainerWriter(path, header) as writer,
+    ):
+        writer.write_chunk(records[0])
+        writer.write_chunk(records[1])
+    assert path.read_bytes() == b"precious"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_writer_rejects_a_record_the_reader_would_reject(tmp_path: Path) -> None:
+    header = make_header()
+    records = make_chunks(header)
+    with ContainerWriter(tmp_path / "x.itok", header) as writer:
+        with pytest.raises(FormatError, match="chunk 0: index 1 is not 0"):
+            writer.write_chunk(records[1])
+        bad = dataclasses.replace(records[0], kept=records[0].positions(header) + 1)
+        with pytest.raises(FormatError, match=r"chunk 0: kept .* outside"):
+            writer.write_chunk(bad)
+        with pytest.raises(FormatError, match="chunk 0: mask length 0 with kept"):
+            writer.write_chunk(dataclasses.replace(records[0], mask=b""))
+        writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"width": 0}, "header: width 0 outside \\[1, 16384\\]"),
+        ({"frames": 0}, "header: frames 0 outside"),
+        ({"chunk_frames": 6}, "header: chunk_frames 6 is not a multiple of 4"),
+        ({"latent_width": 4}, "header: latent_width 4 is not ceil\\(40/8\\) = 5"),
+        ({"fsq_levels": (8, 300)}, "header: fsq level 300 outside \\[2, 256\\]"),
+        ({"fsq_levels": (2,) * 17}, "header: fsq_levels count 17"),
+        ({"coder": "lzma"}, "header: coder 'lzma'"),
+        ({"budget": 0.0}, "header: budget 0.0 outside"),
+        ({"budget": float("nan")}, "header: budget nan outside"),
+        ({"model_hash": b"short"}, "header: model_hash is not 32 bytes"),
+        ({"fps_den": 0}, "header: fps_den 0 outside"),
+    ],
+)
+def test_header_out_of_range_names_the_field(change: dict, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        make_header(**change)
+
+
+def test_tables_for_other_levels_are_a_model_error(valid) -> None:
+    path, header, _ = valid
+    with ContainerReader(path) as reader, pytest.raises(ModelError, match="fsq levels"):
+        decode_chunk(header, reader.chunk(0), FrequencyTables.uniform((8, 8)))
+
+
+# --- damage: each names the section and field -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("boundary", "message"),
+    [
+        ("header_body", "file: 10 bytes is too short"),
+        ("header_crc", "header: length 107 runs past end of file"),
+        ("chunk0", "footer: missing, the file ends 0 bytes after the header"),
+        ("chunk1", "footer: magic .* \\(file truncated"),
+        ("index", "footer: magic .* \\(file truncated"),
+        ("footer", "footer: magic .* \\(file truncated"),
+    ],
+)
+def test_truncation_at_each_section_boundary_names_the_section(
+    valid, boundary: str, message: str
+) -> None:
+    path = valid[0]
+    cut = sections(path)[boundary]
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(FormatError, match=message):
+        ContainerReader(path)
+
+
+def test_truncated_footer_is_caught_by_its_size_check(valid) -> None:
+    path = valid[0]
+    data = path.read_bytes()
+    path.write_bytes(data[:-20] + data[-16:])  # index loses its last bytes, footer intact
+    with pytest.raises(FormatError, match=r"footer: index offset .* outside the file"):
+        ContainerReader(path)
+
+
+def patch(path: Path, offset: int, new: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset : offset + len(new)] = new
+    path.write_bytes(bytes(data))
+
+
+def test_wrong_magic_is_named(valid) -> None:
+    patch(valid[0], 0, b"RIFF")
+    with pytest.raises(FormatError, match="header: magic b'RIFF' is not b'ITOK'"):
+        ContainerReader(valid[0])
+
+
+def test_unsupported_version_is_named(valid) -> None:
+    patch(valid[0], 4, struct.pack("<H", 2))
+    with pytest.raises(FormatError, match="header: unsupported version 2"):
+        ContainerReader(valid[0])
+
+
+def test_header_bit_flip_fails_its_crc(valid) -> None:
+    patch(valid[0], 12, b"\xff")
+    with pytest.raises(FormatError, match="header: CRC32 mismatch"):
+        ContainerReader(valid[0])
+
+
+def test_chunk_bit_flip_fails_its_crc(valid) -> None:
+    path = valid[0]
+    offset = sections(path)["chunk1"] - 6  # inside chunk 0's tokens
+    patch(path, offset, bytes([path.read_bytes()[offset] ^ 1]))
+    with ContainerReader(path) as reader:
+        with pytest.raises(FormatError, match="chunk 0: CRC32 mismatch"):
+            reader.chunk(0)
+        reader.chunk(1)
+
+
+def test_mask_length_past_the_record_is_named(valid) -> None:
+    path = valid[0]
+    patch(path, sections(path)["chunk0"] + 26, struct.pack("<I", 912))
+    with (
+        ContainerReader(path) as reader,
+        pytest.raises(FormatError, match="chunk 0: mask length 912 runs past end of record"),
+    ):
+        reader.chunk(0)
+
+
+def test_index_bit_flip_fails_its_crc(valid) -> None:
+    path = valid[0]
+    patch(path, sections(path)["index"] + 8, b"\x00")
+    with pytest.raises(FormatError, match="index: CRC32 mismatch"):
+        ContainerReader(path)
+
+
+def test_index_offset_outside_the_file_is_named(valid) -> None:
+    path = valid[0]
+    index = sections(path)["index"]
+    data = bytearray(path.read_bytes())
+    entry = index + 8 + 2 * 20
+    data[entry : entry + 8] = struct.pack("<Q", 10**9)
+    body = bytes(data[index : index + 8 + 5 * 20])
+    data[index + 8 + 5 * 20 : index + 12 + 5 * 20] = struct.pack("<I", zlib.crc32(body))
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="index: offset 1000000000 of chunk 2 outside the file"):
+        ContainerReader(path)
+
+
+def test_footer_chunk_count_must_match_the_header(valid) -> None:
+    path = valid[0]
+    patch(path, sections(path)["footer"] + 8, struct.pack("<I", 4))
+    with pytest.raises(FormatError, match="footer: chunk count 4, header frames need 5"):
+        ContainerReader(path)
+
+
+def test_damaged_tokens_payload_names_the_chunk(tmp_path: Path) -> None:
+    header = make_header()
+    tables = FrequencyTables.uniform(LEVELS)
+    records = make_chunks(header)
+    bad = dataclasses.replace(records[2], tokens=records[2].tokens[:-4])
+    path = tmp_path / "t.itok"
+    write_file(path, header, [*records[:2], bad, *records[3:]])
+    with ContainerReader(path) as reader, pytest.raises(FormatError, match="chunk 2: tokens"):
+        decode_chunk(header, reader.chunk(2), tables)
+
+
+def test_not_an_itok_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.itok"
+    path.write_bytes(b"\x00" * 200)
+    with pytest.raises(FormatError, match="header: magic"):
+        ContainerReader(path)

@@ -1,0 +1,313 @@
+"""Token and keep-mask coders: round trips, table files, damaged payloads, and rate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infotok_codec.entropy import (
+    CODERS,
+    PRECISION_BITS,
+    FrequencyTables,
+    decode_indices,
+    decode_mask,
+    digits_to_indices,
+    encode_indices,
+    encode_mask,
+    indices_to_digits,
+)
+from infotok_codec.errors import FormatError
+
+LEVELS = (8, 8, 8, 5, 5, 5)
+K = 64000
+
+
+def skewed_indices(n: int, seed: int = 0, levels: tuple[int, ...] = LEVELS) -> np.ndarray:
+    """FSQ-like indices: correlated Gaussian latents squashed onto each digit's grid (one fixed
+    correlation; ``seed`` draws the sample)."""
+    mix = np.random.default_rng(99).normal(size=(len(levels), len(levels)))
+    rng = np.random.default_rng(seed)
+    z = np.tanh(0.5 * rng.normal(size=(n, len(levels))) @ (mix + 2 * np.eye(len(levels))).T)
+    digits = np.clip(((z + 1) / 2 * np.array(levels)).astype(np.int64), 0, np.array(levels) - 1)
+    return digits_to_indices(digits, levels)
+
+
+FITTED = FrequencyTables.fit(skewed_indices(20000), LEVELS)
+
+
+@st.composite
+def levels_and_indices(draw: st.DrawFn) -> tuple[tuple[int, ...], np.ndarray]:
+    levels = tuple(draw(st.lists(st.integers(2, 256), min_size=1, max_size=4)))
+    size = math.prod(levels)
+    kind = draw(st.sampled_from(["random", "zeros", "max", "one", "empty"]))
+    n = {"one": 1, "empty": 0}.get(kind, draw(st.integers(1, 300)))
+    if kind == "zeros":
+        return levels, np.zeros(n, np.int64)
+    if kind == "max":
+        return levels, np.full(n, size - 1, np.int64)
+    seed = draw(st.integers(0, 2**32 - 1))
+    return levels, np.random.default_rng(seed).integers(0, size, n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=levels_and_indices(), coder=st.sampled_from(CODERS), fitted=st.booleans())
+def test_indices_round_trip(
+    case: tuple[tuple[int, ...], np.ndarray], coder: str, fitted: bool
+) -> None:
+    levels, indices = case
+    tables = FrequencyTables.fit(indices, levels) if fitted else FrequencyTables.uniform(levels)
+    data = encode_indices(indices, coder, tables)
+    out = decode_indices(data, len(indices), coder, tables)
+    assert out.dtype == np.int64 and np.array_equal(out, indices)
+    assert (data == b"") == (len(indices) == 0)
+
+
+def test_default_levels_round_trip_extremes() -> None:
+    for indices in (
+        np.zeros(1000, np.int64),
+        np.full(1000, K - 1),
+        np.array([K - 1]),
+        np.arange(K),
+    ):
+        for coder in CODERS:
+            data = encode_indices(indices, coder, FITTED)
+            assert np.array_equal(decode_indices(data, len(indices), coder, FITTED), indices)
+
+
+def test_digits_follow_the_fsq_index_order() -> None:
+    # digit 0 is the least significant, as FSQ.codes_to_indices (basis cumprod(1, levels[:-1]))
+    digits = indices_to_digits(np.array([1, 8, 64, 512, K - 1]), LEVELS)
+    assert digits.tolist()[:4] == [
+        [1, 0, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+    ]
+    assert digits[4].tolist() == [7, 7, 7, 4, 4, 4]
+
+
+masks = st.tuples(
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(params=masks)
+def test_mask_round_trip(params: tuple[int, int, int, float, int]) -> None:
+    t, h, w, density, seed = params
+    mask = np.random.default_rng(seed).random((t, h, w)) < density
+    data = encode_mask(mask)
+    out = decode_mask(data, (t, h, w))
+    assert out.dtype == np.bool_ and np.array_equal(out, mask)
+    assert (data == b"") == bool(mask.all())
+
+
+def test_all_kept_mask_is_empty_and_none_kept_is_tiny() -> None:
+    assert encode_mask(np.ones((4, 32, 32), bool)) == b""
+    assert decode_mask(b"", (4, 32, 32)).all()
+    nothing = encode_mask(np.zeros((4, 32, 32), bool))
+    assert len(nothing) <= 16 and not decode_mask(nothing, (4, 32, 32)).any()
+
+
+def test_smooth_mask_costs_well_under_a_bit_per_position() -> None:
+    t, y, x = np.meshgrid(np.arange(4), np.arange(32), np.arange(32), indexing="ij")
+    mask = np.sin(x / 5 + t / 3) + np.cos(y / 4 - t / 5) > 0.3  # 44% kept
+    assert 8 * len(encode_mask(mask)) / mask.size < 0.25
+
+
+def test_tables_survive_json() -> None:
+    for tables in (
+        FITTED,
+        FrequencyTables.uniform((2, 256, 3)),
+        FrequencyTables.fit(np.array([5]), (3, 4), conditional=False),
+    ):
+        assert FrequencyTables.from_json(tables.to_json()) == tables
+
+
+def test_fitted_rows_sum_to_the_precision_and_keep_every_symbol_codable() -> None:
+    tables = FrequencyTables.fit(np.zeros(1000, np.int64), LEVELS)
+    for table in tables.weights:
+        for row in table:
+            assert sum(row) == 2**PRECISION_BITS and min(row) >= 1
+    unseen = np.array([K - 1, 12345])
+    data = encode_indices(unseen, "range", tables)
+    assert np.array_equal(decode_indices(data, 2, "range", tables), unseen)
+
+
+def test_independent_tables_repeat_the_marginal_in_every_context() -> None:
+    tables = FrequencyTables.fit(skewed_indices(5000), LEVELS, conditional=False)
+    for table in tables.weights[1:]:
+        assert len(set(table)) == 1
+
+
+def test_conditional_tables_code_correlated_digits_smaller() -> None:
+    train, test = skewed_indices(50000, seed=1), skewed_indices(50000, seed=2)
+    sizes = {
+        c: len(encode_indices(test, "range", FrequencyTables.fit(train, LEVELS, conditional=c)))
+        for c in (False, True)
+    }
+    assert sizes[True] < sizes[False]
+
+
+def test_range_coding_is_within_one_percent_of_the_empirical_entropy() -> None:
+    # Sample from the fitted model itself, digit by digit (digit i given digit i - 1), and
+    # compare with the sample's plug-in entropy under the same factorization.
+    rng = np.random.default_rng(7)
+    n = 200_000
+    digits = np.zeros((n, len(LEVELS)), np.int64)
+    for i, table in enumerate(FITTED.weights):
+        context = digits[:, i - 1] if i else np.zeros(n, np.int64)
+        for c, row in enumerate(table):
+            where = np.flatnonzero(context == c)
+            p = np.array(row) / 2**PRECISION_BITS
+            digits[where, i] = rng.choice(len(row), size=where.size, p=p)
+    indices = digits_to_indices(digits, LEVELS)
+    entropy_bits = 0.0
+    for i, level in enumerate(LEVELS):
+        context = digits[:, i - 1] if i else np.zeros(n, np.int64)
+        joint = np.bincount(context * level + digits[:, i]).astype(float)
+        ctx = np.bincount(context).astype(float)
+        nz = joint > 0
+        c_of = np.flatnonzero(nz) // level
+        entropy_bits -= (joint[nz] * np.log2(joint[nz] / ctx[c_of])).sum()
+    coded_bits = 8 * len(encode_indices(indices, "range", FITTED))
+    assert entropy_bits <= coded_bits <= 1.01 * entropy_bits
+
+
+def test_range_model_is_the_integer_table_exactly() -> None:
+    # With w = (2**23, 2**22, 2**22) every symbol costs exactly 1 or 2 bits: if constriction
+    # rescaled the table in floating point, the cost would drift from the integer ideal.
+    tables = FrequencyTables((3,), (((2**23, 2**22, 2**22),),))
+    symbols = np.random.default_rng(0).integers(0, 3, 100_000)
+    ideal = np.where(symbols == 0, 1, 2).sum()
+    coded = 8 * len(encode_indices(symbols, "range", tables))
+    assert ideal <= coded <= ideal + 64
+
+
+def test_range_bitstreams_are_pinned() -> None:
+    # Same tables + same indices = same bytes on every machine and library build; inputs are
+    # arithmetic (no random generator) so only the coders can move the hash.
+    indices = (np.arange(3000) ** 2 * 31 + np.arange(3000) // 7) % K
+    tables = FrequencyTables.fit(indices[::3], LEVELS)
+    t, y, x = np.meshgrid(np.arange(2), np.arange(7), np.arange(9), indexing="ij")
+    mask = (t + x * y + x // 3) % 4 == 0
+    data = encode_indices(indices, "range", tables) + encode_mask(mask)
+    assert hashlib.sha256(data).hexdigest()[:16] == "98c34a7ad692f5f6"
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_garbage_payload_is_a_format_error(coder: str) -> None:
+    rng = np.random.default_rng(0)
+    indices = skewed_indices(500)
+    good = encode_indices(indices, coder, FITTED)
+    bad_payloads = [
+        rng.bytes(len(good)),
+        good[:-4],
+        good + b"\0\0\0\0",
+        good[:-1],
+        b"",
+        bytes(len(good)),
+    ]
+    for bad in bad_payloads:
+        with pytest.raises(FormatError, match=r"^tokens: "):
+            decode_indices(bad, len(indices), coder, FITTED)
+    with pytest.raises(FormatError, match=r"^tokens: "):
+        decode_indices(good, len(indices) + 1, coder, FITTED)
+    with pytest.raises(FormatError, match=r"^tokens: "):
+        decode_indices(good, 0, coder, FITTED)
+
+
+def test_garbage_mask_is_a_format_error() -> None:
+    rng = np.random.default_rng(0)
+    shape = (4, 16, 16)
+    good = encode_mask(rng.random(shape) < 0.5)
+    for bad in (rng.bytes(len(good)), good[:-4], good + bytes(4), good[:-1]):
+        with pytest.raises(FormatError, match=r"^mask: "):
+            decode_mask(bad, shape)
+    with pytest.raises(FormatError, match=r"^mask: "):
+        decode_mask(good, (4, 16, 17))
+
+
+@settings(max_examples=40, deadline=None)
+@given(level=st.sampled_from([2, 3, 5, 256]), n=st.integers(1, 5000))
+def test_size_bound_accepts_the_cheapest_possible_payloads(level: int, n: int) -> None:
+    # The bound that refuses short payloads must never refuse a real one: the cheapest
+    # message repeats the most likely symbol, here exactly at the bound's per-index cost.
+    tables = FrequencyTables.uniform((level,))
+    indices = np.zeros(n, np.int64)
+    data = encode_indices(indices, "range", tables)
+    assert np.array_equal(decode_indices(data, n, "range", tables), indices)
+    mask = np.zeros((1, 16, 1 + n // 16), bool)
+    assert not decode_mask(encode_mask(mask), mask.shape).any()
+
+
+def test_huge_claimed_count_is_refused_before_allocating() -> None:
+    with pytest.raises(FormatError, match="tokens: 8 payload bytes cannot hold"):
+        decode_indices(bytes(8), 10**12, "range", FITTED)
+    with pytest.raises(FormatError, match="mask: 8 payload bytes cannot hold"):
+        decode_mask(bytes(8), (256, 2048, 2048))
+
+
+def test_zstd_frame_declaring_another_size_is_refused() -> None:
+    bomb = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(10**6))
+    with pytest.raises(FormatError, match="tokens: zstd frame declares 1000000 bytes"):
+        decode_indices(bomb, 10, "zstd", FITTED)
+
+
+def test_zstd_indices_outside_the_codebook_are_refused() -> None:
+    raw = np.array([1, 65000], "<u2").tobytes()
+    data = zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+    with pytest.raises(FormatError, match="tokens: index 65000 outside"):
+        decode_indices(data, 2, "zstd", FITTED)
+
+
+@pytest.mark.parametrize(
+    ("junk", "message"),
+    [
+        ("{", "not JSON"),
+        ("[]", "expected an object"),
+        ('{"format": "x"}', "expected an object"),
+    ],
+)
+def test_junk_tables_json_is_a_format_error(junk: str, message: str) -> None:
+    with pytest.raises(FormatError, match=f"frequency tables: {message}"):
+        FrequencyTables.from_json(junk)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda o: o.update(version=2), "unsupported version 2"),
+        (lambda o: o.update(precision_bits=16), "precision_bits 16"),
+        (lambda o: o.update(levels=[8, 8, 8, 5, 5, 1]), "fsq level 1 outside"),
+        (lambda o: o["weights"][0][0].__setitem__(0, 0), "weights must be integers >= 1"),
+        (lambda o: o["weights"][1][0].__setitem__(0, True), "weights must be integers >= 1"),
+        (lambda o: o["weights"][2][3].__setitem__(1, 5), "digit 2 context 3: weights sum to"),
+        (lambda o: o["weights"][3].pop(), "digit 3: 7 contexts, expected 8"),
+        (lambda o: o["weights"][4][0].append(1), "digit 4 context 0: 6 weights, expected 5"),
+        (lambda o: o.update(weights="no"), "weights a list of lists of lists"),
+    ],
+)
+def test_invalid_tables_are_named(change, message: str) -> None:
+    obj = json.loads(FITTED.to_json())
+    change(obj)
+    with pytest.raises(FormatError, match=f"frequency tables: .*{message}"):
+        FrequencyTables.from_json(json.dumps(obj))
+
+
+def test_encoder_refuses_indices_outside_the_codebook() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        encode_indices(np.array([K]), "range", FITTED)
+    with pytest.raises(ValueError, match="unknown coder"):
+        encode_indices(np.array([1]), "lzma", FITTED)
