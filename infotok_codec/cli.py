@@ -292,6 +292,8 @@ def main() -> None:
         _fail(message, getattr(exc, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

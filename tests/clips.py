@@ -1,0 +1,70 @@
+"""Test clips made in code with PyAV, and the shared data folder when it is present."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from infotok_codec.video import read_frames
+
+NTSC_FILM = Fraction(24000, 1001)
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEV = DATA / "dev"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pattern(frames: int, height: int, width: int) -> np.ndarray:
+    """A moving test pattern, ``(frames, height, width, 3)`` uint8.
+
+    Detail is in brightness and colour varies slowly, like natural video, so 4:2:0 chroma
+    subsampling alone does not cap the PSNR of an H.264 round trip.
+    """
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        luma = 60 * np.sin((x + 2 * t) / 3.0) * np.cos((y - t) / 4.0)
+        out[t, ..., 0] = np.clip(128 + luma + 40 * x / width, 0, 255)
+        out[t, ..., 1] = np.clip(128 + luma + 30 * y / height, 0, 255)
+        out[t, ..., 2] = np.clip(128 + luma - 20 * (x + y) / (width + height), 0, 255)
+    return out
+
+
+def make_clip(
+    path: Path,
+    frames: np.ndarray,
+    rate: Fraction = Fraction(25),
+    *,
+    codec: str = "libx264",
+    fmt: str | None = None,
+    pix_fmt: str = "yuv420p",
+) -> Path:
+    """Encode ``frames`` (n, H, W, 3) uint8 with PyAV: the way other tools make our inputs.
+
+    Odd sizes need a `pix_fmt` without chroma subsampling (yuv444p).
+    """
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def read_all(path: Path, **kwargs: int) -> np.ndarray:
+    return np.concatenate(list(read_frames(path, **kwargs)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)

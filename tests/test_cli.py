@@ -1,0 +1,244 @@
+"""The `infotok` command: bad input is one `error:` line, an exit code, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from infotok_codec.video import probe
+
+
+def infotok(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infotok_codec", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert run.returncode == code, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert "Traceback" not in run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# -- inputs that are not videos ----------------------------------------------------------------
+def test_missing_input(tmp_path: Path, tiny_model: Path) -> None:
+    run = infotok("encode", tmp_path / "nope.mp4", tmp_path / "o.itok", "--model", tiny_model)
+    assert_one_line_error(run, 1, "nope.mp4")
+    assert only(tmp_path) == []
+
+
+def test_directory_without_images(tmp_path: Path, tiny_model: Path) -> None:
+    (tmp_path / "d").mkdir()
+    run = infotok("encode", tmp_path / "d", tmp_path / "o.itok", "--model", tiny_model)
+    assert_one_line_error(run, 1, "d")
+    assert only(tmp_path) == ["d"]
+
+
+@pytest.mark.parametrize("kind", ["text", "png", "audio", "corrupt", "empty-video"])
+def test_files_that_are_not_readable_video(
+    tmp_path: Path, tiny_model: Path, clip, kind: str
+) -> None:
+    src = tmp_path / "in.mp4"
+    if kind == "text":
+        src.write_text("hello, I am not a video\n" * 20)
+    elif kind == "png":
+        with av.open(str(tmp_path / "x.png"), "w") as c:
+            s = c.add_stream("png")
+            s.width, s.height, s.pix_fmt = 8, 8, "rgb24"
+            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8))):
+                c.mux(p)
+        (tmp_path / "x.png").rename(src)
+    elif kind == "audio":
+        src = tmp_path / "in.mkv"
+        with av.open(str(src), "w") as c:
+            s = c.add_stream("pcm_s16le", rate=8000)
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 800), np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate = 8000
+            for p in s.encode(frame):
+                c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+    elif kind == "corrupt":
+        good = clip(frames=16, name="good.mp4").read_bytes()
+        src.write_bytes(good[:64] + bytes(np.random.default_rng(0).integers(0, 256, len(good))))
+    else:
+        with av.open(str(src), "w") as c:
+            s = c.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = 16, 16, "yuv420p"
+    before = only(tmp_path)
+    run = infotok("encode", src, tmp_path / "o.itok", "--model", tiny_model)
+    if kind == "png" and run.returncode == 0:
+        return  # FFmpeg may read a PNG as a one-frame video: then it must simply work
+    assert_one_line_error(run, 1, src.name)
+    assert only(tmp_path) == before
+
+
+@pytest.mark.parametrize("budget", ["0", "-0.5", "1.5", "nan", "abc"])
+def test_budget_outside_range_is_a_usage_error(tmp_path: Path, clip, budget: str) -> None:
+    src = clip(frames=4)
+    run = infotok("encode", src, tmp_path / "o.itok", "--budget", budget)
+    assert_one_line_error(run, 2, "budget")
+    assert not (tmp_path / "o.itok").exists()
+
+
+# -- outputs ---------------------------------------------------------------------------------
+def test_existing_output_is_untouched_without_force(tmp_path: Path, tiny_model: Path, clip) -> None:
+    src = clip(frames=4)
+    out = tmp_path / "o.itok"
+    out.write_bytes(b"precious")
+    run = infotok("encode", src, out, "--model", tiny_model)
+    assert_one_line_error(run, 1, "already exists", "--force")
+    assert out.read_bytes() == b"precious"
+    assert infotok("encode", src, out, "--model", tiny_model, "--force").returncode == 0
+    assert out.read_bytes()[:4] == b"ITOK"
+
+
+def test_missing_output_folder(tmp_path: Path, tiny_model: Path, clip) -> None:
+    run = infotok("encode", clip(frames=4), tmp_path / "no" / "o.itok", "--model", tiny_model)
+    assert_one_line_error(run, 1, "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_output_folder(tmp_path: Path, tiny_model: Path, clip) -> None:
+    src = clip(frames=4)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    run = infotok("encode", src, locked / "o.itok", "--model", tiny_model)
+    assert_one_line_error(run, 1, "not writable")
+
+
+# -- damaged or foreign .itok ----------------------------------------------------------------
+@pytest.fixture
+def itok(tmp_path: Path, tiny_model: Path, clip) -> Path:
+    out = tmp_path / "good.itok"
+    assert (
+        infotok("encode", clip(frames=32), out, "--model", tiny_model, "--budget", "0.5").returncode
+        == 0
+    )
+    return out
+
+
+def test_stream_from_another_model_names_both(
+    itok: Path, other_model: Path, tmp_path: Path
+) -> None:
+    run = infotok("decode", itok, tmp_path / "r.mkv", "--model", other_model)
+    assert_one_line_error(run, 1, "written by model tiny-test", "this is model tiny-test")
+    assert not (tmp_path / "r.mkv").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_damaged_itok(itok: Path, tiny_model: Path, tmp_path: Path, damage: str) -> None:
+    data = bytearray(itok.read_bytes())
+    bad = tmp_path / "bad.itok"
+    if damage == "truncate":
+        bad.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0x10
+        bad.write_bytes(bytes(data))
+    run = infotok("decode", bad, tmp_path / "r.mkv", "--model", tiny_model)
+    assert_one_line_error(run, 1)
+    assert not (tmp_path / "r.mkv").exists()
+
+
+def test_ctrl_c_during_encode_leaves_nothing(tmp_path: Path, tiny_model: Path, clip) -> None:
+    src = clip(frames=800, width=256, height=256, name="long.mp4")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infotok_codec",
+            "encode",
+            str(src),
+            str(out_dir / "o.itok"),
+            "--model",
+            str(tiny_model),
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(5)  # past start-up, well before the end
+    if proc.poll() is not None:
+        pytest.skip("encode finished before the interrupt; machine too fast for this clip")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr.strip() == "error: interrupted"
+    assert only(out_dir) == []
+
+
+# -- sizes that must work --------------------------------------------------------------------
+@pytest.mark.parametrize(("width", "height", "frames"), [(1, 1, 1), (2, 3, 2), (33, 17, 9)])
+def test_tiny_and_odd_sizes_work(
+    tmp_path: Path, tiny_model: Path, clip, width: int, height: int, frames: int
+) -> None:
+    src = clip(frames=frames, width=width, height=height)
+    assert infotok("encode", src, tmp_path / "o.itok", "--model", tiny_model).returncode == 0
+    run = infotok("decode", tmp_path / "o.itok", tmp_path / "r.mp4", "--model", tiny_model)
+    assert run.returncode == 0, run.stderr
+    info = probe(tmp_path / "r.mp4")
+    assert info.frames == frames
+
+
+def test_json_summaries(tmp_path: Path, tiny_model: Path, clip) -> None:
+    src = clip(frames=20, width=40, height=24)
+    run = infotok(
+        "encode", src, tmp_path / "o.itok", "--model", tiny_model, "--json", "--budget", "0.5"
+    )
+    summary = json.loads(run.stdout)
+    assert summary["frames"] == 20 and summary["chunks"] == 2
+    info = json.loads(infotok("info", tmp_path / "o.itok", "--json").stdout)
+    size = (tmp_path / "o.itok").stat().st_size
+    assert info["bytes"] == size == summary["bytes"]
+    assert info["bpp"] == pytest.approx(8 * size / (40 * 24 * 20))
+    assert [c["frames"] for c in info["chunks"]] == [16, 4]
+    assert {"index", "first_frame", "frames", "tokens", "positions", "bytes"} <= set(
+        info["chunks"][0]
+    )
+    assert sum(c["tokens"] for c in info["chunks"]) == info["tokens"]
+
+
+def test_decode_threads_do_not_change_tokens(tmp_path: Path, tiny_model: Path, itok: Path) -> None:
+    for threads in ("1", "2"):
+        run = infotok(
+            "decode",
+            itok,
+            "--tokens",
+            tmp_path / f"t{threads}.npz",
+            "--threads",
+            threads,
+            "--model",
+            tiny_model,
+        )
+        assert run.returncode == 0, run.stderr
+    a, b = np.load(tmp_path / "t1.npz"), np.load(tmp_path / "t2.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_heatmap_is_a_png(tmp_path: Path, tiny_model: Path, itok: Path) -> None:
+    run = infotok("info", itok, "--heatmap", tmp_path / "h.png", "--model", tiny_model)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,144 @@
+"""encode_file / decode_file / read_tokens end to end, on real files, with a real (tiny) model."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infotok_codec import ModelError
+from infotok_codec.codec import decode_file, encode_file, read_tokens
+from infotok_codec.inspect import file_info
+from infotok_codec.video import probe, read_frames
+
+from clips import DEV
+
+
+@pytest.mark.parametrize(
+    ("frames", "width", "height", "fps"),
+    [
+        (1, 1, 1, Fraction(25)),
+        (1, 3, 2, Fraction(25)),
+        (5, 33, 17, Fraction(24000, 1001)),
+        (37, 64, 48, Fraction(30)),
+    ],
+)
+def test_decoded_video_has_the_source_size_rate_and_frame_count(
+    clip, tiny_model: Path, tmp_path: Path, frames: int, width: int, height: int, fps: Fraction
+) -> None:
+    src = clip(frames=frames, width=width, height=height, fps=fps)
+    itok = tmp_path / "out.itok"
+    result = encode_file(src, itok, budget=0.5, model=tiny_model)
+    assert result.bytes == itok.stat().st_size
+    assert result.bpp == pytest.approx(8 * result.bytes / (width * height * frames))
+    out = tmp_path / "rec.mkv"
+    decode_file(itok, out, model=tiny_model)
+    info = probe(out)
+    assert (info.width, info.height, info.frames, info.fps) == (width, height, frames, fps)
+
+
+@pytest.mark.parametrize("router", ["elbo", "fixed", "uniform"])
+@pytest.mark.parametrize("budget", [0.25, 0.5, 0.8])
+def test_realised_rate_matches_the_budget(
+    clip, tiny_model: Path, tmp_path: Path, router: str, budget: float
+) -> None:
+    src = clip(frames=64, width=128, height=64)
+    result = encode_file(src, tmp_path / "o.itok", budget=budget, router=router, model=tiny_model)
+    assert result.realised_rate == pytest.approx(budget, rel=0.005)
+    info = file_info(tmp_path / "o.itok")
+    assert info.tokens / info.positions == pytest.approx(result.realised_rate)
+
+
+def test_elbo_moves_tokens_between_chunks_and_fixed_does_not(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    # A clip that is flat for two chunks and busy for two: elbo should favour the busy ones.
+    src = clip(frames=64, width=64, height=64)
+    frames = np.concatenate(list(read_frames(src)))
+    frames[:32] = 128
+    from infotok_codec.video import VideoWriter
+
+    mixed = tmp_path / "mixed.mkv"
+    with VideoWriter(mixed, 64, 64, 25) as w:
+        w.write(frames)
+    elbo = encode_file(mixed, tmp_path / "e.itok", budget=0.5, router="elbo", model=tiny_model)
+    fixed = encode_file(mixed, tmp_path / "f.itok", budget=0.5, router="fixed", model=tiny_model)
+    assert fixed.chunk_rates == [0.5] * 4
+    assert max(elbo.chunk_rates[2:]) > 0.5 > min(elbo.chunk_rates[:2])
+
+
+def test_budget_one_keeps_every_position_and_sends_no_mask(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    src = clip(frames=16)
+    encode_file(src, tmp_path / "o.itok", budget=1.0, model=tiny_model)
+    info = file_info(tmp_path / "o.itok")
+    assert info.tokens == info.positions and info.mask_bytes == 0
+
+
+def test_encoding_twice_gives_identical_bytes(clip, tiny_model: Path, tmp_path: Path) -> None:
+    src = clip(frames=20)
+    encode_file(src, tmp_path / "a.itok", budget=0.6, model=tiny_model)
+    encode_file(src, tmp_path / "b.itok", budget=0.6, model=tiny_model)
+    assert (tmp_path / "a.itok").read_bytes() == (tmp_path / "b.itok").read_bytes()
+
+
+def test_frame_range_decodes_only_those_frames(clip, tiny_model: Path, tmp_path: Path) -> None:
+    src = clip(frames=40)
+    encode_file(src, tmp_path / "o.itok", budget=0.5, model=tiny_model)
+    decode_file(tmp_path / "o.itok", tmp_path / "all.mkv", model=tiny_model)
+    result = decode_file(
+        tmp_path / "o.itok", tmp_path / "part.mkv", frames="18:35", model=tiny_model
+    )
+    assert result.frames == 17 and probe(tmp_path / "part.mkv").frames == 17
+    whole = np.concatenate(list(read_frames(tmp_path / "all.mkv")))
+    part = np.concatenate(list(read_frames(tmp_path / "part.mkv")))
+    assert np.array_equal(part, whole[18:35])
+
+
+def test_read_tokens_matches_the_tokens_file_and_the_mask(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    src = clip(frames=20)
+    encode_file(src, tmp_path / "o.itok", budget=0.5, model=tiny_model)
+    decode_file(tmp_path / "o.itok", None, tokens_out=tmp_path / "t.npz", model=tiny_model)
+    chunks = read_tokens(tmp_path / "o.itok", tiny_model)
+    saved = np.load(tmp_path / "t.npz")
+    assert len(chunks) == 2
+    for c in chunks:
+        assert np.array_equal(saved[f"indices_{c.index}"], c.indices)
+        assert np.array_equal(saved[f"keep_{c.index}"], c.keep)
+        assert ((c.indices >= 0) == c.keep).all()
+
+
+def test_a_stream_is_refused_by_another_model(
+    clip, tiny_model: Path, other_model: Path, tmp_path: Path
+) -> None:
+    src = clip(frames=8)
+    encode_file(src, tmp_path / "o.itok", model=tiny_model)
+    with pytest.raises(ModelError, match="written by model tiny-test .* this is model tiny-test"):
+        decode_file(tmp_path / "o.itok", tmp_path / "r.mkv", model=other_model)
+    assert not (tmp_path / "r.mkv").exists()
+
+
+@pytest.mark.skipif(not DEV.is_dir(), reason="needs ../shared/data/dev")
+def test_every_dev_clip_round_trips(tiny_model: Path, tmp_path: Path) -> None:
+    from infotok_codec.video import VideoWriter
+
+    for path in sorted(DEV.iterdir()):
+        # 8 frames at 64 px short side keep this quick; the full-size run is a benchmark.
+        frames = next(read_frames(path, 8, max_frames=8, short_side=64))
+        src = tmp_path / f"{path.stem}.mkv"
+        with VideoWriter(src, frames.shape[2], frames.shape[1], probe(path).fps) as w:
+            w.write(frames)
+        encode_file(src, tmp_path / "o.itok", budget=0.5, model=tiny_model, force=True)
+        decode_file(tmp_path / "o.itok", tmp_path / "r.mkv", model=tiny_model, force=True)
+        info, ref = probe(tmp_path / "r.mkv"), probe(src)
+        assert (info.width, info.height, info.frames, info.fps) == (
+            ref.width,
+            ref.height,
+            ref.frames,
+            ref.fps,
+        ), path.name
