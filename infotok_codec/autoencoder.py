@@ -3,8 +3,10 @@
 Video `(B, 3, T, H, W)` in [-1, 1] with T % 4 == 0 and H, W % 8 == 0 maps to features
 `(B, C, T/4, H/8, W/8)` and back. Cost is kept low by a pixel-unshuffle patch in front (2× time,
 4× space, lossless) and by factorised convolutions: a 3×3 spatial conv run as Conv2d over frames
-(much faster than Conv3d on a CPU) and a kernel-3 temporal conv padded on the past side only, so a
-latent frame never sees the future (block-causal, as Cosmos).
+(much faster than Conv3d on a CPU) and a kernel-3 temporal conv padded on the past side only.
+The convolutions are causal in time, as Cosmos's; the GroupNorm statistics are not: they span the
+whole chunk. A codec that decodes whole chunks loses nothing by it, so the shipped model keeps it;
+a streaming decoder would need per-frame normalisation.
 """
 
 from __future__ import annotations

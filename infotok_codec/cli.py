@@ -260,11 +260,26 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT.ckpt.pt.")] = False,
     threads: ThreadsOption = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    short_side: Annotated[
+        int, typer.Option(help="Scale training frames to this short side.")
+    ] = 256,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help='Model shape as JSON over the defaults, e.g. \'{"c1": 128, "dim": 384}\'.'
+        ),
+    ] = None,
 ) -> None:
     """Train a tokenizer; runs under `torchrun` for several GPUs."""
+    from infotok_codec.tokenizer import TokenizerConfig
     from infotok_codec.train import TrainOptions
     from infotok_codec.train import train as run_training
 
+    try:
+        model_config = TokenizerConfig.override(json.loads(config) if config else {})
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(f"--config: {exc}") from None
     opts = TrainOptions(
         data=data,
         out=out,
@@ -277,8 +292,12 @@ def train(
         seed=seed,
         resume=resume,
         threads=threads,
+        max_steps=max_steps,
+        short_side=short_side,
+        config=model_config,
     )
-    run_training(opts)
+    report = run_training(opts)
+    err_console.print(f"wrote {report.out} after {report.steps} steps ({report.minutes:.1f} min)")
 
 
 def main() -> None:

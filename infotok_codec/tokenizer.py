@@ -60,6 +60,16 @@ class TokenizerConfig:
         data["levels"] = tuple(data["levels"])
         return cls(**data)
 
+    @classmethod
+    def override(cls, changes: dict[str, Any]) -> TokenizerConfig:
+        """The defaults with `changes` applied; unknown fields are refused."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        if "levels" in changes:
+            changes = {**changes, "levels": tuple(changes["levels"])}
+        return dataclasses.replace(cls(), **changes)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

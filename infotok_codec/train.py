@@ -75,6 +75,7 @@ class TrainState:
     loss_ema: float | None = None
     err_ema: float | None = None  # EMA of the per-clip error L(x) for the stage-2 sampler
     first_loss: float | None = None
+    last_loss: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -221,7 +222,10 @@ def train(opts: TrainOptions) -> TrainReport:
         optimizer.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["state"])
         console.log(f"resumed at step {state.step} ({state.elapsed / 60:.1f} min)")
-    net: torch.nn.Module = DistributedDataParallel(model) if distributed else model
+    net: torch.nn.Module = (
+        # Stage 1 never uses the "dropped" embedding, so DDP must not wait for its gradient.
+        DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
+    )
 
     dataset = ClipWindows(clips, opts.frames, opts.crop, length=100_000 * opts.batch)
     sampler: DistributedSampler[torch.Tensor] | None = (
@@ -275,6 +279,7 @@ def train(opts: TrainOptions) -> TrainReport:
                 value = loss.item()
                 if state.first_loss is None:
                     state.first_loss = value
+                state.last_loss = value
                 state.loss_ema = (
                     value if state.loss_ema is None else 0.98 * state.loss_ema + 0.02 * value
                 )
@@ -304,7 +309,7 @@ def train(opts: TrainOptions) -> TrainReport:
         steps=state.step,
         minutes=state.elapsed / 60,
         first_loss=state.first_loss,
-        last_loss=state.loss_ema,
+        last_loss=state.last_loss,
         history=state.history,
     )
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from clips import make_clip, pattern
 
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, save_model
-
-from clips import make_clip, pattern
 
 TINY = TokenizerConfig(
     name="tiny-test",

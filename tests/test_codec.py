@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clips import DEV
 
 from infotok_codec import ModelError
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.inspect import file_info
 from infotok_codec.video import probe, read_frames
-
-from clips import DEV
 
 
 @pytest.mark.parametrize(
@@ -118,7 +117,7 @@ def test_a_stream_is_refused_by_another_model(
 ) -> None:
     src = clip(frames=8)
     encode_file(src, tmp_path / "o.itok", model=tiny_model)
-    with pytest.raises(ModelError, match="written by model tiny-test .* this is model tiny-test"):
+    with pytest.raises(ModelError, match=r"written by model tiny-test .* this is model tiny-test"):
         decode_file(tmp_path / "o.itok", tmp_path / "r.mkv", model=other_model)
     assert not (tmp_path / "r.mkv").exists()
 

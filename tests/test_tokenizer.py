@@ -1,0 +1,115 @@
+"""The tokenizer: shapes for any size, FSQ code/index symmetry, causality, strict model files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from infotok_codec import ModelError
+from infotok_codec.compressor import WindowTransformer
+from infotok_codec.fsq import FSQ
+from infotok_codec.tokenizer import Tokenizer, load_model
+
+from conftest import TINY
+
+
+@pytest.mark.parametrize(("t", "h", "w"), [(1, 1, 1), (5, 17, 33), (16, 64, 72), (7, 9, 130)])
+def test_any_size_is_padded_and_cropped_back(t: int, h: int, w: int) -> None:
+    model = Tokenizer(TINY).eval()
+    video = torch.rand(1, 3, t, h, w) * 2 - 1
+    indices, error = model.encode_with_error(video)
+    expected = (1, -(-t // 4), -(-h // 8), -(-w // 8))
+    assert indices.shape == expected and error.shape == expected
+    assert indices.min() >= 0 and indices.max() < 64000
+    recon = model.decode(indices, None, (t, h, w))
+    assert recon.shape == video.shape and recon.abs().max() <= 1
+
+
+def test_codes_and_indices_are_inverse() -> None:
+    fsq = FSQ((8, 8, 8, 5, 5, 5))
+    every_index = torch.arange(fsq.codebook_size)
+    codes = fsq.indices_to_codes(every_index)
+    assert torch.equal(fsq.codes_to_indices(codes), every_index)
+    assert torch.equal(fsq.indices_to_codes(fsq.codes_to_indices(codes)), codes)
+    quantized = fsq(torch.randn(1000, 6) * 3)
+    assert torch.equal(fsq.indices_to_codes(fsq.codes_to_indices(quantized)), quantized)
+    assert torch.equal(fsq.indices_to_codes(torch.tensor(fsq.zero_index)), torch.zeros(6))
+
+
+def test_compressor_attention_is_block_causal_in_time() -> None:
+    # The conv stack's temporal kernels are causal too, but its GroupNorm statistics span the
+    # whole chunk (see autoencoder.py), so causality is asserted where it holds exactly.
+    transformer = WindowTransformer(32, 2, 2, 8).eval()
+    features = torch.randn(1, 32, 4, 8, 8)
+    changed = features.clone()
+    changed[:, :, 3] = torch.randn(32, 8, 8)
+    with torch.no_grad():
+        a, b = transformer(features), transformer(changed)
+    assert torch.equal(a[:, :, :3], b[:, :, :3]) and not torch.equal(a[:, :, 3], b[:, :, 3])
+
+
+def test_dropped_positions_change_the_reconstruction_only_through_the_mask() -> None:
+    model = Tokenizer(TINY).eval()
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    indices = model.encode(video)
+    keep = torch.rand(indices.shape) < 0.5
+    other = torch.where(keep, indices, torch.randint_like(indices, 64000))
+    # What sits at a dropped position is ignored: only kept indices travel.
+    assert torch.equal(
+        model.decode(indices, keep, (8, 32, 32)), model.decode(other, keep, (8, 32, 32))
+    )
+
+
+def _rewrite(
+    src: Path, dst: Path, *, metadata: dict[str, str] | None = None, drop: str | None = None
+) -> Path:
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != drop}  # noqa: SIM118
+    meta.update(metadata or {})
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_loading_is_strict(tiny_model: Path, tmp_path: Path) -> None:
+    assert load_model(tiny_model).name == "tiny-test"
+    config = json.loads(safe_open(str(tiny_model), framework="pt").metadata()["config"])
+    wider = _rewrite(
+        tiny_model,
+        tmp_path / "a.safetensors",
+        metadata={"config": json.dumps({**config, "c1": 24})},
+    )
+    with pytest.raises(ModelError, match="do not match"):
+        load_model(wider)
+    extra_field = _rewrite(
+        tiny_model, tmp_path / "b.safetensors", metadata={"config": json.dumps({**config, "x": 1})}
+    )
+    with pytest.raises(ModelError, match="config fields"):
+        load_model(extra_field)
+    missing = _rewrite(tiny_model, tmp_path / "c.safetensors", drop="dropped")
+    with pytest.raises(ModelError, match="do not match"):
+        load_model(missing)
+    foreign = _rewrite(
+        tiny_model, tmp_path / "d.safetensors", metadata={"format": "something-else"}
+    )
+    with pytest.raises(ModelError, match="format"):
+        load_model(foreign)
+    (tmp_path / "e.safetensors").write_bytes(b"not a model at all")
+    with pytest.raises(ModelError, match="not a safetensors model"):
+        load_model(tmp_path / "e.safetensors")
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_model_hash_covers_weights_and_tables(tiny_model: Path, tmp_path: Path) -> None:
+    with safe_open(str(tiny_model), framework="pt") as f:
+        tables = f.metadata()["entropy_tables"]
+    changed = _rewrite(
+        tiny_model, tmp_path / "t.safetensors", metadata={"entropy_tables": tables + " "}
+    )
+    assert load_model(changed).sha256 != load_model(tiny_model).sha256

@@ -1,0 +1,107 @@
+"""Training: a short run lowers the loss and writes a loadable model; DDP runs under torchrun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+from infotok_codec.tokenizer import load_model
+from infotok_codec.train import TrainOptions, train
+
+from conftest import TINY
+
+
+def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> None:
+    src = clip(frames=40, width=96, height=80, name="train.mp4")
+    out = tmp_path / "m.safetensors"
+    report = train(
+        TrainOptions(
+            data=[src],
+            out=out,
+            minutes=10,
+            max_steps=20,
+            stage2_fraction=0.0,
+            batch=2,
+            frames=8,
+            crop=32,
+            lr=3e-3,
+            warmup_steps=2,
+            short_side=80,
+            threads=2,
+            config=TINY,
+        )
+    )
+    assert report.steps == 20
+    assert report.first_loss is not None and report.last_loss is not None
+    assert report.last_loss < 0.7 * report.first_loss
+    loaded = load_model(out)
+    assert loaded.tables_json and loaded.name == "tiny-test"
+    recipe = json.loads(loaded.metadata["recipe"])
+    assert recipe["steps"] == 20 and recipe["data_files"] == ["train.mp4"]
+    assert len(loaded.metadata["data_manifest_sha256"]) == 64
+
+
+def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
+    src = clip(frames=24, width=64, height=64, name="train.mp4")
+    out = tmp_path / "m.safetensors"
+    common = dict(
+        data=[src],
+        out=out,
+        minutes=10,
+        stage2_fraction=1.0,
+        batch=2,
+        frames=8,
+        crop=32,
+        warmup_steps=2,
+        short_side=64,
+        threads=2,
+        config=TINY,
+    )
+    train(TrainOptions(max_steps=3, **common))  # type: ignore[arg-type]
+    report = train(TrainOptions(max_steps=5, resume=True, **common))  # type: ignore[arg-type]
+    assert report.steps == 5
+
+
+def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:
+    src = clip(frames=24, width=64, height=64, name="train.mp4")
+    out = tmp_path / "ddp.safetensors"
+    config = json.dumps({k: v for k, v in TINY.__dict__.items() if k != "levels"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "infotok_codec",
+            "train",
+            str(src),
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--batch",
+            "1",
+            "--crop",
+            "32",
+            "--short-side",
+            "64",
+            "--threads",
+            "1",
+            "--config",
+            config,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    with safe_open(str(out), framework="pt") as f:
+        recipe = json.loads(f.metadata()["recipe"])
+    assert recipe["processes"] == 2 and recipe["steps"] == 3
