@@ -34,7 +34,7 @@ from infotok_codec.container import (
 )
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import InfotokError, ModelError
-from infotok_codec.tokenizer import LoadedModel, load_model
+from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.video import VideoWriter, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
@@ -62,22 +62,63 @@ class ChunkModel:
 
     def tokens(self, frames: np.ndarray) -> np.ndarray:
         """Full-rate indices `(T', h, w)` int64."""
-        return self.tokenizer.encode(self._video(frames))[0].cpu().numpy()
+        return self.tokens_and_error(frames, with_error=False)[0]
 
-    def tokens_and_error(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Indices `(T', h, w)` int64 and the ELBO proxy `(T', h, w)` float32."""
-        indices, error = self.tokenizer.encode_with_error(self._video(frames))
-        return indices[0].cpu().numpy(), error[0].float().cpu().numpy()
+    def tokens_and_error(
+        self, frames: np.ndarray, with_error: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices `(T', h, w)` int64 and the ELBO proxy `(T', h, w)` float32 (zeros if unasked)."""
+        n, height, width = frames.shape[:3]
+        shape = latent_shape(n, height, width)
+        indices = np.zeros(shape, dtype=np.int64)
+        error = np.zeros(shape, dtype=np.float32)
+        for y0, y1, x0, x1 in tiles(height, width):
+            video = self._video(frames[:, y0:y1, x0:x1])
+            ly, lx = y0 // SPACE_FACTOR, x0 // SPACE_FACTOR
+            if with_error:
+                idx, err = self.tokenizer.encode_with_error(video)
+                error[:, ly : ly + err.shape[2], lx : lx + err.shape[3]] = err[0].float().cpu()
+            else:
+                idx = self.tokenizer.encode(video)
+            indices[:, ly : ly + idx.shape[2], lx : lx + idx.shape[3]] = idx[0].cpu()
+        return indices, error
 
     def frames(
         self, indices: np.ndarray, keep: np.ndarray, n: int, height: int, width: int
     ) -> np.ndarray:
         """Indices `(T', h, w)` + keep-mask `(T', h, w)` → frames `(n, height, width, 3)` uint8."""
-        idx = torch.from_numpy(np.where(keep, indices, 0)).to(self.device)[None]
-        mask = None if keep.all() else torch.from_numpy(keep).to(self.device)[None]
-        video = self.tokenizer.decode(idx, mask, (n, height, width))
-        pixels = ((video[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return pixels.permute(1, 2, 3, 0).cpu().numpy()
+        out = np.empty((n, height, width, 3), dtype=np.uint8)
+        for y0, y1, x0, x1 in tiles(height, width):
+            ly0, ly1 = y0 // SPACE_FACTOR, -(-y1 // SPACE_FACTOR)
+            lx0, lx1 = x0 // SPACE_FACTOR, -(-x1 // SPACE_FACTOR)
+            tile_keep = keep[:, ly0:ly1, lx0:lx1]
+            tile_idx = np.where(tile_keep, indices[:, ly0:ly1, lx0:lx1], 0)
+            idx = torch.from_numpy(tile_idx).to(self.device)[None]
+            mask = None if tile_keep.all() else torch.from_numpy(tile_keep).to(self.device)[None]
+            video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))
+            pixels = ((video[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            out[:, y0:y1, x0:x1] = pixels.permute(1, 2, 3, 0).cpu().numpy()
+        return out
+
+
+TILE = 512  # pixels; a multiple of the compressor's 64-pixel window, so windows never straddle
+TILE_ABOVE = 1024 * 1024  # frames of more pixels than this are coded in tiles
+
+
+def tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes (y0, y1, x0, x1) the model runs on, one at a time.
+
+    Frames up to about a megapixel run whole; larger ones in TILE×TILE tiles, so memory is bounded
+    at any resolution (3840×2160 included). Encoder and decoder derive the same tiles from the
+    frame size, so a stream needs no record of them.
+    """
+    if height * width <= TILE_ABOVE:
+        return [(0, height, 0, width)]
+    return [
+        (y, min(y + TILE, height), x, min(x + TILE, width))
+        for y in range(0, height, TILE)
+        for x in range(0, width, TILE)
+    ]
 
 
 def resolve_device(device: str) -> torch.device:

@@ -7,32 +7,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-import torch
-from clips import make_clip, pattern
 
-from infotok_codec.entropy import FrequencyTables
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, save_model
-
-TINY = TokenizerConfig(
-    name="tiny-test",
-    c1=16,
-    c2=32,
-    enc_blocks1=1,
-    enc_blocks2=1,
-    dec_blocks1=1,
-    dec_blocks2=1,
-    dim=32,
-    enc_depth=1,
-    dec_depth=1,
-    heads=2,
-)
-
-
-def write_tiny_model(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = Tokenizer(TINY)
-    save_model(model, path, tables_json=FrequencyTables.uniform(TINY.levels).to_json())
-    return path
+from helpers import make_clip, pattern, write_tiny_model
 
 
 @pytest.fixture(scope="session")

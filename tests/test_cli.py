@@ -242,3 +242,17 @@ def test_heatmap_is_a_png(tmp_path: Path, tiny_model: Path, itok: Path) -> None:
     run = infotok("info", itok, "--heatmap", tmp_path / "h.png", "--model", tiny_model)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_3840x2160_works(tmp_path: Path, tiny_model: Path, clip) -> None:
+    src = clip(frames=2, width=3840, height=2160, name="uhd.mp4")
+    assert (
+        infotok(
+            "encode", src, tmp_path / "o.itok", "--model", tiny_model, "--budget", "0.5"
+        ).returncode
+        == 0
+    )
+    run = infotok("decode", tmp_path / "o.itok", tmp_path / "r.mkv", "--model", tiny_model)
+    assert run.returncode == 0, run.stderr
+    info = probe(tmp_path / "r.mkv")
+    assert (info.width, info.height, info.frames) == (3840, 2160, 2)

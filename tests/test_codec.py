@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import DEV
 
 from infotok_codec import ModelError
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.inspect import file_info
 from infotok_codec.video import probe, read_frames
+
+from helpers import DEV
 
 
 @pytest.mark.parametrize(
@@ -141,3 +142,15 @@ def test_every_dev_clip_round_trips(tiny_model: Path, tmp_path: Path) -> None:
             ref.frames,
             ref.fps,
         ), path.name
+
+
+def test_4k_frames_are_coded_in_tiles_that_tile_exactly(tiny_model: Path, tmp_path: Path) -> None:
+    from infotok_codec.codec import tiles
+
+    boxes = tiles(2160, 3840)
+    covered = np.zeros((2160, 3840), dtype=np.int32)
+    for y0, y1, x0, x1 in boxes:
+        assert y0 % 512 == 0 and x0 % 512 == 0
+        covered[y0:y1, x0:x1] += 1
+    assert (covered == 1).all() and len(boxes) == 5 * 8
+    assert tiles(720, 1280) == [(0, 720, 0, 1280)]

@@ -15,7 +15,7 @@ from infotok_codec.compressor import WindowTransformer
 from infotok_codec.fsq import FSQ
 from infotok_codec.tokenizer import Tokenizer, load_model
 
-from conftest import TINY
+from helpers import TINY
 
 
 @pytest.mark.parametrize(("t", "h", "w"), [(1, 1, 1), (5, 17, 33), (16, 64, 72), (7, 9, 130)])

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from infotok_codec.tokenizer import load_model
 from infotok_codec.train import TrainOptions, train
 
-from conftest import TINY
+from helpers import TINY
 
 
 def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from clips import DATA, NTSC_FILM, make_clip, pattern, psnr, read_all
 
 from infotok_codec.errors import InfotokError, VideoError
 from infotok_codec.video import VideoInfo, VideoWriter, output_size, probe, read_frames
+
+from helpers import DATA, NTSC_FILM, make_clip, pattern, psnr, read_all
 
 # ----------------------------------------------------------------------------- reading
 

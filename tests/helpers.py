@@ -1,4 +1,4 @@
-"""Test clips made in code with PyAV, and the shared data folder when it is present."""
+"""Test inputs made in code: clips (PyAV) and a tiny tokenizer; the shared data folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
+from infotok_codec.entropy import FrequencyTables
+from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, save_model
 from infotok_codec.video import read_frames
 
 NTSC_FILM = Fraction(24000, 1001)
@@ -68,3 +71,26 @@ def read_all(path: Path, **kwargs: int) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+TINY = TokenizerConfig(
+    name="tiny-test",
+    c1=16,
+    c2=32,
+    enc_blocks1=1,
+    enc_blocks2=1,
+    dec_blocks1=1,
+    dec_blocks2=1,
+    dim=32,
+    enc_depth=1,
+    dec_depth=1,
+    heads=2,
+)
+
+
+def write_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A small tokenizer with random weights and uniform coder tables, saved to `path`."""
+    torch.manual_seed(seed)
+    model = Tokenizer(TINY)
+    save_model(model, path, tables_json=FrequencyTables.uniform(TINY.levels).to_json())
+    return path
