@@ -484,7 +484,6 @@ class VideoWriter:
         self._container: Any = None
         self._stream: Any = None
         self._png: Any = None
-        self._reformatter = VideoReformatter()
         try:
             self._tmp = _make_temp(self.path, folder=self.kind == "png")
         except OSError as err:
@@ -587,16 +586,17 @@ class VideoWriter:
             )
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         if self.kind == "mp4":
-            frame = self._reformatter.reformat(
-                frame,
+            frame = frame.reformat(
                 format="yuv420p",
                 dst_colorspace=Colorspace.ITU709,
                 dst_color_range=ColorRange.MPEG,
             )
         else:
-            frame = self._reformatter.reformat(frame, format=self._stream.pix_fmt)
+            frame = frame.reformat(format=self._stream.pix_fmt)
         frame.pts = index
-        frame.time_base = self._stream.time_base
+        # One tick per frame. Not the stream's time base: the muxer rewrites that when it writes
+        # the header (mp4 picks 1/12800), and frames stamped in it reach x264 out of order.
+        frame.time_base = 1 / self.fps
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames_written += 1

@@ -328,3 +328,11 @@ def test_every_dev_clip_opens_with_its_manifest_frame_count(dev_clips: dict[Path
         chunks = list(read_frames(clip, 16, max_frames=16, short_side=64))
         assert [c.shape[0] for c in chunks] == [16], clip.name
         assert chunks[0].shape[1:] == (*output_size(info, 64, None)[::-1], 3), clip.name
+
+
+def test_mp4_of_many_busy_frames_keeps_every_frame(tmp_path: Path) -> None:
+    # x264 reorders frames once its lookahead fills; frames must carry their own 1/fps clock.
+    noise = np.random.default_rng(0).integers(0, 256, (48, 64, 96, 3), dtype=np.uint8)
+    with VideoWriter(tmp_path / "n.mp4", 96, 64, NTSC_FILM) as writer:
+        writer.write(noise)
+    assert probe(tmp_path / "n.mp4") == VideoInfo(96, 64, 48, NTSC_FILM, fps_assumed=False)
