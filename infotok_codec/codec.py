@@ -178,66 +178,14 @@ def encode_file(
     progress: Progress | None = None,
 ) -> EncodeResult:
     """Encode a video file into an `.itok` file at `budget` of the full-rate token count."""
-    src, dst = Path(src), Path(dst)
     routing.check_router(router)
     routing.check_budget(budget)
-    if chunk_frames < 4 or chunk_frames % 4:
-        raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
-    _check_output(dst, force)
-    info = probe(src)
-    loaded = _as_model(model)
-    engine = ChunkModel(loaded, device)
-    header = Header(
-        width=info.width,
-        height=info.height,
-        frames=info.frames,
-        fps_num=info.fps.numerator,
-        fps_den=info.fps.denominator,
-        chunk_frames=chunk_frames,
-        latent_height=-(-info.height // 8),
-        latent_width=-(-info.width // 8),
-        model_name=loaded.name,
-        model_hash=loaded.sha256,
-        fsq_levels=loaded.tokenizer.config.levels,
-        coder=coder,
-        router=router,
-        budget=budget,
-    )
-    seconds: dict[str, float] = {}
-    with tempfile.TemporaryFile(dir=dst.parent) as spill:
-        started = time.perf_counter()
-        chunks = _analyse(src, engine, header, router, budget, spill, progress)
-        seconds["analyse"] = time.perf_counter() - started
-        started = time.perf_counter()
-        positions = [c.positions for c in chunks]
-        counts = routing.allocate_counts(router, budget, positions, [c.mean_error for c in chunks])
-        seconds["route"] = time.perf_counter() - started
-        started = time.perf_counter()
-        spill.seek(0)
-        with ContainerWriter(dst, header) as writer:
-            for k, (chunk, count) in enumerate(zip(chunks, counts, strict=True)):
-                indices, error = chunk.load(spill)
-                keep = routing.select_positions(router, error, indices.shape, count)
-                writer.write_chunk(encode_chunk(header, k, keep, indices[keep], engine.tables))
-                if progress:
-                    progress("write", chunk.frames, header.frames)
-        seconds["write"] = time.perf_counter() - started
-    size = dst.stat().st_size
-    return EncodeResult(
-        path=dst,
-        width=info.width,
-        height=info.height,
-        frames=info.frames,
-        fps=info.fps,
-        chunks=len(chunks),
-        bytes=size,
-        bpp=8 * size / (info.width * info.height * info.frames),
-        router=router,
-        budget=budget,
-        realised_rate=sum(counts) / sum(positions),
-        chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
-        seconds=seconds,
-    )
+    _check_output(Path(dst), force)
+    with_error = router in ("elbo", "fixed") and budget < 1.0
+    with Analysis(
+        src, model, chunk_frames, device, with_error, Path(dst).parent, progress
+    ) as pass1:
+        return pass1.write(dst, router=router, budget=budget, coder=coder, force=force)
 
 
 @dataclass
@@ -246,49 +194,139 @@ class _SpilledChunk:
 
     frames: int
     shape: tuple[int, int, int]
+    offset: int  # where its arrays start in the spill file
     mean_error: float
-    has_error: bool
 
     @property
     def positions(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2]
 
-    def load(self, spill: BinaryIO) -> tuple[np.ndarray, np.ndarray | None]:
-        indices = np.load(spill)
-        error = np.load(spill) if self.has_error else None
-        return indices.reshape(self.shape), error
 
+class Analysis:
+    """Pass 1 of an encode: every chunk's full-rate indices (and error map), spilled to disk.
 
-def _analyse(
-    src: Path,
-    engine: ChunkModel,
-    header: Header,
-    router: str,
-    budget: float,
-    spill: BinaryIO,
-    progress: Progress | None,
-) -> list[_SpilledChunk]:
-    """Pass 1: tokens (and, where the router needs it, the error map) of every chunk."""
-    needs_error = router in ("elbo", "fixed") and budget < 1.0
-    chunks: list[_SpilledChunk] = []
-    total = 0
-    for frames in read_frames(src, header.chunk_frames):
-        if needs_error:
-            indices, error = engine.tokens_and_error(frames)
-            np.save(spill, indices.astype(np.int32))
-            np.save(spill, error)
+    Routing needs only each chunk's mean error, so that is all it keeps in memory. One analysis
+    can be written out at any number of routers and budgets (`write`); `bench` relies on that.
+    """
+
+    def __init__(
+        self,
+        src: str | Path,
+        model: LoadedModel | str | Path | None = None,
+        chunk_frames: int = 16,
+        device: str = "auto",
+        with_error: bool = True,
+        spill_dir: Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if chunk_frames < 4 or chunk_frames % 4:
+            raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+        self.src = Path(src)
+        self.info = probe(self.src)
+        self.loaded = _as_model(model)
+        self.engine = ChunkModel(self.loaded, device)
+        self.chunk_frames = chunk_frames
+        self.with_error = with_error
+        self.progress = progress
+        self._spill: BinaryIO = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115
+        try:
+            started = time.perf_counter()
+            self.chunks = self._run()
+            self.seconds = time.perf_counter() - started
+        except BaseException:
+            self._spill.close()
+            raise
+
+    def __enter__(self) -> Analysis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._spill.close()
+
+    def _run(self) -> list[_SpilledChunk]:
+        chunks: list[_SpilledChunk] = []
+        total = 0
+        for frames in read_frames(self.src, self.chunk_frames):
+            indices, error = self.engine.tokens_and_error(frames, with_error=self.with_error)
+            offset = self._spill.tell()
+            np.save(self._spill, indices.astype(np.int32))
+            np.save(self._spill, error)
             mean = float(error.mean(dtype=np.float64))
-        else:
-            indices = engine.tokens(frames)
-            np.save(spill, indices.astype(np.int32))
-            mean = 0.0
-        chunks.append(_SpilledChunk(len(frames), indices.shape, mean, needs_error))
-        total += len(frames)
-        if progress:
-            progress("analyse", len(frames), header.frames)
-    if total != header.frames:
-        raise InfotokError(f"{src}: read {total} frames, expected {header.frames}")
-    return chunks
+            chunks.append(_SpilledChunk(len(frames), indices.shape, offset, mean))
+            total += len(frames)
+            if self.progress:
+                self.progress("analyse", len(frames), self.info.frames)
+        if total != self.info.frames:
+            raise InfotokError(f"{self.src}: read {total} frames, expected {self.info.frames}")
+        return chunks
+
+    def _load(self, chunk: _SpilledChunk) -> tuple[np.ndarray, np.ndarray]:
+        self._spill.seek(chunk.offset)
+        return np.load(self._spill).astype(np.int64), np.load(self._spill)
+
+    def write(
+        self,
+        dst: str | Path,
+        *,
+        router: str = "elbo",
+        budget: float = 0.8,
+        coder: str = "range",
+        force: bool = False,
+    ) -> EncodeResult:
+        """Pass 2: route, choose positions, entropy-code, and write the `.itok` file."""
+        dst = Path(dst)
+        routing.check_router(router)
+        routing.check_budget(budget)
+        if router in ("elbo", "fixed") and budget < 1.0 and not self.with_error:
+            raise InfotokError(f"router {router} needs an analysis with error maps")
+        _check_output(dst, force)
+        info, loaded = self.info, self.loaded
+        header = Header(
+            width=info.width,
+            height=info.height,
+            frames=info.frames,
+            fps_num=info.fps.numerator,
+            fps_den=info.fps.denominator,
+            chunk_frames=self.chunk_frames,
+            latent_height=-(-info.height // SPACE_FACTOR),
+            latent_width=-(-info.width // SPACE_FACTOR),
+            model_name=loaded.name,
+            model_hash=loaded.sha256,
+            fsq_levels=loaded.tokenizer.config.levels,
+            coder=coder,
+            router=router,
+            budget=budget,
+        )
+        started = time.perf_counter()
+        positions = [c.positions for c in self.chunks]
+        errors = [c.mean_error for c in self.chunks]
+        counts = routing.allocate_counts(router, budget, positions, errors)
+        route_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with ContainerWriter(dst, header) as writer:
+            for k, (chunk, count) in enumerate(zip(self.chunks, counts, strict=True)):
+                indices, error = self._load(chunk)
+                keep = routing.select_positions(router, error, chunk.shape, count)
+                writer.write_chunk(encode_chunk(header, k, keep, indices[keep], self.engine.tables))
+                if self.progress:
+                    self.progress("write", chunk.frames, info.frames)
+        write_s = time.perf_counter() - started
+        size = dst.stat().st_size
+        return EncodeResult(
+            path=dst,
+            width=info.width,
+            height=info.height,
+            frames=info.frames,
+            fps=info.fps,
+            chunks=len(self.chunks),
+            bytes=size,
+            bpp=8 * size / (info.width * info.height * info.frames),
+            router=router,
+            budget=budget,
+            realised_rate=sum(counts) / sum(positions),
+            chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
+            seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
+        )
 
 
 # -- decode ----------------------------------------------------------------------------------
