@@ -247,6 +247,132 @@ def info(
     )
 
 
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{what} {text!r} is not a comma-separated list of numbers"
+        ) from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@app.command()
+def bench(
+    paths: Annotated[list[Path], typer.Argument(help="Video files or folders of videos.")],
+    budgets: Annotated[str, typer.Option(help="Token budgets.")] = "0.25,0.375,0.5,0.625,0.75,1.0",
+    routers: Annotated[str, typer.Option(help="InfoTok routers.")] = "elbo,fixed,uniform",
+    codecs: Annotated[
+        str, typer.Option(help="Classical codecs: x264,x265,svtav1 (or none).")
+    ] = "x264,x265,svtav1",
+    crfs: Annotated[
+        str | None,
+        typer.Option(help="CRFs for every classical codec (default: each its own sweep)."),
+    ] = None,
+    frames: Annotated[int, typer.Option(help="First frames of each clip.")] = 64,
+    size: Annotated[
+        int, typer.Option(help="Short side scaled and centre-cropped to this square.")
+    ] = 256,
+    metrics: Annotated[
+        str, typer.Option(help="psnr,ssim,msssim (vmaf: not in this FFmpeg).")
+    ] = "psnr,ssim,msssim",
+    oracle: Annotated[
+        bool, typer.Option("--oracle", help="Add the Lagrangian oracle allocation.")
+    ] = False,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for results.json, results.csv and plots.")
+    ] = Path("bench-results"),
+    keep_files: Annotated[
+        bool, typer.Option("--keep-files", help="Keep the encoded files in OUT/files.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Bitrate-distortion curves: InfoTok routers against x264, x265 and SVT-AV1."""
+    from infotok_codec.bench import BenchSettings, run_bench
+
+    _set_threads(threads)
+    codec_names = tuple(c for c in _names(codecs) if c != "none")
+    crf_values = tuple(int(v) for v in _floats(crfs, "--crfs")) if crfs else ()
+    settings = BenchSettings(
+        budgets=_floats(budgets, "--budgets"),
+        routers=_names(routers),
+        codecs=codec_names,
+        crfs={c: crf_values for c in codec_names} if crf_values else {},
+        frames=frames,
+        size=size,
+        metrics=_names(metrics),
+        device=device,
+        oracle=oracle,
+    )
+    from infotok_codec.bench import find_clips
+
+    total = settings.points(len(find_clips(paths)))
+    bars = Progress(
+        TextColumn("[bold]bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=as_json,
+    )
+    with bars:
+        task = bars.add_task("", total=total)
+        report = run_bench(
+            paths,
+            settings,
+            out,
+            model=model,
+            keep_files=keep_files,
+            tick=lambda label: bars.update(task, advance=1, description=label),
+        )
+    if as_json:
+        _print_json(report.summary)
+        return
+    table = Table(
+        "method",
+        "param",
+        "bpp",
+        "PSNR dB",
+        "MS-SSIM",
+        "rate",
+        title=f"mean over {len(report.summary['clips'])} clips",
+    )
+    for method, points in report.summary["means"].items():
+        for p in points:
+            ms = [
+                r.metrics.get("msssim")
+                for r in report.results
+                if r.method == method and r.param == p["param"]
+            ]
+            ms_mean = sum(v for v in ms if v is not None) / max(sum(v is not None for v in ms), 1)
+            table.add_row(
+                method,
+                f"{p['param']:g}",
+                f"{p['bpp']:.4f}",
+                f"{p['psnr']:.2f}",
+                f"{ms_mean:.4f}" if any(v is not None for v in ms) else "",
+                "" if p["rate"] is None else f"{p['rate']:.3f}",
+            )
+    console.print(table)
+    console.print(f"BD-rate vs x264: {report.summary['bd_rate_vs_x264']}")
+    if "tokens_saved_by_elbo_vs_fixed_at_equal_psnr_percent" in report.summary:
+        console.print(
+            "tokens saved by elbo vs fixed at equal PSNR: "
+            f"{report.summary['tokens_saved_by_elbo_vs_fixed_at_equal_psnr_percent']}%"
+        )
+    console.print(f"timing: {report.summary['timing']}")
+    if "oracle" in report.summary:
+        console.print(f"oracle: {report.summary['oracle']}")
+    console.print(f"wrote {out}/results.json, results.csv, rd_psnr.png")
+
+
 @app.command()
 def train(
     data: Annotated[list[Path], typer.Argument(help="Video files or folders of videos.")],

@@ -260,6 +260,11 @@ class Analysis:
             raise InfotokError(f"{self.src}: read {total} frames, expected {self.info.frames}")
         return chunks
 
+    def chunk_arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each chunk's full-rate indices `(T', h, w)` int64 and error map, from the spill."""
+        for chunk in self.chunks:
+            yield self._load(chunk)
+
     def _load(self, chunk: _SpilledChunk) -> tuple[np.ndarray, np.ndarray]:
         self._spill.seek(chunk.offset)
         return np.load(self._spill).astype(np.int64), np.load(self._spill)
@@ -272,8 +277,13 @@ class Analysis:
         budget: float = 0.8,
         coder: str = "range",
         force: bool = False,
+        counts: list[int] | None = None,
     ) -> EncodeResult:
-        """Pass 2: route, choose positions, entropy-code, and write the `.itok` file."""
+        """Pass 2: route, choose positions, entropy-code, and write the `.itok` file.
+
+        `counts` (kept positions per chunk) overrides the router's allocation; positions are then
+        still chosen by `router`. Bench's oracle uses it.
+        """
         dst = Path(dst)
         routing.check_router(router)
         routing.check_budget(budget)
@@ -300,7 +310,10 @@ class Analysis:
         started = time.perf_counter()
         positions = [c.positions for c in self.chunks]
         errors = [c.mean_error for c in self.chunks]
-        counts = routing.allocate_counts(router, budget, positions, errors)
+        if counts is None:
+            counts = routing.allocate_counts(router, budget, positions, errors)
+        elif len(counts) != len(positions):
+            raise InfotokError(f"{len(counts)} counts for {len(positions)} chunks")
         route_s = time.perf_counter() - started
         started = time.perf_counter()
         with ContainerWriter(dst, header) as writer:
