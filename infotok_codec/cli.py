@@ -99,7 +99,7 @@ def _progress(quiet: bool) -> Iterator[Any]:
         if name not in tasks:
             tasks[name] = bars.add_task(name, total=total, fps="")
         bars.advance(tasks[name], frames)
-        speed = bars.tasks[tasks[name]].speed
+        speed = next(t.speed for t in bars.tasks if t.id == tasks[name])
         bars.update(tasks[name], fps=f"{speed:.1f} fps" if speed else "")
 
     with bars:

@@ -163,7 +163,7 @@ def test_damaged_itok(itok: Path, tiny_model: Path, tmp_path: Path, damage: str)
 
 
 def test_ctrl_c_during_encode_leaves_nothing(tmp_path: Path, tiny_model: Path, clip) -> None:
-    src = clip(frames=800, width=256, height=256, name="long.mp4")
+    src = clip(frames=400, width=256, height=256, name="long.mp4")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     proc = subprocess.Popen(
@@ -181,13 +181,29 @@ def test_ctrl_c_during_encode_leaves_nothing(tmp_path: Path, tiny_model: Path, c
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(5)  # past start-up, well before the end
+    # Interrupt once pass 1 runs: its spill file, open in the output folder, shows the imports
+    # are done and the encode is under way (Linux: /proc).
+    deadline = time.monotonic() + 120
+    while (
+        proc.poll() is None
+        and time.monotonic() < deadline
+        and not _has_open_file_in(proc.pid, out_dir)
+    ):
+        time.sleep(0.05)
     if proc.poll() is not None:
         pytest.skip("encode finished before the interrupt; machine too fast for this clip")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and stderr.strip() == "error: interrupted"
     assert only(out_dir) == []
+
+
+def _has_open_file_in(pid: int, folder: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd).startswith(str(folder)) for fd in fds.iterdir())
+    except OSError:  # the process or one of its descriptors went away while we looked
+        return False
 
 
 # -- sizes that must work --------------------------------------------------------------------

@@ -39,18 +39,7 @@ def test_probe_counts_frames_and_keeps_rate(
 def test_odd_sized_clip_reads_back_at_its_size(tmp_path: Path) -> None:
     # libx264 with yuv444p accepts odd sizes; yuv420p would not.
     source = pattern(5, 17, 33)
-    path = tmp_path / "odd.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 33, 17, "yuv444p"
-        stream.options = {"qp": "0"}
-        for i, rgb in enumerate(source):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = make_clip(tmp_path / "odd.mkv", source, pix_fmt="yuv444p")
     assert (probe(path).width, probe(path).height, probe(path).frames) == (33, 17, 5)
     frames = read_all(path)
     assert frames.shape == (5, 17, 33, 3) and frames.dtype == np.uint8
