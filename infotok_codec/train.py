@@ -287,7 +287,8 @@ def train(opts: TrainOptions) -> TrainReport:
                 progress.update(
                     task,
                     completed=state.elapsed,
-                    info=f"step {state.step} stage {stage} loss {state.loss_ema:.4f} lr {lr:.1e}",
+                    info=f"step {state.step} stage {stage} loss {state.loss_ema:.4f} "
+                    f"psnr {psnr(recon.detach().float(), x):.2f} dB lr {lr:.1e}",
                 )
                 if state.step % 100 == 0:
                     console.log(
