@@ -180,6 +180,9 @@ def test_ctrl_c_during_encode_leaves_nothing(tmp_path: Path, tiny_model: Path, c
         ],
         stderr=subprocess.PIPE,
         text=True,
+        # A runner started in the background (`cmd &`) ignores SIGINT, and children inherit that;
+        # give the encoder the default disposition a terminal user's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Interrupt once pass 1 runs: its spill file, open in the output folder, shows the imports
     # are done and the encode is under way (Linux: /proc).
