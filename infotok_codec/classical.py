@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,10 +37,16 @@ CODECS = {
 }
 
 
+def _quiet_encoders() -> None:
+    # SVT-AV1 prints its whole configuration to stderr at every encode unless told otherwise.
+    os.environ.setdefault("SVT_LOG", "1")
+
+
 def encode_classical(
     codec: ClassicalCodec, frames: np.ndarray, fps: Fraction, crf: int, path: Path
 ) -> None:
     """Frames `(n, H, W, 3)` uint8 (H, W even) → a Matroska file coded at `crf`, 4:2:0."""
+    _quiet_encoders()
     try:
         av.codec.Codec(codec.encoder, "w")
     except Exception:  # PyAV raises its own UnknownCodecError
