@@ -13,7 +13,7 @@ from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.inspect import file_info
 from infotok_codec.video import probe, read_frames
 
-from helpers import DEV
+from helpers import DEV, psnr
 
 
 @pytest.mark.parametrize(
@@ -154,3 +154,19 @@ def test_4k_frames_are_coded_in_tiles_that_tile_exactly(tiny_model: Path, tmp_pa
         covered[y0:y1, x0:x1] += 1
     assert (covered == 1).all() and len(boxes) == 5 * 8
     assert tiles(720, 1280) == [(0, 720, 0, 1280)]
+
+
+def test_shipped_model_codes_the_sample_clip(tmp_path: Path) -> None:
+    # The README's first command, through the API: the default model, offline, real quality.
+    sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
+    src = tmp_path / "sample.mkv"
+    frames = next(read_frames(sample, 16))
+    from infotok_codec.video import VideoWriter
+
+    with VideoWriter(src, frames.shape[2], frames.shape[1], 25) as w:
+        w.write(frames)
+    result = encode_file(src, tmp_path / "s.itok", budget=0.8)
+    assert result.realised_rate == pytest.approx(0.8, abs=0.005)
+    decode_file(tmp_path / "s.itok", tmp_path / "r.mkv")
+    decoded = next(read_frames(tmp_path / "r.mkv", 16))
+    assert psnr(decoded, frames) > 20
