@@ -131,7 +131,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
+def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
@@ -223,7 +223,7 @@ class Analysis:
             raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
         self.src = Path(src)
         self.info = probe(self.src)
-        self.loaded = _as_model(model)
+        self.loaded = as_model(model)
         self.engine = ChunkModel(self.loaded, device)
         self.chunk_frames = chunk_frames
         self.with_error = with_error
@@ -373,7 +373,7 @@ def _chunk_tokens(header: Header, rec: ChunkRecord, tables: FrequencyTables) -> 
     return ChunkTokens(rec.index, rec.first_frame, rec.frames, indices, keep)
 
 
-def _check_model_matches(header: Header, model: LoadedModel) -> None:
+def check_model_matches(header: Header, model: LoadedModel) -> None:
     if header.model_hash != model.sha256:
         raise ModelError(
             f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
@@ -435,8 +435,8 @@ def decode_file(
         fps = Fraction(header.fps_num, header.fps_den)
         engine: ChunkModel | None = None
         if out is not None:
-            loaded = _as_model(model)
-            _check_model_matches(header, loaded)
+            loaded = as_model(model)
+            check_model_matches(header, loaded)
             engine = ChunkModel(loaded, device)
             tables = engine.tables
         else:
@@ -477,7 +477,7 @@ def decode_file(
 def load_tables(header: Header, model: LoadedModel | str | Path | None) -> FrequencyTables:
     """The coder tables of the model that wrote `header`, without building the network."""
     if isinstance(model, LoadedModel):
-        _check_model_matches(header, model)
+        check_model_matches(header, model)
         tables_json = model.tables_json
     else:
         from infotok_codec.tokenizer import read_model_metadata

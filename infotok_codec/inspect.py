@@ -107,13 +107,13 @@ def token_heatmap(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from infotok_codec.codec import ChunkModel, _as_model, _check_model_matches, iter_tokens
+    from infotok_codec.codec import ChunkModel, as_model, check_model_matches, iter_tokens
 
-    loaded = _as_model(model)
+    loaded = as_model(model)
     engine = ChunkModel(loaded, "cpu")
     with ContainerReader(path) as reader:
         h = reader.header
-        _check_model_matches(h, loaded)
+        check_model_matches(h, loaded)
         n = len(reader)
         rates = [rec.kept / rec.positions(h) for rec in reader.chunks()]
         shown = sorted(set(np.linspace(0, n - 1, min(n, max_chunks)).round().astype(int).tolist()))
