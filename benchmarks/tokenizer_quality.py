@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -23,15 +22,11 @@ import torch
 
 from infotok_codec import router as routing
 from infotok_codec.codec import ChunkModel
+from infotok_codec.metrics import psnr_pooled
 from infotok_codec.tokenizer import load_model
 from infotok_codec.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
 def main() -> None:
@@ -82,7 +77,7 @@ def main() -> None:
                 recon[name].append(out)
             frames_total += len(chunk)
         for name, parts in recon.items():
-            row[f"psnr_{name}"] = round(psnr(np.concatenate(parts), video), 3)
+            row[f"psnr_{name}"] = round(psnr_pooled(np.concatenate(parts), video), 3)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     summary = {

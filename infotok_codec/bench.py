@@ -31,10 +31,9 @@ from infotok_codec.codec import Analysis, ChunkModel, decode_file, resolve_devic
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import measure
 from infotok_codec.tokenizer import LoadedModel, load_model
-from infotok_codec.video import VideoWriter, probe, read_frames
+from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
 ORACLE_RATES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".264", ".h264", ".y4m"}
 
 Tick = Callable[[str], None]
 
@@ -84,20 +83,6 @@ class BenchReport:
     device: str
     versions: dict[str, str]
     settings: dict[str, Any]
-
-
-def find_clips(paths: Sequence[Path]) -> list[Path]:
-    clips: list[Path] = []
-    for path in paths:
-        if path.is_dir() and not any(p.suffix.lower() in {".png", ".jpg"} for p in path.iterdir()):
-            clips += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-        elif path.exists():
-            clips.append(path)
-        else:
-            raise InfotokError(f"{path}: no such file or folder")
-    if not clips:
-        raise InfotokError("no clips to benchmark")
-    return clips
 
 
 def prepare_source(path: Path, settings: BenchSettings, workdir: Path) -> tuple[np.ndarray, Path]:
@@ -541,7 +526,7 @@ def run_bench(
         routing.check_router(router)
     for budget in settings.budgets:
         routing.check_budget(budget)
-    clips = find_clips(paths)
+    clips = find_videos(paths)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     device = str(resolve_device(settings.device))
     rows: list[BenchRow] = []

@@ -310,9 +310,9 @@ def bench(
         device=device,
         oracle=oracle,
     )
-    from infotok_codec.bench import find_clips
+    from infotok_codec.video import find_videos
 
-    total = settings.points(len(find_clips(paths)))
+    total = settings.points(len(find_videos(paths)))
     bars = Progress(
         TextColumn("[bold]bench"),
         BarColumn(),

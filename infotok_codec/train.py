@@ -33,11 +33,11 @@ from torch.utils.data.distributed import DistributedSampler
 from infotok_codec import video as video_io
 from infotok_codec.errors import InfotokError
 from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, pooled_error, save_model
+from infotok_codec.video import find_videos
 
 # Stage-2 rate sampler: r = clip(b · L(x) / EMA(L), 1/16, 1), b drawn from these (InfoTok §3.3).
 STAGE2_BUDGETS = (1.0, 0.75, 0.5, 0.25)
 MIN_RATE = 1 / 16
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".264", ".h264", ".y4m"}
 
 
 @dataclass
@@ -90,23 +90,6 @@ class TrainReport:
 
 
 # -- data ------------------------------------------------------------------------------------
-def find_videos(paths: Sequence[Path]) -> list[Path]:
-    """Video files and image-sequence folders under `paths`, sorted for a reproducible split."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
-            for child in sorted(path.iterdir()):
-                if child.is_dir() or child.suffix.lower() in VIDEO_SUFFIXES:
-                    found.append(child)
-        else:
-            raise InfotokError(f"{path}: no such file or folder")
-    if not found:
-        raise InfotokError("no training videos found")
-    return sorted(found)
-
-
 def manifest_sha256(files: Sequence[Path]) -> str:
     """Hash of the training set's names and sizes: which data a model saw, cheaply."""
     h = hashlib.sha256()

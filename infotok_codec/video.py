@@ -19,7 +19,7 @@ import secrets
 import shutil
 import tempfile
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -669,3 +669,23 @@ class VideoWriter:
             self.close()
         else:
             self._abort()
+
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".264", ".h264", ".y4m"})
+
+
+def find_videos(paths: Sequence[Path]) -> list[Path]:
+    """Video files and image-sequence folders among `paths` (files or folders), sorted by name."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_dir() or child.suffix.lower() in VIDEO_SUFFIXES:
+                    found.append(child)
+        else:
+            raise VideoError(f"{path}: no such file or folder")
+    if not found:
+        raise VideoError(f"no videos in {', '.join(map(str, paths))}")
+    return sorted(found)
