@@ -119,16 +119,14 @@ def bench_tokenizer(
 ) -> list[BenchRow]:
     """Rows for every router × budget (and the oracle) of one clip."""
     rows: list[BenchRow] = []
-    # Tokens only: what `uniform` (and any budget-1.0 encode) pays in pass 1.
-    with Analysis(source, model, device=settings.device, with_error=False) as plain:
-        tokens_only_s = plain.seconds
     with Analysis(source, model, device=settings.device, with_error=True) as analysis:
         for router in settings.routers:
             for budget in settings.budgets:
                 itok = workdir / f"{clip}.{router}.{budget}.itok"
                 enc = analysis.write(itok, router=router, budget=budget, force=True)
                 needs_error = router in ("elbo", "fixed") and budget < 1.0
-                analyse_s = analysis.seconds if needs_error else tokens_only_s
+                # `uniform` (and any budget-1.0 encode) needs no pass 1.
+                analyse_s = analysis.seconds if needs_error else 0.0
                 rows.append(
                     _token_row(
                         clip,
@@ -202,15 +200,13 @@ def _oracle_rows(
     h, w = reference.shape[1:3]
     distortion: list[list[float]] = []  # [chunk][rate] sum of squared error
     counts_at: list[list[int]] = []
-    for k, (indices, error) in enumerate(analysis.chunk_arrays()):
-        ref = reference[k * analysis.chunk_frames : (k + 1) * analysis.chunk_frames]
-        n_pos = indices.size
+    for error, frames in zip(analysis.chunk_errors(), analysis.read_chunks(), strict=True):
         row_d, row_c = [], []
         for r in ORACLE_RATES:
-            count = routing.keep_count(r, n_pos)
-            keep = routing.select_positions("fixed", error, indices.shape, count)
-            out = engine.frames(indices, keep, len(ref), h, w)
-            row_d.append(float(np.sum((out.astype(np.float64) - ref) ** 2)))
+            count = routing.keep_count(r, error.size)
+            keep = routing.select_positions("fixed", error, error.shape, count)
+            out = engine.frames(engine.tokens(frames, keep), keep, len(frames), h, w)
+            row_d.append(float(np.sum((out.astype(np.float64) - frames) ** 2)))
             row_c.append(count)
         distortion.append(row_d)
         counts_at.append(row_c)

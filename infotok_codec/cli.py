@@ -385,6 +385,13 @@ def train(
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT.ckpt.pt.")] = False,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from this model file's weights (fine-tune).")
+    ] = None,
+    spread_share: Annotated[
+        float, typer.Option(help="Share of stage-2 clips masked in spread order, not by error.")
+    ] = 0.15,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 200,
     threads: ThreadsOption = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     short_side: Annotated[
@@ -417,6 +424,9 @@ def train(
         checkpoint_minutes=checkpoint_minutes,
         seed=seed,
         resume=resume,
+        init=init,
+        spread_share=spread_share,
+        warmup_steps=warmup_steps,
         threads=threads,
         max_steps=max_steps,
         short_side=short_side,

@@ -1,11 +1,12 @@
 """The codec: video file ⇄ `.itok` file, and the tokens inside one.
 
 `encode_file` and `decode_file` are mirrors. Encoding with the `elbo` router takes two passes over
-the chunks: pass 1 runs the tokenizer once per chunk (indices and the full-rate error map) and
-spills both to a temporary file, keeping in memory only each chunk's mean error; the router then
-sets every chunk's token count from those means, and pass 2 reads the spill back to choose
-positions and write records. Memory stays flat however long the video is, and the model runs once
-per chunk.
+the input: pass 1 runs the tokenizer at full rate on each chunk (encode and decode) for its error
+map, spills the map to a temporary file and keeps in memory only the chunk's mean error; the
+router then sets every chunk's token count from those means, and pass 2 reads the input again,
+chooses each chunk's positions from its spilled map and encodes the chunk knowing its keep-mask
+(the compressor moves what dropped positions hold into kept ones), then writes the record.
+Memory stays flat however long the video is.
 """
 
 from __future__ import annotations
@@ -60,28 +61,29 @@ class ChunkModel:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         return x.permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
 
-    def tokens(self, frames: np.ndarray) -> np.ndarray:
-        """Full-rate indices `(T', h, w)` int64."""
-        return self.tokens_and_error(frames, with_error=False)[0]
-
-    def tokens_and_error(
-        self, frames: np.ndarray, with_error: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Indices `(T', h, w)` int64 and the ELBO proxy `(T', h, w)` float32 (zeros if unasked)."""
+    def tokens(self, frames: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
+        (indices at dropped positions are meaningless)."""
         n, height, width = frames.shape[:3]
-        shape = latent_shape(n, height, width)
-        indices = np.zeros(shape, dtype=np.int64)
-        error = np.zeros(shape, dtype=np.float32)
+        indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
         for y0, y1, x0, x1 in tiles(height, width):
-            video = self._video(frames[:, y0:y1, x0:x1])
-            ly, lx = y0 // SPACE_FACTOR, x0 // SPACE_FACTOR
-            if with_error:
-                idx, err = self.tokenizer.encode_with_error(video)
-                error[:, ly : ly + err.shape[2], lx : lx + err.shape[3]] = err[0].float().cpu()
-            else:
-                idx = self.tokenizer.encode(video)
-            indices[:, ly : ly + idx.shape[2], lx : lx + idx.shape[3]] = idx[0].cpu()
-        return indices, error
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            mask = None
+            if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
+                mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
+            idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
+            indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
+        return indices
+
+    def error_map(self, frames: np.ndarray) -> np.ndarray:
+        """The router's ELBO proxy `(T', h, w)` float32: full-rate error per latent position."""
+        n, height, width = frames.shape[:3]
+        error = np.zeros(latent_shape(n, height, width), dtype=np.float32)
+        for y0, y1, x0, x1 in tiles(height, width):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            err = self.tokenizer.error_map(self._video(frames[:, y0:y1, x0:x1]))
+            error[:, ly0:ly1, lx0:lx1] = err[0].float().cpu()
+        return error
 
     def frames(
         self, indices: np.ndarray, keep: np.ndarray, n: int, height: int, width: int
@@ -89,8 +91,7 @@ class ChunkModel:
         """Indices `(T', h, w)` + keep-mask `(T', h, w)` → frames `(n, height, width, 3)` uint8."""
         out = np.empty((n, height, width, 3), dtype=np.uint8)
         for y0, y1, x0, x1 in tiles(height, width):
-            ly0, ly1 = y0 // SPACE_FACTOR, -(-y1 // SPACE_FACTOR)
-            lx0, lx1 = x0 // SPACE_FACTOR, -(-x1 // SPACE_FACTOR)
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
             tile_keep = keep[:, ly0:ly1, lx0:lx1]
             tile_idx = np.where(tile_keep, indices[:, ly0:ly1, lx0:lx1], 0)
             idx = torch.from_numpy(tile_idx).to(self.device)[None]
@@ -119,6 +120,11 @@ def tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
         for y in range(0, height, TILE)
         for x in range(0, width, TILE)
     ]
+
+
+def _latent_span(p0: int, p1: int) -> tuple[int, int]:
+    """Latent rows (or columns) covering pixel rows [p0, p1) of a tile."""
+    return p0 // SPACE_FACTOR, -(-p1 // SPACE_FACTOR)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -189,12 +195,12 @@ def encode_file(
 
 
 @dataclass
-class _SpilledChunk:
-    """Where pass 1 left a chunk's indices and error map, and what routing needs of it."""
+class _ChunkPlan:
+    """One chunk as pass 1 saw it: its size, and where its error map lies in the spill file."""
 
     frames: int
     shape: tuple[int, int, int]
-    offset: int  # where its arrays start in the spill file
+    offset: int | None  # None: no error map was computed
     mean_error: float
 
     @property
@@ -203,10 +209,12 @@ class _SpilledChunk:
 
 
 class Analysis:
-    """Pass 1 of an encode: every chunk's full-rate indices (and error map), spilled to disk.
+    """Pass 1 of an encode: every chunk's full-rate error map, spilled to disk.
 
-    Routing needs only each chunk's mean error, so that is all it keeps in memory. One analysis
-    can be written out at any number of routers and budgets (`write`); `bench` relies on that.
+    Routing needs only each chunk's mean error, so that is all it keeps in memory. Routers that
+    need no error map (`uniform`, or budget 1.0) skip the model here: the chunks follow from the
+    frame count. One analysis can be written out at any number of routers and budgets (`write`,
+    pass 2, reads the input again); `bench` relies on that.
     """
 
     def __init__(
@@ -231,7 +239,7 @@ class Analysis:
         self._spill: BinaryIO = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115
         try:
             started = time.perf_counter()
-            self.chunks = self._run()
+            self.chunks = self._run() if with_error else self._plan()
             self.seconds = time.perf_counter() - started
         except BaseException:
             self._spill.close()
@@ -243,31 +251,47 @@ class Analysis:
     def __exit__(self, *exc: object) -> None:
         self._spill.close()
 
-    def _run(self) -> list[_SpilledChunk]:
-        chunks: list[_SpilledChunk] = []
-        total = 0
-        for frames in read_frames(self.src, self.chunk_frames):
-            indices, error = self.engine.tokens_and_error(frames, with_error=self.with_error)
+    def _plan(self) -> list[_ChunkPlan]:
+        h, w = self.info.height, self.info.width
+        return [
+            _ChunkPlan(n, latent_shape(n, h, w), None, 0.0)
+            for start in range(0, self.info.frames, self.chunk_frames)
+            for n in [min(self.chunk_frames, self.info.frames - start)]
+        ]
+
+    def _run(self) -> list[_ChunkPlan]:
+        chunks: list[_ChunkPlan] = []
+        for frames in self.read_chunks():
+            error = self.engine.error_map(frames)
             offset = self._spill.tell()
-            np.save(self._spill, indices.astype(np.int32))
             np.save(self._spill, error)
             mean = float(error.mean(dtype=np.float64))
-            chunks.append(_SpilledChunk(len(frames), indices.shape, offset, mean))
-            total += len(frames)
+            chunks.append(_ChunkPlan(len(frames), error.shape, offset, mean))
             if self.progress:
                 self.progress("analyse", len(frames), self.info.frames)
-        if total != self.info.frames:
-            raise InfotokError(f"{self.src}: read {total} frames, expected {self.info.frames}")
         return chunks
 
-    def chunk_arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Each chunk's full-rate indices `(T', h, w)` int64 and error map, from the spill."""
-        for chunk in self.chunks:
-            yield self._load(chunk)
+    def read_chunks(self) -> Iterator[np.ndarray]:
+        """The input's chunks of frames, checked against the probed frame count."""
+        total = 0
+        for frames in read_frames(self.src, self.chunk_frames):
+            total += len(frames)
+            if total > self.info.frames:
+                break
+            yield frames
+        if total != self.info.frames:
+            raise InfotokError(f"{self.src}: read {total} frames, expected {self.info.frames}")
 
-    def _load(self, chunk: _SpilledChunk) -> tuple[np.ndarray, np.ndarray]:
+    def chunk_errors(self) -> Iterator[np.ndarray]:
+        """Each chunk's full-rate error map `(T', h, w)`, from the spill."""
+        for chunk in self.chunks:
+            yield self._error(chunk)
+
+    def _error(self, chunk: _ChunkPlan) -> np.ndarray:
+        if chunk.offset is None:
+            raise InfotokError("this analysis computed no error maps")
         self._spill.seek(chunk.offset)
-        return np.load(self._spill).astype(np.int64), np.load(self._spill)
+        return np.load(self._spill)
 
     def write(
         self,
@@ -279,7 +303,7 @@ class Analysis:
         force: bool = False,
         counts: list[int] | None = None,
     ) -> EncodeResult:
-        """Pass 2: route, choose positions, entropy-code, and write the `.itok` file.
+        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write.
 
         `counts` (kept positions per chunk) overrides the router's allocation; positions are then
         still chosen by `router`. Bench's oracle uses it.
@@ -317,9 +341,14 @@ class Analysis:
         route_s = time.perf_counter() - started
         started = time.perf_counter()
         with ContainerWriter(dst, header) as writer:
-            for k, (chunk, count) in enumerate(zip(self.chunks, counts, strict=True)):
-                indices, error = self._load(chunk)
+            for k, (chunk, count, frames) in enumerate(
+                zip(self.chunks, counts, self.read_chunks(), strict=True)
+            ):
+                error = (
+                    self._error(chunk) if router != "uniform" and count < chunk.positions else None
+                )
                 keep = routing.select_positions(router, error, chunk.shape, count)
+                indices = self.engine.tokens(frames, keep)
                 writer.write_chunk(encode_chunk(header, k, keep, indices[keep], self.engine.tables))
                 if self.progress:
                     self.progress("write", chunk.frames, info.frames)

@@ -28,7 +28,7 @@ from infotok_codec.fsq import FSQ
 
 TIME_FACTOR = 4
 SPACE_FACTOR = 8
-MODEL_FORMAT = "infotok-model-1"
+MODEL_FORMAT = "infotok-model-2"
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "infotok-s.safetensors"
 
 
@@ -100,6 +100,10 @@ class Tokenizer(nn.Module):
         self.config = cfg = config or TokenizerConfig()
         self.fsq = FSQ(cfg.levels)
         self.encoder = ConvEncoder(cfg.c1, cfg.c2, cfg.enc_blocks1, cfg.enc_blocks2, cfg.dim)
+        # The compressor is told which positions the router will drop (a learned embedding added
+        # there), so it can move what they hold into kept neighbours of the same window: the
+        # kept tokens of a masked encode are not the full-rate tokens at those positions.
+        self.will_drop = nn.Parameter(torch.zeros(cfg.dim))
         self.compressor = WindowTransformer(
             cfg.dim, cfg.enc_depth, cfg.heads, cfg.window, cfg.max_latent_frames
         )
@@ -114,9 +118,19 @@ class Tokenizer(nn.Module):
         self.decoder = ConvDecoder(cfg.c1, cfg.c2, cfg.dec_blocks1, cfg.dec_blocks2, cfg.dim)
 
     # -- the two halves ----------------------------------------------------------------------
-    def quantized_codes(self, video: torch.Tensor) -> torch.Tensor:
-        """`(B, 3, T, H, W)` → FSQ codes `(B, T', h, w, D)` (straight-through gradient)."""
-        features = self.compressor(self.encoder(pad_video(video)))
+    def quantized_codes(
+        self, video: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`(B, 3, T, H, W)` → FSQ codes `(B, T', h, w, D)` (straight-through gradient).
+
+        With `keep`, the compressor knows which positions will be dropped; their codes are still
+        returned (callers zero them).
+        """
+        features = self.encoder(pad_video(video))
+        if keep is not None:
+            dropped = (~keep).unsqueeze(1).to(features.dtype)
+            features = features + dropped * self.will_drop.to(features.dtype)[:, None, None, None]
+        features = self.compressor(features)
         return self.fsq(self.to_code(features.permute(0, 2, 3, 4, 1)))
 
     def decode_codes(
@@ -132,16 +146,17 @@ class Tokenizer(nn.Module):
 
     def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Training path: reconstruct `video` keeping only `keep` positions (all when None)."""
-        codes = self.quantized_codes(video)
+        codes = self.quantized_codes(video, keep)
         if keep is not None:
             codes = codes * keep.unsqueeze(-1).to(codes.dtype)
         return self.decode_codes(codes, keep, tuple(video.shape[2:]))  # type: ignore[arg-type]
 
     # -- the codec's API ---------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """`(B, 3, T, H, W)` in [-1, 1] → indices `(B, T', h, w)` int64."""
-        return self.fsq.codes_to_indices(self.quantized_codes(video))
+    def encode(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, 3, T, H, W)` in [-1, 1] → indices `(B, T', h, w)` int64, at full rate or for the
+        positions `keep` will keep (indices at dropped positions are meaningless)."""
+        return self.fsq.codes_to_indices(self.quantized_codes(video, keep))
 
     @torch.no_grad()
     def decode(

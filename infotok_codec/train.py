@@ -26,12 +26,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from infotok_codec import video as video_io
 from infotok_codec.errors import InfotokError
+from infotok_codec.router import spread_order
 from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, pooled_error, save_model
 from infotok_codec.video import find_videos
 
@@ -46,6 +49,9 @@ class TrainOptions:
     out: Path
     minutes: float = 120.0
     stage2_fraction: float = 0.3  # last share of the run spent on masked post-training
+    # Share of stage-2 clips whose kept positions follow the data-agnostic spread order instead
+    # of the error map, so the `uniform` baseline is decoded by a model that has seen its masks.
+    spread_share: float = 0.15
     batch: int = 8
     frames: int = 16
     crop: int = 64
@@ -57,6 +63,7 @@ class TrainOptions:
     checkpoint_minutes: float = 10.0
     seed: int = 0
     resume: bool = False
+    init: Path | None = None  # start from this model file's weights (fine-tuning)
     threads: int | None = None
     max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
     config: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -205,6 +212,9 @@ def train(opts: TrainOptions) -> TrainReport:
         optimizer.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["state"])
         console.log(f"resumed at step {state.step} ({state.elapsed / 60:.1f} min)")
+    elif opts.init is not None:
+        new = init_weights(model, opts.init)
+        console.log(f"initialised from {opts.init}" + (f"; new: {', '.join(new)}" if new else ""))
     net: torch.nn.Module = (
         # Stage 1 never uses the "dropped" embedding, so DDP must not wait for its gradient.
         DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
@@ -250,7 +260,9 @@ def train(opts: TrainOptions) -> TrainReport:
                 keep = None
                 stage = 2 if elapsed >= stage2_at else 1
                 if stage == 2:
-                    keep, state.err_ema = _sample_keep_masks(model, x, state.err_ema, amp)
+                    keep, state.err_ema = _sample_keep_masks(
+                        model, x, state.err_ema, amp, opts.spread_share
+                    )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     recon = net(x, keep)
                     loss = (recon.float() - x).abs().mean()
@@ -308,11 +320,39 @@ def _learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
     return opts.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def init_weights(model: Tokenizer, path: Path) -> list[str]:
+    """Load a model file's weights into `model` for fine-tuning; returns the tensors it lacked.
+
+    The config must match; tensors the file lacks (added since it was written) keep their
+    initialisation, and every tensor it has must fit.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            config = (f.metadata() or {}).get("config", "")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InfotokError(f"{path}: not a safetensors model ({exc})") from None
+    if config != model.config.to_json():
+        raise InfotokError(f"{path}: its model config differs from the one being trained")
+    try:
+        result = model.load_state_dict(
+            {k: v.to(torch.float32) for k, v in tensors.items()}, strict=False
+        )
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InfotokError(f"{path}: weights do not fit ({first})") from None
+    if result.unexpected_keys:
+        raise InfotokError(f"{path}: unknown tensors {', '.join(result.unexpected_keys)}")
+    return list(result.missing_keys)
+
+
 @torch.no_grad()
 def _sample_keep_masks(
-    model: Tokenizer, x: torch.Tensor, err_ema: float | None, amp: bool
+    model: Tokenizer, x: torch.Tensor, err_ema: float | None, amp: bool, spread_share: float
 ) -> tuple[torch.Tensor, float]:
-    """InfoTok's data-dependent sampler: per clip r = clip(b·L(x)/EMA(L), 1/16, 1)."""
+    """InfoTok's data-dependent sampler: per clip r = clip(b·L(x)/EMA(L), 1/16, 1); the top
+    ⌈r·N⌉ positions of the error map are kept (of the spread order for a `spread_share` of
+    clips)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         codes = model.quantized_codes(x)
         recon = model.decode_codes(codes, None, tuple(x.shape[2:]))  # type: ignore[arg-type]
@@ -322,6 +362,15 @@ def _sample_keep_masks(
     err_ema = mean if err_ema is None else 0.99 * err_ema + 0.01 * mean
     b = torch.tensor([random.choice(STAGE2_BUDGETS) for _ in range(x.shape[0])], device=x.device)
     rates = (b * per_clip / err_ema).clamp(MIN_RATE, 1.0)
+    spread = torch.tensor([random.random() < spread_share for _ in range(x.shape[0])])
+    if spread.any():
+        # Rank scores that make the spread order's prefix the "highest error" positions.
+        order = torch.from_numpy(spread_order(tuple(error.shape[1:]))).to(error.device)
+        score = torch.empty(order.numel(), device=error.device)
+        score[order] = torch.arange(order.numel(), 0, -1, device=error.device, dtype=score.dtype)
+        error = torch.where(
+            spread.to(error.device)[:, None, None, None], score.view(error.shape[1:]), error
+        )
     return stage2_keep_mask(error, rates), err_ema
 
 
@@ -350,7 +399,8 @@ def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     full = model.decode_codes(codes, None, size)  # type: ignore[arg-type]
     out["psnr_full"] = psnr(full, batch)
     keep = stage2_keep_mask(pooled_error(batch, full), torch.full((len(batch),), 0.5))
-    half = model.decode_codes(codes * keep.unsqueeze(-1), keep, size)  # type: ignore[arg-type]
+    kept = model.quantized_codes(batch, keep) * keep.unsqueeze(-1)
+    half = model.decode_codes(kept, keep, size)  # type: ignore[arg-type]
     out["psnr_half"] = psnr(half, batch)
     model.train()
     return out

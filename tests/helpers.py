@@ -92,5 +92,8 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     """A small tokenizer with random weights and uniform coder tables, saved to `path`."""
     torch.manual_seed(seed)
     model = Tokenizer(TINY)
+    # Trained models have a non-zero "will drop" embedding; the fresh zero would hide whether
+    # the codec encodes knowing the keep-mask.
+    torch.nn.init.normal_(model.will_drop)
     save_model(model, path, tables_json=FrequencyTables.uniform(TINY.levels).to_json())
     return path

@@ -113,6 +113,20 @@ def test_read_tokens_matches_the_tokens_file_and_the_mask(
         assert ((c.indices >= 0) == c.keep).all()
 
 
+def test_kept_tokens_are_encoded_knowing_the_mask(clip, tiny_model: Path, tmp_path: Path) -> None:
+    from infotok_codec.codec import ChunkModel
+    from infotok_codec.tokenizer import load_model
+
+    src = clip(frames=16, width=64, height=64)
+    encode_file(src, tmp_path / "o.itok", budget=0.5, router="fixed", model=tiny_model)
+    (chunk,) = read_tokens(tmp_path / "o.itok", tiny_model)
+    engine = ChunkModel(load_model(tiny_model), "cpu")
+    frames = np.concatenate(list(read_frames(src)))
+    masked = engine.tokens(frames, chunk.keep)
+    assert np.array_equal(chunk.indices[chunk.keep], masked[chunk.keep])
+    assert not np.array_equal(chunk.indices[chunk.keep], engine.tokens(frames)[chunk.keep])
+
+
 def test_a_stream_is_refused_by_another_model(
     clip, tiny_model: Path, other_model: Path, tmp_path: Path
 ) -> None:

@@ -65,6 +65,20 @@ def test_dropped_positions_change_the_reconstruction_only_through_the_mask() -> 
     )
 
 
+def test_masked_encode_tells_the_compressor_what_is_dropped() -> None:
+    model = Tokenizer(TINY).eval()
+    torch.nn.init.normal_(model.will_drop)
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    full = model.encode(video)
+    keep = torch.rand(full.shape) < 0.5
+    assert torch.equal(model.encode(video, torch.ones_like(keep)), full)
+    masked = model.encode(video, keep)
+    assert not torch.equal(masked[keep], full[keep])
+    # Training sees the same masked codes the codec will write.
+    codes = model.quantized_codes(video, keep)
+    assert torch.equal(model.fsq.codes_to_indices(codes), masked)
+
+
 def _rewrite(
     src: Path, dst: Path, *, metadata: dict[str, str] | None = None, drop: str | None = None
 ) -> Path:

@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
-from infotok_codec.tokenizer import load_model
-from infotok_codec.train import TrainOptions, train
+from infotok_codec import InfotokError
+from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model
+from infotok_codec.train import TrainOptions, init_weights, train
 
 from helpers import TINY
 
@@ -105,3 +109,18 @@ def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:
     with safe_open(str(out), framework="pt") as f:
         recipe = json.loads(f.metadata()["recipe"])
     assert recipe["processes"] == 2 and recipe["steps"] == 3
+
+
+def test_fine_tuning_starts_from_a_model_file(tiny_model: Path, tmp_path: Path) -> None:
+    with safe_open(str(tiny_model), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "will_drop"}  # noqa: SIM118
+    older = tmp_path / "older.safetensors"
+    save_file(tensors, str(older), metadata=metadata)
+    model = Tokenizer(TINY)
+    assert init_weights(model, older) == ["will_drop"]
+    assert torch.equal(model.to_code.weight, tensors["to_code.weight"].float())
+    assert not model.will_drop.any()
+    other = Tokenizer(TokenizerConfig.override({**TINY.__dict__, "c1": 24}))
+    with pytest.raises(InfotokError, match="config differs"):
+        init_weights(other, older)
