@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -124,3 +126,20 @@ def test_fine_tuning_starts_from_a_model_file(tiny_model: Path, tmp_path: Path) 
     other = Tokenizer(TokenizerConfig.override({**TINY.__dict__, "c1": 24}))
     with pytest.raises(InfotokError, match="config differs"):
         init_weights(other, older)
+
+
+def test_stage_two_spread_share_masks_follow_the_uniform_routers_order() -> None:
+    from infotok_codec import router as routing
+    from infotok_codec.train import _sample_keep_masks
+
+    random.seed(0)
+    torch.manual_seed(0)
+    model = Tokenizer(TINY).eval()
+    x = torch.rand(4, 3, 8, 32, 32) * 2 - 1
+    keep, _ = _sample_keep_masks(model, x, None, False, spread_share=1.0)
+    for mask in keep.numpy():
+        spread = routing.select_positions("uniform", None, mask.shape, int(mask.sum()))
+        assert np.array_equal(mask, spread)
+    keep, _ = _sample_keep_masks(model, x, None, False, spread_share=0.0)
+    error_masks = [routing.select_positions("uniform", None, m.shape, int(m.sum())) for m in keep]
+    assert any(not np.array_equal(m, s) for m, s in zip(keep.numpy(), error_masks, strict=True))
