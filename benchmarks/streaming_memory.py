@@ -1,7 +1,8 @@
 """Peak memory of `infotok encode` and `infotok decode` for a short and a 10× longer clip.
 
-Encoding streams (pass 1 spills to disk, pass 2 reads the spill), so peak memory should not grow
-with the video's length. Clips are generated here: 256×256 moving patterns, 200 and 2,000 frames.
+Encoding streams (pass 1 spills error maps to disk, pass 2 reads the input again), so peak memory
+should not grow with the video's length. Clips are generated here: 256×256 moving patterns, 200
+and 2,000 frames.
 
     python benchmarks/streaming_memory.py [--model M] [--out JSON]
 """

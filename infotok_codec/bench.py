@@ -401,7 +401,8 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
         e = [r for r in rows if r.method == "elbo" and r.param < 1.0]
         u = [r for r in rows if r.method == "uniform" and r.param < 1.0]
         if e and u:
-            # What routing costs: the error map (a full-rate decode in pass 1) and the allocation.
+            # What routing costs: pass 1 (a full-rate encode and decode for the error map) and the
+            # allocation; `uniform` runs pass 2 only.
             elbo_s = float(np.mean([r.seconds["encode"] for r in e]))
             plain_s = float(np.mean([r.seconds["encode"] for r in u]))
             timing["router_share_of_elbo_encode"] = round(max(elbo_s - plain_s, 0.0) / elbo_s, 3)
