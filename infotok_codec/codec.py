@@ -344,6 +344,11 @@ class Analysis:
             for k, (chunk, count, frames) in enumerate(
                 zip(self.chunks, counts, self.read_chunks(), strict=True)
             ):
+                if frames.shape[:3] != (chunk.frames, info.height, info.width):
+                    raise InfotokError(
+                        f"{self.src}: chunk {k} is {frames.shape[:3]} (frames, height, width), "
+                        f"pass 1 saw {(chunk.frames, info.height, info.width)}: the input changed"
+                    )
                 error = (
                     self._error(chunk) if router != "uniform" and count < chunk.positions else None
                 )

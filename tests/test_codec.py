@@ -127,6 +127,23 @@ def test_kept_tokens_are_encoded_knowing_the_mask(clip, tiny_model: Path, tmp_pa
     assert not np.array_equal(chunk.indices[chunk.keep], engine.tokens(frames)[chunk.keep])
 
 
+@pytest.mark.parametrize("frames", [20, 40])
+def test_an_input_that_changes_between_the_passes_is_refused(
+    clip, tiny_model: Path, tmp_path: Path, frames: int
+) -> None:
+    from infotok_codec import InfotokError
+    from infotok_codec.codec import Analysis
+
+    src = clip(frames=32, name="a.mkv")
+    other = clip(frames=frames, name="b.mkv")
+    with Analysis(src, tiny_model) as pass1:
+        other.replace(src)
+        with pytest.raises(InfotokError, match="the input changed|read 40 frames, expected 32"):
+            pass1.write(tmp_path / "o.itok", budget=0.5)
+    assert not (tmp_path / "o.itok").exists()
+    assert list(tmp_path.glob("*.itok*")) == []
+
+
 def test_a_stream_is_refused_by_another_model(
     clip, tiny_model: Path, other_model: Path, tmp_path: Path
 ) -> None:
