@@ -17,6 +17,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -200,16 +201,17 @@ def _oracle_rows(
     h, w = reference.shape[1:3]
     distortion: list[list[float]] = []  # [chunk][rate] sum of squared error
     counts_at: list[list[int]] = []
-    for error, frames in zip(analysis.chunk_errors(), analysis.read_chunks(), strict=True):
-        row_d, row_c = [], []
-        for r in ORACLE_RATES:
-            count = routing.keep_count(r, error.size)
-            keep = routing.select_positions("fixed", error, error.shape, count)
-            out = engine.frames(engine.tokens(frames, keep), keep, len(frames), h, w)
-            row_d.append(float(np.sum((out.astype(np.float64) - frames) ** 2)))
-            row_c.append(count)
-        distortion.append(row_d)
-        counts_at.append(row_c)
+    with closing(analysis.read_chunks()) as inputs:
+        for error, frames in zip(analysis.chunk_errors(), inputs, strict=True):
+            row_d, row_c = [], []
+            for r in ORACLE_RATES:
+                count = routing.keep_count(r, error.size)
+                keep = routing.select_positions("fixed", error, error.shape, count)
+                out = engine.frames(engine.tokens(frames, keep), keep, len(frames), h, w)
+                row_d.append(float(np.sum((out.astype(np.float64) - frames) ** 2)))
+                row_c.append(count)
+            distortion.append(row_d)
+            counts_at.append(row_c)
     rows = []
     total = sum(c[-1] for c in counts_at)
     for budget in settings.budgets:

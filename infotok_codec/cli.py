@@ -389,9 +389,14 @@ def train(
         Path | None, typer.Option(help="Start from this model file's weights (fine-tune).")
     ] = None,
     spread_share: Annotated[
-        float, typer.Option(help="Share of stage-2 clips masked in spread order, not by error.")
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of stage-2 clips masked in spread order, not by error."
+        ),
     ] = 0.15,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 200,
+    warmup_steps: Annotated[
+        int, typer.Option(min=1, help="Linear learning-rate warm-up steps.")
+    ] = 200,
     threads: ThreadsOption = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     short_side: Annotated[

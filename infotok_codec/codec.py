@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -236,20 +236,25 @@ class Analysis:
         self.chunk_frames = chunk_frames
         self.with_error = with_error
         self.progress = progress
-        self._spill: BinaryIO = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115
-        try:
-            started = time.perf_counter()
-            self.chunks = self._run() if with_error else self._plan()
-            self.seconds = time.perf_counter() - started
-        except BaseException:
-            self._spill.close()
-            raise
+        self._spill: BinaryIO | None = None
+        started = time.perf_counter()
+        if with_error:
+            self._spill = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115
+            try:
+                self.chunks = self._run(self._spill)
+            except BaseException:
+                self._spill.close()
+                raise
+        else:
+            self.chunks = self._plan()
+        self.seconds = time.perf_counter() - started
 
     def __enter__(self) -> Analysis:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._spill.close()
+        if self._spill is not None:
+            self._spill.close()
 
     def _plan(self) -> list[_ChunkPlan]:
         h, w = self.info.height, self.info.width
@@ -259,19 +264,19 @@ class Analysis:
             for n in [min(self.chunk_frames, self.info.frames - start)]
         ]
 
-    def _run(self) -> list[_ChunkPlan]:
+    def _run(self, spill: BinaryIO) -> list[_ChunkPlan]:
         chunks: list[_ChunkPlan] = []
         for frames in self.read_chunks():
             error = self.engine.error_map(frames)
-            offset = self._spill.tell()
-            np.save(self._spill, error)
+            offset = spill.tell()
+            np.save(spill, error)
             mean = float(error.mean(dtype=np.float64))
             chunks.append(_ChunkPlan(len(frames), error.shape, offset, mean))
             if self.progress:
                 self.progress("analyse", len(frames), self.info.frames)
         return chunks
 
-    def read_chunks(self) -> Iterator[np.ndarray]:
+    def read_chunks(self) -> Generator[np.ndarray, None, None]:
         """The input's chunks of frames, checked against the probed frame count."""
         total = 0
         for frames in read_frames(self.src, self.chunk_frames):
@@ -288,7 +293,7 @@ class Analysis:
             yield self._error(chunk)
 
     def _error(self, chunk: _ChunkPlan) -> np.ndarray:
-        if chunk.offset is None:
+        if chunk.offset is None or self._spill is None:
             raise InfotokError("this analysis computed no error maps")
         self._spill.seek(chunk.offset)
         return np.load(self._spill)
@@ -340,9 +345,9 @@ class Analysis:
             raise InfotokError(f"{len(counts)} counts for {len(positions)} chunks")
         route_s = time.perf_counter() - started
         started = time.perf_counter()
-        with ContainerWriter(dst, header) as writer:
+        with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
             for k, (chunk, count, frames) in enumerate(
-                zip(self.chunks, counts, self.read_chunks(), strict=True)
+                zip(self.chunks, counts, inputs, strict=True)
             ):
                 if frames.shape[:3] != (chunk.frames, info.height, info.width):
                     raise InfotokError(

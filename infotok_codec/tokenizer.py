@@ -29,6 +29,9 @@ from infotok_codec.fsq import FSQ
 TIME_FACTOR = 4
 SPACE_FACTOR = 8
 MODEL_FORMAT = "infotok-model-2"
+# Format 1 predates the mask-aware encoder; its files load with `will_drop` = 0, which is exactly
+# the encoder they were trained as, so streams written with them still decode.
+MODEL_FORMATS = (MODEL_FORMAT, "infotok-model-1")
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "infotok-s.safetensors"
 
 
@@ -93,7 +96,8 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
 
 
 class Tokenizer(nn.Module):
-    """A small InfoTok: full-rate `encode`, `decode` with a keep-mask, `error_map` for routing."""
+    """A small InfoTok: `encode` (full rate, or knowing the keep-mask), `decode` with a keep-mask,
+    `error_map` for routing."""
 
     def __init__(self, config: TokenizerConfig | None = None) -> None:
         super().__init__()
@@ -169,19 +173,13 @@ class Tokenizer(nn.Module):
         return self.decode_codes(codes, keep, size).clamp(-1, 1)
 
     @torch.no_grad()
-    def encode_with_error(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices and the ELBO proxy in one pass: (`(B, T', h, w)` int64, `(B, T', h, w)` float).
-
-        The error map is |x − D(E(x))| at full rate, averaged over each position's 3×4×8×8 cell:
-        −log p(x) up to an affine map under a Laplace likelihood and a uniform prior on codes.
-        """
+    def error_map(self, video: torch.Tensor) -> torch.Tensor:
+        """The router's ELBO proxy `(B, T', h, w)` float: |x − D(E(x))| at full rate, averaged
+        over each position's 3×4×8×8 cell; −log p(x) up to an affine map under a Laplace
+        likelihood and a uniform prior on codes."""
         codes = self.quantized_codes(video)
         recon = self.decode_codes(codes, None, tuple(video.shape[2:]))  # type: ignore[arg-type]
-        return self.fsq.codes_to_indices(codes), pooled_error(video, recon)
-
-    def error_map(self, video: torch.Tensor) -> torch.Tensor:
-        """The router's ELBO proxy `(B, T', h, w)`; see `encode_with_error`."""
-        return self.encode_with_error(video)[1]
+        return pooled_error(video, recon)
 
 
 def pooled_error(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -234,8 +232,10 @@ def read_model_metadata(path: str | Path | None = None) -> tuple[dict[str, str],
             metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a safetensors model ({exc})") from None
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: format {metadata.get('format')!r} is not {MODEL_FORMAT!r}")
+    if metadata.get("format") not in MODEL_FORMATS:
+        raise ModelError(
+            f"{path}: format {metadata.get('format')!r} is not one of {', '.join(MODEL_FORMATS)}"
+        )
     return metadata, hashlib.sha256(path.read_bytes()).digest()
 
 
@@ -251,6 +251,8 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         config = TokenizerConfig.from_json(metadata["config"])
         tokenizer = Tokenizer(config)
         state = {k: v.to(torch.float32) for k, v in tensors.items()}
+        if metadata["format"] == "infotok-model-1" and "will_drop" not in state:
+            state["will_drop"] = torch.zeros(config.dim)
         tokenizer.load_state_dict(state, strict=True)
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None

@@ -151,10 +151,10 @@ def stage2_keep_mask(error: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
     b = error.shape[0]
     flat = error.reshape(b, -1)
     n = flat.shape[1]
-    keep_counts = torch.ceil(rates * n).long().clamp(1, n)
+    keep_counts = torch.ceil(rates.to(error.device) * n).long().clamp(1, n)
     order = flat.argsort(dim=1, descending=True)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(n).expand(b, n))
+    ranks.scatter_(1, order, torch.arange(n, device=error.device).expand(b, n))
     return (ranks < keep_counts[:, None]).reshape(error.shape)
 
 
@@ -216,7 +216,8 @@ def train(opts: TrainOptions) -> TrainReport:
         new = init_weights(model, opts.init)
         console.log(f"initialised from {opts.init}" + (f"; new: {', '.join(new)}" if new else ""))
     net: torch.nn.Module = (
-        # Stage 1 never uses the "dropped" embedding, so DDP must not wait for its gradient.
+        # Stage 1 uses neither the "dropped" nor the "will drop" embedding, so DDP must not wait
+        # for their gradients.
         DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
     )
 
@@ -398,7 +399,8 @@ def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     size = tuple(batch.shape[2:])
     full = model.decode_codes(codes, None, size)  # type: ignore[arg-type]
     out["psnr_full"] = psnr(full, batch)
-    keep = stage2_keep_mask(pooled_error(batch, full), torch.full((len(batch),), 0.5))
+    half_rate = torch.full((len(batch),), 0.5, device=batch.device)
+    keep = stage2_keep_mask(pooled_error(batch, full), half_rate)
     kept = model.quantized_codes(batch, keep) * keep.unsqueeze(-1)
     half = model.decode_codes(kept, keep, size)  # type: ignore[arg-type]
     out["psnr_half"] = psnr(half, batch)

@@ -138,7 +138,7 @@ def test_an_input_that_changes_between_the_passes_is_refused(
     other = clip(frames=frames, name="b.mkv")
     with Analysis(src, tiny_model) as pass1:
         other.replace(src)
-        with pytest.raises(InfotokError, match="the input changed|read 40 frames, expected 32"):
+        with pytest.raises(InfotokError, match=r"the input changed|read 40 frames, expected 32"):
             pass1.write(tmp_path / "o.itok", budget=0.5)
     assert not (tmp_path / "o.itok").exists()
     assert list(tmp_path.glob("*.itok*")) == []
@@ -185,6 +185,32 @@ def test_4k_frames_are_coded_in_tiles_that_tile_exactly(tiny_model: Path, tmp_pa
         covered[y0:y1, x0:x1] += 1
     assert (covered == 1).all() and len(boxes) == 5 * 8
     assert tiles(720, 1280) == [(0, 720, 0, 1280)]
+
+
+def test_tiled_frames_encode_each_tile_with_its_part_of_the_mask(
+    clip, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from infotok_codec import codec
+    from infotok_codec.tokenizer import load_model
+
+    # Tiles of 64 px above 4,096 px: a 100×150 clip is 2×3 tiles, ragged at the right and bottom.
+    monkeypatch.setattr(codec, "TILE", 64)
+    monkeypatch.setattr(codec, "TILE_ABOVE", 64 * 64)
+    src = clip(frames=8, width=150, height=100)
+    encode_file(src, tmp_path / "o.itok", budget=0.5, router="fixed", model=tiny_model)
+    (chunk,) = read_tokens(tmp_path / "o.itok", tiny_model)
+    frames = np.concatenate(list(read_frames(src)))
+    tokenizer = load_model(tiny_model).tokenizer
+    for y0, y1, x0, x1 in codec.tiles(100, 150):
+        ly, lx = slice(y0 // 8, -(-y1 // 8)), slice(x0 // 8, -(-x1 // 8))
+        video = torch.from_numpy(frames[:, y0:y1, x0:x1]).permute(3, 0, 1, 2)[None] / 127.5 - 1
+        tile_keep = chunk.keep[:, ly, lx]
+        alone = tokenizer.encode(video, torch.from_numpy(tile_keep)[None])[0].numpy()
+        assert np.array_equal(chunk.indices[:, ly, lx][tile_keep], alone[tile_keep])
+    decode_file(tmp_path / "o.itok", tmp_path / "r.mkv", model=tiny_model)
+    assert probe(tmp_path / "r.mkv").width == 150
 
 
 def test_shipped_model_codes_the_sample_clip(tmp_path: Path) -> None:

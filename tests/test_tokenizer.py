@@ -22,7 +22,7 @@ from helpers import TINY
 def test_any_size_is_padded_and_cropped_back(t: int, h: int, w: int) -> None:
     model = Tokenizer(TINY).eval()
     video = torch.rand(1, 3, t, h, w) * 2 - 1
-    indices, error = model.encode_with_error(video)
+    indices, error = model.encode(video), model.error_map(video)
     expected = (1, -(-t // 4), -(-h // 8), -(-w // 8))
     assert indices.shape == expected and error.shape == expected
     assert indices.min() >= 0 and indices.max() < 64000
@@ -118,6 +118,22 @@ def test_loading_is_strict(tiny_model: Path, tmp_path: Path) -> None:
         load_model(tmp_path / "e.safetensors")
     with pytest.raises(ModelError, match="not found"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_format_one_files_load_with_an_encoder_blind_to_the_mask(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    older = _rewrite(
+        tiny_model,
+        tmp_path / "v1.safetensors",
+        metadata={"format": "infotok-model-1"},
+        drop="will_drop",
+    )
+    model = load_model(older).tokenizer
+    assert not model.will_drop.any()
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    keep = torch.rand(1, 2, 4, 4) < 0.5
+    assert torch.equal(model.encode(video, keep), model.encode(video))
 
 
 def test_model_hash_covers_weights_and_tables(tiny_model: Path, tmp_path: Path) -> None:
