@@ -28,7 +28,7 @@ import numpy as np
 from infotok_codec import __version__
 from infotok_codec import router as routing
 from infotok_codec.classical import CODECS, encode_classical
-from infotok_codec.codec import Analysis, ChunkModel, decode_file, resolve_device
+from infotok_codec.codec import Analysis, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import measure
 from infotok_codec.tokenizer import LoadedModel, load_model
@@ -125,9 +125,8 @@ def bench_tokenizer(
             for budget in settings.budgets:
                 itok = workdir / f"{clip}.{router}.{budget}.itok"
                 enc = analysis.write(itok, router=router, budget=budget, force=True)
-                needs_error = router in ("elbo", "fixed") and budget < 1.0
                 # `uniform` (and any budget-1.0 encode) needs no pass 1.
-                analyse_s = analysis.seconds if needs_error else 0.0
+                analyse_s = analysis.seconds if routing.needs_error_map(router, budget) else 0.0
                 rows.append(
                     _token_row(
                         clip,
@@ -197,7 +196,7 @@ def _oracle_rows(
 ) -> list[BenchRow]:
     """The upper bound: per chunk, distortion at every rate in ORACLE_RATES (positions by error),
     then the budget split by Lagrangian search to minimise total squared error."""
-    engine = ChunkModel(model, settings.device)
+    engine = analysis.engine
     h, w = reference.shape[1:3]
     distortion: list[list[float]] = []  # [chunk][rate] sum of squared error
     counts_at: list[list[int]] = []

@@ -187,7 +187,7 @@ def encode_file(
     routing.check_router(router)
     routing.check_budget(budget)
     _check_output(Path(dst), force)
-    with_error = router in ("elbo", "fixed") and budget < 1.0
+    with_error = routing.needs_error_map(router, budget)
     with Analysis(
         src, model, chunk_frames, device, with_error, Path(dst).parent, progress
     ) as pass1:
@@ -234,7 +234,6 @@ class Analysis:
         self.loaded = as_model(model)
         self.engine = ChunkModel(self.loaded, device)
         self.chunk_frames = chunk_frames
-        self.with_error = with_error
         self.progress = progress
         self._spill: BinaryIO | None = None
         started = time.perf_counter()
@@ -316,7 +315,7 @@ class Analysis:
         dst = Path(dst)
         routing.check_router(router)
         routing.check_budget(budget)
-        if router in ("elbo", "fixed") and budget < 1.0 and not self.with_error:
+        if routing.needs_error_map(router, budget) and self._spill is None:
             raise InfotokError(f"router {router} needs an analysis with error maps")
         _check_output(dst, force)
         info, loaded = self.info, self.loaded

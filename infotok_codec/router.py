@@ -33,6 +33,11 @@ def check_router(router: str) -> None:
         raise InfotokError(f"unknown router {router!r}: choose one of {', '.join(ROUTERS)}")
 
 
+def needs_error_map(router: str, budget: float) -> bool:
+    """Whether routing at `budget` reads the full-rate error map (pass 1 of an encode)."""
+    return router in ("elbo", "fixed") and budget < 1.0
+
+
 def keep_count(rate: float, positions: int) -> int:
     """⌈r·N⌉ positions, at least one."""
     return max(1, min(positions, math.ceil(rate * positions - 1e-9)))
