@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -35,7 +35,13 @@ from torch.utils.data.distributed import DistributedSampler
 from infotok_codec import video as video_io
 from infotok_codec.errors import InfotokError
 from infotok_codec.router import spread_order
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, pooled_error, save_model
+from infotok_codec.tokenizer import (
+    Tokenizer,
+    TokenizerConfig,
+    pooled_error,
+    read_model_metadata,
+    save_model,
+)
 from infotok_codec.video import find_videos
 
 # Stage-2 rate sampler: r = clip(b · L(x) / EMA(L), 1/16, 1), b drawn from these (InfoTok §3.3).
@@ -146,16 +152,20 @@ class ClipWindows(Dataset[torch.Tensor]):
 
 
 # -- the loss of one batch -------------------------------------------------------------------
-def stage2_keep_mask(error: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
-    """Keep the top ⌈r·N⌉ positions of each clip's error map `(B, T', h, w)` → bool mask."""
-    b = error.shape[0]
-    flat = error.reshape(b, -1)
-    n = flat.shape[1]
-    keep_counts = torch.ceil(rates.to(error.device) * n).long().clamp(1, n)
+def stage2_keep_mask(ranks: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """Keep each clip's ⌈r·N⌉ first-ranked positions: ranks `(B, T', h, w)` → bool mask."""
+    n = ranks[0].numel()
+    keep_counts = torch.ceil(rates.to(ranks.device) * n).long().clamp(1, n)
+    return ranks < keep_counts.view(-1, *([1] * (ranks.dim() - 1)))
+
+
+def error_ranks(error: torch.Tensor) -> torch.Tensor:
+    """Each position's rank in its clip's error map `(B, T', h, w)`, 0 for the highest error."""
+    flat = error.reshape(error.shape[0], -1)
     order = flat.argsort(dim=1, descending=True)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(n, device=error.device).expand(b, n))
-    return (ranks < keep_counts[:, None]).reshape(error.shape)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=error.device).expand_as(order))
+    return ranks.reshape(error.shape)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -327,13 +337,12 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
     The config must match; tensors the file lacks (added since it was written) keep their
     initialisation, and every tensor it has must fit.
     """
+    metadata, _ = read_model_metadata(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            config = (f.metadata() or {}).get("config", "")
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InfotokError(f"{path}: not a safetensors model ({exc})") from None
-    if config != model.config.to_json():
+    if metadata.get("config") != model.config.to_json():
         raise InfotokError(f"{path}: its model config differs from the one being trained")
     try:
         result = model.load_state_dict(
@@ -355,24 +364,21 @@ def _sample_keep_masks(
     ⌈r·N⌉ positions of the error map are kept (of the spread order for a `spread_share` of
     clips)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        codes = model.quantized_codes(x)
-        recon = model.decode_codes(codes, None, tuple(x.shape[2:]))  # type: ignore[arg-type]
-    error = pooled_error(x, recon.float())
+        error = model.error_map(x).float()
     per_clip = error.flatten(1).mean(dim=1)
     mean = per_clip.mean().item()
     err_ema = mean if err_ema is None else 0.99 * err_ema + 0.01 * mean
     b = torch.tensor([random.choice(STAGE2_BUDGETS) for _ in range(x.shape[0])], device=x.device)
     rates = (b * per_clip / err_ema).clamp(MIN_RATE, 1.0)
+    ranks = error_ranks(error)
     spread = torch.tensor([random.random() < spread_share for _ in range(x.shape[0])])
     if spread.any():
-        # Rank scores that make the spread order's prefix the "highest error" positions.
         order = torch.from_numpy(spread_order(tuple(error.shape[1:]))).to(error.device)
-        score = torch.empty(order.numel(), device=error.device)
-        score[order] = torch.arange(order.numel(), 0, -1, device=error.device, dtype=score.dtype)
-        error = torch.where(
-            spread.to(error.device)[:, None, None, None], score.view(error.shape[1:]), error
-        )
-    return stage2_keep_mask(error, rates), err_ema
+        spread_ranks = torch.empty_like(order)
+        spread_ranks[order] = torch.arange(order.numel(), device=error.device)
+        chosen = spread.to(error.device).view(-1, 1, 1, 1)
+        ranks = torch.where(chosen, spread_ranks.view(error.shape[1:]), ranks)
+    return stage2_keep_mask(ranks, rates), err_ema
 
 
 def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
@@ -400,7 +406,7 @@ def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     full = model.decode_codes(codes, None, size)  # type: ignore[arg-type]
     out["psnr_full"] = psnr(full, batch)
     half_rate = torch.full((len(batch),), 0.5, device=batch.device)
-    keep = stage2_keep_mask(pooled_error(batch, full), half_rate)
+    keep = stage2_keep_mask(error_ranks(pooled_error(batch, full)), half_rate)
     kept = model.quantized_codes(batch, keep) * keep.unsqueeze(-1)
     half = model.decode_codes(kept, keep, size)  # type: ignore[arg-type]
     out["psnr_half"] = psnr(half, batch)
