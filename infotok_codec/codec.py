@@ -334,6 +334,7 @@ class Analysis:
             coder=coder,
             router=router,
             budget=budget,
+            lattice_share=routing.lattice_share(router),
         )
         started = time.perf_counter()
         positions = [c.positions for c in self.chunks]

@@ -32,12 +32,13 @@ from infotok_codec.entropy import (
     validate_levels,
 )
 from infotok_codec.errors import FormatError, ModelError
+from infotok_codec.lattice import SHARE_DENOMINATOR, lattice_mask
 
 MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 1
+VERSION = 2
 """The only version this module reads and writes; docs/FORMAT.md says when it changes."""
 
 DIM_RANGE = (1, 16384)
@@ -50,7 +51,8 @@ SPATIAL_STRIDE = 8
 TEMPORAL_STRIDE = 4
 
 _PREAMBLE = struct.Struct("<4sHI")  # magic, version, header body length
-_HEADER_FIXED = struct.Struct("<5I3H32sd")  # width .. fps_den, chunk_frames, h, w, hash, budget
+_HEADER_FIXED = struct.Struct("<5I3H32sdH")  # width .. fps_den, chunk_frames, h, w, hash, budget,
+# lattice_share
 _RECORD_FIXED = struct.Struct("<4sIQIHII")  # tag, index, first_frame, frames, T', kept, mask len
 _INDEX_HEAD = struct.Struct("<4sI")  # tag, count
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("first_frame", "<u8"), ("frames", "<u4")])
@@ -107,6 +109,9 @@ class Header:
         coder: the token coder, one of `CODERS`.
         router: the router that chose the keep-masks, 1 to 32 printable ASCII characters.
         budget: the mean rate the router aimed for, in ``(0, 1]``.
+        lattice_share: in ``[0, 256]``: every chunk's keep-mask holds its lattice, the first
+            ``lattice_count(kept, lattice_share)`` positions of the spread order
+            (`infotok_codec.lattice`), which the mask payload does not code.
 
     Raises:
         FormatError: ``header: <field> ...`` for any value outside its range.
@@ -126,6 +131,7 @@ class Header:
     coder: str
     router: str
     budget: float
+    lattice_share: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -184,6 +190,7 @@ class Header:
         object.__setattr__(self, "budget", float(self.budget))
         if not 0.0 < self.budget <= 1.0:  # also rejects NaN
             raise FormatError(f"header: budget {self.budget!r} outside (0, 1]")
+        _check_range("header", "lattice_share", self.lattice_share, 0, SHARE_DENOMINATOR)
 
     @property
     def chunk_count(self) -> int:
@@ -267,6 +274,7 @@ def _encode_header(header: Header) -> bytes:
             header.latent_width,
             header.model_hash,
             header.budget,
+            header.lattice_share,
         )
     )
     body += _U8.pack(len(header.fsq_levels))
@@ -317,6 +325,7 @@ def _decode_header(body: bytes) -> Header:
         latent_width,
         model_hash,
         budget,
+        lattice_share,
     ) = cur.unpack(_HEADER_FIXED, "fixed fields")
     (count,) = cur.unpack(_U8, "fsq_levels count")
     levels = tuple(_U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
@@ -338,6 +347,7 @@ def _decode_header(body: bytes) -> Header:
         coder=coder,
         router=router,
         budget=budget,
+        lattice_share=lattice_share,
     )
 
 
@@ -671,7 +681,8 @@ def encode_chunk(
     Args:
         header: the file header (dimensions, coder, FSQ levels).
         k: chunk number; its frames follow from `Header.chunk_span`.
-        mask: ``header.mask_shape(frames)`` bool, True at kept positions.
+        mask: ``header.mask_shape(frames)`` bool, True at kept positions; it must hold its
+            lattice (``header.lattice_share``).
         indices: ``(mask.sum(),)`` integers in ``[0, K)``: the kept positions' FSQ indices in
             C order of the mask.
         tables: the model's frequency tables, for ``header.fsq_levels``.
@@ -690,7 +701,7 @@ def encode_chunk(
         frames=frames,
         latent_frames=shape[0],
         kept=len(indices),
-        mask=encode_mask(mask),
+        mask=encode_mask(mask, lattice_mask(shape, len(indices), header.lattice_share)),
         tokens=encode_indices(indices, header.coder, tables),
     )
 
@@ -707,7 +718,8 @@ def decode_chunk(
     """
     _check_tables(header, tables)
     try:
-        mask = decode_mask(rec.mask, header.mask_shape(rec.frames))
+        shape = header.mask_shape(rec.frames)
+        mask = decode_mask(rec.mask, shape, lattice_mask(shape, rec.kept, header.lattice_share))
         if int(mask.sum()) != rec.kept:
             raise FormatError(f"mask keeps {int(mask.sum())} positions, kept is {rec.kept}")
         indices = decode_indices(rec.tokens, rec.kept, header.coder, tables)

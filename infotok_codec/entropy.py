@@ -521,14 +521,18 @@ class _MaskModel:
     each wavefront and are halved while ``a0 + a1`` exceeds ``2 * _MASK_COUNT_LIMIT``.
     """
 
-    def __init__(self, shape: tuple[int, int, int], known: np.ndarray | None) -> None:
+    def __init__(self, shape: tuple[int, int, int], known: np.ndarray, given: np.ndarray) -> None:
+        """`known`: the grid as far as it is known before coding (the whole mask when
+        encoding, the `given` positions when decoding); `given`: positions not coded."""
         frames, height, width = shape
         # Padded copy, flattened: grid[t + 1, y + 1, x + 1] is position (t, y, x) and the
         # border stays 0; positions are addressed by their flat index into `self.flat`.
         grid = np.zeros((frames + 1, height + 1, width + 2), dtype=np.int8)
-        if known is not None:
-            grid[1:, 1:, 1:-1] = known
+        grid[1:, 1:, 1:-1] = known
+        coded = np.zeros(grid.shape, dtype=bool)
+        coded[1:, 1:, 1:-1] = ~given
         self.flat, self.padded_shape = grid.reshape(-1), grid.shape
+        self.coded = coded.reshape(-1)
         self.frames, self.frame_stride, row = frames, grid[0].size, width + 2
         # Flat offsets of the template: left, up, up-left, up-right, previous frame.
         self.template = np.array([-1, -row, -row - 1, -row + 1, -self.frame_stride])
@@ -548,7 +552,9 @@ class _MaskModel:
         for t in range(self.frames):
             for wave in self.waves:
                 positions = wave + (t + 1) * self.frame_stride
-                yield positions, weights @ self.flat[positions + self.template[:, None]]
+                positions = positions[self.coded[positions]]
+                if positions.size:
+                    yield positions, weights @ self.flat[positions + self.template[:, None]]
 
     def _table(self) -> np.ndarray:
         """``(32, 2)`` float64 rows ``w - 1`` with integer ``w0 + w1 = 2**24``: exact for
@@ -583,11 +589,22 @@ def _check_mask_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
-def encode_mask(mask: np.ndarray) -> bytes:
+def _given_mask(given: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
+    if given is None:
+        return np.zeros(shape, dtype=np.bool_)
+    given = np.asarray(given)
+    if given.dtype != np.bool_ or given.shape != shape:
+        raise ValueError(f"given must be bool of shape {shape}, got {given.dtype} {given.shape}")
+    return given
+
+
+def encode_mask(mask: np.ndarray, given: np.ndarray | None = None) -> bytes:
     """Code a keep-mask.
 
     Args:
         mask: ``(T', h, w)`` bool, True where the position's index is stored.
+        given: ``(T', h, w)`` bool, positions the decoder knows are kept (the mask's lattice,
+            `infotok_codec.lattice`); they are not coded but serve as context. None: none.
 
     Returns:
         The payload; ``b""`` exactly when every position is kept.
@@ -596,9 +613,12 @@ def encode_mask(mask: np.ndarray) -> bytes:
     if mask.dtype != np.bool_:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
     shape = _check_mask_shape(mask.shape)
+    given = _given_mask(given, shape)
+    if (given & ~mask).any():
+        raise ValueError("mask drops positions that are given as kept")
     if mask.all():
         return b""
-    model = _MaskModel(shape, mask)
+    model = _MaskModel(shape, mask, given)
     family = constriction.stream.model.Categorical(perfect=False)
     encoder = constriction.stream.queue.RangeEncoder()
     for positions, ctx in model.steps():
@@ -608,25 +628,29 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
-def decode_mask(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+def decode_mask(
+    data: bytes, shape: tuple[int, int, int], given: np.ndarray | None = None
+) -> np.ndarray:
     """Mirror of `encode_mask`.
 
     Args:
         data: the payload, untrusted; ``b""`` means every position is kept.
         shape: ``(T', h, w)``, from the container header and chunk record.
+        given: as for `encode_mask`.
 
     Returns:
         ``shape`` bool.
 
     Raises:
         FormatError: ``mask: ...`` for any payload `encode_mask` cannot have produced for
-            ``shape``.
+            ``shape`` and ``given``.
     """
     dims = _check_mask_shape(shape)
     if not data:
         return np.ones(dims, dtype=np.bool_)
-    _check_payload_bits(data, math.prod(dims), _MASK_MIN_BITS, "mask")
-    model = _MaskModel(dims, None)
+    given = _given_mask(given, dims)
+    _check_payload_bits(data, math.prod(dims) - int(given.sum()), _MASK_MIN_BITS, "mask")
+    model = _MaskModel(dims, given, given)
     family = constriction.stream.model.Categorical(perfect=False)
     with _coder_errors("mask"):
         decoder = constriction.stream.queue.RangeDecoder(_words(data, "mask"))
@@ -638,6 +662,6 @@ def decode_mask(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     mask = model.mask()
     # As for indices: only a payload that re-encodes to itself is accepted (this also rejects
     # a non-empty payload for an all-kept mask, which must be stored as b"").
-    if encode_mask(mask) != data:
+    if encode_mask(mask, given) != data:
         raise FormatError("mask: payload is damaged (it does not re-encode to itself)")
     return mask

@@ -2,11 +2,12 @@
 
 `elbo` is InfoTok's router: the tokenizer's own full-rate reconstruction error (a proxy for
 −log p(x)) sets each chunk's rate, r_i = clip(budget · e_i / mean(e), r_min, 1), re-balanced so the
-whole video keeps `budget` of its positions, and each chunk keeps its highest-error positions.
-`fixed` gives every chunk the budget and picks positions by error (InfoTok's per-clip strategy);
-`uniform` gives every chunk the budget and picks positions in a fixed, data-agnostic order (the
-tail-drop family). Everything here is integer or float64 numpy on small arrays: cheap, and the
-same on every machine.
+whole video keeps `budget` of its positions, and each chunk spends its tokens where its error is
+highest, after a coarse lattice that keeps every region in reach of a token (`select_positions`).
+`fixed` gives every chunk the budget and picks positions the same way (InfoTok's per-clip
+strategy); `uniform` gives every chunk the budget and picks positions in a fixed, data-agnostic
+order (the tail-drop family). Everything here is integer or float64 numpy on small arrays: cheap,
+and the same on every machine.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from infotok_codec.errors import InfotokError
+from infotok_codec.lattice import SHARE_DENOMINATOR, lattice_mask
 
 ROUTERS = ("elbo", "fixed", "uniform")
 MIN_RATE = 1 / 16
+ERROR_LATTICE_SHARE = 128
+"""Share (in 256ths) of an `elbo`/`fixed` chunk's kept positions taken first from the lattice.
+
+Keeping only the highest-error positions leaves flat regions with no token in reach of the
+compressor's window, and the decoder has nothing to fill them from. Half a lattice first, then the
+rest by error: 22.86 dB at rate 0.5 on the dev clips (run-2 model, first 16 frames), against 21.95
+for pure error order and 22.70 for the spread order alone; a quarter first gave 22.67. The
+lattice costs no mask bits: the decoder knows it from the kept count.
+"""
 _BISECTION_STEPS = 80
 
 
@@ -89,51 +100,29 @@ def allocate_counts(
     return [int(v) for v in best]
 
 
+def lattice_share(router: str) -> int:
+    """The lattice share (256ths, `infotok_codec.lattice`) of the masks `router` makes."""
+    check_router(router)
+    return SHARE_DENOMINATOR if router == "uniform" else ERROR_LATTICE_SHARE
+
+
 def select_positions(
-    router: str, error: np.ndarray | None, shape: tuple[int, ...], count: int
+    router: str, error: np.ndarray | None, shape: tuple[int, int, int], count: int
 ) -> np.ndarray:
     """Keep-mask `shape` (T', h, w) bool with `count` True positions.
 
-    `elbo`/`fixed`: the `count` largest errors (ties to the earlier position, so the result does
-    not depend on the sort implementation). `uniform`: the first `count` of `spread_order`.
+    First the mask's lattice (`lattice_share`): all of `count` for `uniform`, half for
+    `elbo`/`fixed`, which then keep the largest errors among the other positions (ties to the
+    earlier position, so the result does not depend on the sort implementation).
     """
     total = int(np.prod(shape))
     if count >= total:
         return np.ones(shape, dtype=bool)
-    keep = np.zeros(total, dtype=bool)
-    if router == "uniform":
-        keep[spread_order(shape)[:count]] = True
-    else:
+    keep = lattice_mask(shape, count, lattice_share(router)).ravel()
+    rest = count - int(keep.sum())
+    if rest:
         if error is None or error.shape != tuple(shape):
             raise InfotokError(f"router {router} needs an error map of shape {shape}")
-        order = np.argsort(-error.astype(np.float64).ravel(), kind="stable")
-        keep[order[:count]] = True
+        score = np.where(keep, -np.inf, error.astype(np.float64).ravel())
+        keep[np.argsort(-score, kind="stable")[:rest]] = True
     return keep.reshape(shape)
-
-
-def spread_order(shape: tuple[int, ...]) -> np.ndarray:
-    """A fixed order of positions whose every prefix covers the grid evenly.
-
-    Positions are sorted by the bit-reversed Morton (Z-order) code of their prefix-XORed
-    coordinates (t, y^t, x^y^t): the first half of the order is a 3-D checkerboard, the first
-    quarter a lattice staggered from one latent frame to the next, and so on. A plain raster
-    prefix would drop whole latent frames, which no sensible tail-drop tokenizer does; this is the
-    strongest data-agnostic baseline we know.
-    """
-    coords = np.indices(shape).reshape(len(shape), -1)
-    coords = np.bitwise_xor.accumulate(coords, axis=0)
-    bits = max(1, max(int(s - 1).bit_length() for s in shape))
-    code = np.zeros(coords.shape[1], dtype=np.int64)
-    for bit in range(bits):
-        for axis in range(len(shape)):
-            code = (code << 1) | ((coords[axis] >> (bits - 1 - bit)) & 1)
-    width = bits * len(shape)
-    reversed_code = np.zeros_like(code)
-    for i in range(width):
-        reversed_code |= ((code >> i) & 1) << (width - 1 - i)
-    return np.argsort(reversed_code, kind="stable")
-
-
-def raster_order(shape: tuple[int, ...]) -> np.ndarray:
-    """Positions in plain C order: the naive tail-drop, for comparison only."""
-    return np.arange(int(np.prod(shape)))

@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from infotok_codec import video as video_io
 from infotok_codec.errors import InfotokError
-from infotok_codec.router import spread_order
+from infotok_codec.router import keep_count, select_positions
 from infotok_codec.tokenizer import (
     Tokenizer,
     TokenizerConfig,
@@ -152,20 +152,19 @@ class ClipWindows(Dataset[torch.Tensor]):
 
 
 # -- the loss of one batch -------------------------------------------------------------------
-def stage2_keep_mask(ranks: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
-    """Keep each clip's ⌈r·N⌉ first-ranked positions: ranks `(B, T', h, w)` → bool mask."""
-    n = ranks[0].numel()
-    keep_counts = torch.ceil(rates.to(ranks.device) * n).long().clamp(1, n)
-    return ranks < keep_counts.view(-1, *([1] * (ranks.dim() - 1)))
-
-
-def error_ranks(error: torch.Tensor) -> torch.Tensor:
-    """Each position's rank in its clip's error map `(B, T', h, w)`, 0 for the highest error."""
-    flat = error.reshape(error.shape[0], -1)
-    order = flat.argsort(dim=1, descending=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=error.device).expand_as(order))
-    return ranks.reshape(error.shape)
+def stage2_keep_masks(
+    error: torch.Tensor, rates: torch.Tensor, routers: Sequence[str]
+) -> torch.Tensor:
+    """Each clip's keep-mask: ⌈r·N⌉ positions of error map `(B, T', h, w)` chosen by the codec's
+    own `router.select_positions`, so stage 2 trains on exactly the masks encoding makes."""
+    t, h, w = error.shape[1:]
+    shape = (int(t), int(h), int(w))
+    n = t * h * w
+    masks = [
+        select_positions(router, e, shape, keep_count(r, n))
+        for e, r, router in zip(error.float().cpu().numpy(), rates.tolist(), routers, strict=True)
+    ]
+    return torch.from_numpy(np.stack(masks)).to(error.device)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -360,9 +359,9 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
 def _sample_keep_masks(
     model: Tokenizer, x: torch.Tensor, err_ema: float | None, amp: bool, spread_share: float
 ) -> tuple[torch.Tensor, float]:
-    """InfoTok's data-dependent sampler: per clip r = clip(b·L(x)/EMA(L), 1/16, 1); the top
-    ⌈r·N⌉ positions of the error map are kept (of the spread order for a `spread_share` of
-    clips)."""
+    """InfoTok's data-dependent sampler: per clip r = clip(b·L(x)/EMA(L), 1/16, 1); ⌈r·N⌉
+    positions are kept as the `fixed` router keeps them (as `uniform` does for a `spread_share`
+    of clips, so that baseline is measured with a model that has seen its masks)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         error = model.error_map(x).float()
     per_clip = error.flatten(1).mean(dim=1)
@@ -370,15 +369,8 @@ def _sample_keep_masks(
     err_ema = mean if err_ema is None else 0.99 * err_ema + 0.01 * mean
     b = torch.tensor([random.choice(STAGE2_BUDGETS) for _ in range(x.shape[0])], device=x.device)
     rates = (b * per_clip / err_ema).clamp(MIN_RATE, 1.0)
-    ranks = error_ranks(error)
-    spread = torch.tensor([random.random() < spread_share for _ in range(x.shape[0])])
-    if spread.any():
-        order = torch.from_numpy(spread_order(tuple(error.shape[1:]))).to(error.device)
-        spread_ranks = torch.empty_like(order)
-        spread_ranks[order] = torch.arange(order.numel(), device=error.device)
-        chosen = spread.to(error.device).view(-1, 1, 1, 1)
-        ranks = torch.where(chosen, spread_ranks.view(error.shape[1:]), ranks)
-    return stage2_keep_mask(ranks, rates), err_ema
+    routers = ["uniform" if random.random() < spread_share else "fixed" for _ in range(len(x))]
+    return stage2_keep_masks(error, rates, routers), err_ema
 
 
 def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
@@ -406,7 +398,7 @@ def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     full = model.decode_codes(codes, None, size)  # type: ignore[arg-type]
     out["psnr_full"] = psnr(full, batch)
     half_rate = torch.full((len(batch),), 0.5, device=batch.device)
-    keep = stage2_keep_mask(error_ranks(pooled_error(batch, full)), half_rate)
+    keep = stage2_keep_masks(pooled_error(batch, full), half_rate, ["fixed"] * len(batch))
     kept = model.quantized_codes(batch, keep) * keep.unsqueeze(-1)
     half = model.decode_codes(kept, keep, size)  # type: ignore[arg-type]
     out["psnr_half"] = psnr(half, batch)

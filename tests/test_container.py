@@ -168,6 +168,32 @@ def test_chunks_decode_to_the_masks_and_indices_that_were_encoded(tmp_path: Path
             assert np.array_equal(got_mask, mask) and np.array_equal(got_indices, indices)
 
 
+@pytest.mark.parametrize("router", ["fixed", "uniform"])
+def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str) -> None:
+    from infotok_codec.lattice import spread_order
+    from infotok_codec.router import lattice_share, select_positions
+
+    share = lattice_share(router)
+    header = make_header(width=128, height=96, frames=16, chunk_frames=16, lattice_share=share)
+    plain = dataclasses.replace(header, lattice_share=0)
+    tables = FrequencyTables.uniform(LEVELS)
+    shape = header.mask_shape(16)
+    rng = np.random.default_rng(share)
+    mask = select_positions(router, rng.random(shape), shape, 300)
+    indices = rng.integers(0, 64000, int(mask.sum()))
+    rec = encode_chunk(header, 0, mask, indices, tables)
+    assert len(rec.mask) < len(encode_chunk(plain, 0, mask, indices, tables).mask)
+    write_file(tmp_path / "v.itok", header, [rec])
+    with ContainerReader(tmp_path / "v.itok") as reader:
+        assert reader.header.lattice_share == share
+        got_mask, got_indices = decode_chunk(header, reader.chunk(0), tables)
+    assert np.array_equal(got_mask, mask) and np.array_equal(got_indices, indices)
+    holed = mask.copy()
+    holed.flat[spread_order(shape)[0]] = False
+    with pytest.raises(ValueError, match="given as kept"):
+        encode_chunk(header, 0, holed, indices[1:], tables)
+
+
 def test_all_kept_chunk_stores_no_mask_and_decodes_to_all_true(valid) -> None:
     path, header, _ = valid
     with ContainerReader(path) as reader:
@@ -251,6 +277,7 @@ def test_writer_rejects_a_record_the_reader_would_reject(tmp_path: Path) -> None
         ({"coder": "lzma"}, "header: coder 'lzma'"),
         ({"budget": 0.0}, "header: budget 0.0 outside"),
         ({"budget": float("nan")}, "header: budget nan outside"),
+        ({"lattice_share": 257}, r"header: lattice_share 257 outside \[0, 256\]"),
         ({"model_hash": b"short"}, "header: model_hash is not 32 bytes"),
         ({"fps_den": 0}, "header: fps_den 0 outside"),
     ],
@@ -273,7 +300,7 @@ def test_tables_for_other_levels_are_a_model_error(valid) -> None:
     ("boundary", "message"),
     [
         ("header_body", "file: 10 bytes is too short"),
-        ("header_crc", "header: length 107 runs past end of file"),
+        ("header_crc", "header: length 109 runs past end of file"),
         ("chunk0", "footer: missing, the file ends 0 bytes after the header"),
         ("chunk1", "footer: magic .* \\(file truncated"),
         ("index", "footer: magic .* \\(file truncated"),
@@ -310,9 +337,10 @@ def test_wrong_magic_is_named(valid) -> None:
         ContainerReader(valid[0])
 
 
-def test_unsupported_version_is_named(valid) -> None:
-    patch(valid[0], 4, struct.pack("<H", 2))
-    with pytest.raises(FormatError, match="header: unsupported version 2"):
+@pytest.mark.parametrize("version", [1, 3])
+def test_unsupported_version_is_named(valid, version: int) -> None:
+    patch(valid[0], 4, struct.pack("<H", version))
+    with pytest.raises(FormatError, match=f"header: unsupported version {version}"):
         ContainerReader(valid[0])
 
 
