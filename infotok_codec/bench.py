@@ -324,6 +324,53 @@ def token_saving(elbo: list[BenchRow], fixed: list[BenchRow]) -> float | None:
     return None if result is None else -result
 
 
+def quality_at(curve: tuple[np.ndarray, np.ndarray], bpp: float) -> float | None:
+    """Quality of a (bpp, quality) curve at `bpp`, linear in log bpp; None outside the curve."""
+    rates, quality = curve
+    if len(rates) < 2 or not rates[0] <= bpp <= rates[-1]:
+        return None
+    return float(np.interp(math.log(bpp), np.log(rates), quality))
+
+
+def routers_at_equal_bpp(
+    by: dict[tuple[str, str], list[BenchRow]], clips: list[str], budget: float
+) -> dict[str, Any] | None:
+    """Mean PSNR of each router at one bpp per clip: the mean bpp the routers reach at `budget`.
+
+    Routers spend different bits at one budget (`uniform`'s lattice masks cost almost nothing,
+    error-chosen masks do), so budget-matched means are not bpp-matched; each router's curve is
+    read at the shared bpp instead. Clips where a curve does not reach that bpp are left out.
+    """
+    routers = [m for m in ("elbo", "fixed", "uniform") if all(by.get((c, m)) for c in clips)]
+    if len(routers) < 2:
+        return None
+    psnr: dict[str, list[float]] = {m: [] for m in routers}
+    used = []
+    for c in clips:
+        at_budget = [r.bpp for m in routers for r in by[(c, m)] if r.param == budget]
+        if len(at_budget) != len(routers):
+            continue
+        target = float(np.mean(at_budget))
+        values = [quality_at(_curve(by[(c, m)], "bpp", "psnr"), target) for m in routers]
+        if any(v is None for v in values):
+            continue
+        used.append(target)
+        for m, v in zip(routers, values, strict=True):
+            psnr[m].append(float(v))  # type: ignore[arg-type]
+    if not used:
+        return None
+    means = {m: round(float(np.mean(v)), 3) for m, v in psnr.items()}
+    result: dict[str, Any] = {"clips": len(used), "bpp": round(float(np.mean(used)), 5)}
+    result["psnr"] = means
+    pairs = [("elbo", "fixed"), ("fixed", "uniform"), ("elbo", "uniform")]
+    result["margins_db"] = {
+        f"{a}_minus_{b}": round(means[a] - means[b], 3)
+        for a, b in pairs
+        if a in means and b in means
+    }
+    return result
+
+
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     if len(a) < 3:
         return None
@@ -390,6 +437,9 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
             round(float(np.mean(finite)), 2) if finite else None
         )
         summary["tokens_saved_per_clip_percent"] = dict(zip(clips, savings, strict=True))
+    summary["psnr_at_equal_bpp"] = {
+        str(b): routers_at_equal_bpp(by, clips, b) for b in settings.budgets if b < 1.0
+    }
     timing: dict[str, Any] = {}
     for m in methods:
         mr = [r for r in rows if r.method == m]

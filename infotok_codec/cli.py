@@ -367,6 +367,12 @@ def bench(
             "tokens saved by elbo vs fixed at equal PSNR: "
             f"{report.summary['tokens_saved_by_elbo_vs_fixed_at_equal_psnr_percent']}%"
         )
+    for budget, equal in report.summary.get("psnr_at_equal_bpp", {}).items():
+        if equal:
+            console.print(
+                f"PSNR at equal bpp (budget {budget}: {equal['bpp']:.4f} bpp over "
+                f"{equal['clips']} clips): {equal['psnr']}, margins {equal['margins_db']}"
+            )
     console.print(f"timing: {report.summary['timing']}")
     if "oracle" in report.summary:
         console.print(f"oracle: {report.summary['oracle']}")

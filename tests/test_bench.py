@@ -86,3 +86,33 @@ def test_lagrangian_allocation_spends_where_distortion_falls_most() -> None:
     distortion = [[100.0, 50.0, 10.0], [5.0, 5.0, 5.0]]
     counts = [[1, 2, 4], [1, 2, 4]]
     assert lagrangian_allocation(distortion, counts, target=5) == [4, 1]
+
+
+def test_routers_are_compared_at_one_bpp_not_at_one_budget() -> None:
+    import math
+
+    from infotok_codec.bench import BenchRow, routers_at_equal_bpp
+
+    def curve(method: str, bits_per_budget: float, offset_db: float) -> list[BenchRow]:
+        # PSNR linear in log bpp, so reading the curve between its points is exact.
+        return [
+            BenchRow(
+                clip="c",
+                method=method,
+                param=b,
+                bytes=0,
+                bpp=bits_per_budget * b,
+                metrics={"psnr": 30 + 10 * math.log2(bits_per_budget * b / 0.1) + offset_db},
+                seconds={},
+                frames=1,
+            )
+            for b in (0.25, 0.5, 1.0)
+        ]
+
+    # `uniform` spends fewer bits per budget and is 1 dB worse at any bpp.
+    by = {("c", "fixed"): curve("fixed", 0.2, 0.0), ("c", "uniform"): curve("uniform", 0.16, -1.0)}
+    result = routers_at_equal_bpp(by, ["c"], 0.5)
+    assert result is not None
+    assert result["bpp"] == pytest.approx(0.09)
+    assert result["psnr"]["fixed"] == pytest.approx(30 + 10 * math.log2(0.9), abs=1e-3)
+    assert result["margins_db"] == {"fixed_minus_uniform": pytest.approx(1.0, abs=1e-3)}
