@@ -109,20 +109,25 @@ def lattice_share(router: str) -> int:
 def select_positions(
     router: str, error: np.ndarray | None, shape: tuple[int, int, int], count: int
 ) -> np.ndarray:
-    """Keep-mask `shape` (T', h, w) bool with `count` True positions.
+    """Keep-mask `shape` (T', h, w) bool with `count` True positions: `lattice_then_error` at the
+    router's `lattice_share` (all lattice for `uniform`, half for `elbo`/`fixed`)."""
+    return lattice_then_error(error, shape, count, lattice_share(router))
 
-    First the mask's lattice (`lattice_share`): all of `count` for `uniform`, half for
-    `elbo`/`fixed`, which then keep the largest errors among the other positions (ties to the
-    earlier position, so the result does not depend on the sort implementation).
-    """
+
+def lattice_then_error(
+    error: np.ndarray | None, shape: tuple[int, int, int], count: int, share: int
+) -> np.ndarray:
+    """The mask's lattice at `share` (256ths of `count`), then the largest errors among the other
+    positions (ties to the earlier position, so the result does not depend on the sort
+    implementation). `error` may be None only when the lattice is the whole count."""
     total = int(np.prod(shape))
     if count >= total:
         return np.ones(shape, dtype=bool)
-    keep = lattice_mask(shape, count, lattice_share(router)).ravel()
+    keep = lattice_mask(shape, count, share).ravel()
     rest = count - int(keep.sum())
     if rest:
         if error is None or error.shape != tuple(shape):
-            raise InfotokError(f"router {router} needs an error map of shape {shape}")
+            raise InfotokError(f"choosing positions by error needs an error map of shape {shape}")
         score = np.where(keep, -np.inf, error.astype(np.float64).ravel())
         keep[np.argsort(-score, kind="stable")[:rest]] = True
     return keep.reshape(shape)

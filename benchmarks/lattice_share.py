@@ -1,0 +1,129 @@
+"""How much of an error-routed mask should be lattice? (`router.ERROR_LATTICE_SHARE`)
+
+For every clip in DEV (first 32 frames, short side 256, centre crop 256×256) and every chunk:
+keep ⌈r·N⌉ positions for r in RATES, the first ⌊share·count/256⌋ from the spread order and the
+rest by the full-rate error map, for each share in SHARES (0 = the paper's pure error order,
+256 = the `uniform` router); encode the chunk knowing its mask, decode it, and code it into a
+real chunk record (mask with its lattice implied, range-coded tokens). Reports PSNR-RGB (one
+MSE per clip, mean over clips) and the record's mask and token bytes as bits per pixel, so the
+shares can be compared at equal bits.
+
+    python benchmarks/lattice_share.py [--model M] [--dev DIR] [--out JSON] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infotok_codec import router as routing
+from infotok_codec.codec import ChunkModel
+from infotok_codec.container import Header, encode_chunk
+from infotok_codec.metrics import psnr_pooled
+from infotok_codec.tokenizer import latent_shape, load_model
+from infotok_codec.video import read_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARES = (0, 64, 128, 192, 256)
+RATES = (0.375, 0.5, 0.625)
+CHUNK = 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--dev", type=Path, default=ROOT.parent / "shared" / "data" / "dev")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "lattice_share.json"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model)
+    engine = ChunkModel(loaded, "cpu")
+    variants = [(r, s) for r in RATES for s in SHARES]
+    psnr: dict[tuple[float, int], list[float]] = {v: [] for v in variants}
+    bpp: dict[tuple[float, int], list[float]] = {v: [] for v in variants}
+    for clip in sorted(args.dev.iterdir()):
+        video = np.concatenate(
+            list(
+                read_frames(
+                    clip, CHUNK, max_frames=args.frames, short_side=args.size, center_crop=args.size
+                )
+            )
+        )
+        recon: dict[tuple[float, int], list[np.ndarray]] = {v: [] for v in variants}
+        bits = dict.fromkeys(variants, 0)
+        for k, start in enumerate(range(0, len(video), CHUNK)):
+            chunk = video[start : start + CHUNK]
+            shape = latent_shape(len(chunk), args.size, args.size)
+            error = engine.error_map(chunk)
+            for rate, share in variants:
+                keep = routing.lattice_then_error(
+                    error, shape, routing.keep_count(rate, int(np.prod(shape))), share
+                )
+                indices = engine.tokens(chunk, keep)
+                recon[(rate, share)].append(
+                    engine.frames(indices, keep, len(chunk), args.size, args.size)
+                )
+                header = Header(
+                    width=args.size,
+                    height=args.size,
+                    frames=len(video),
+                    fps_num=25,
+                    fps_den=1,
+                    chunk_frames=CHUNK,
+                    latent_height=shape[1],
+                    latent_width=shape[2],
+                    model_name=loaded.name,
+                    model_hash=loaded.sha256,
+                    fsq_levels=loaded.tokenizer.config.levels,
+                    coder="range",
+                    router="fixed",
+                    budget=rate,
+                    lattice_share=share,
+                )
+                rec = encode_chunk(header, k, keep, indices[keep], engine.tables)
+                bits[(rate, share)] += 8 * (len(rec.mask) + len(rec.tokens))
+        pixels = len(video) * args.size * args.size
+        row = {"clip": clip.name}
+        for v in variants:
+            psnr[v].append(psnr_pooled(np.concatenate(recon[v]), video))
+            bpp[v].append(bits[v] / pixels)
+            row[f"r{v[0]}_s{v[1]}"] = [round(psnr[v][-1], 3), round(bpp[v][-1], 5)]
+        print(json.dumps(row), file=sys.stderr)
+    means = [
+        {
+            "rate": rate,
+            "share": share,
+            "psnr": round(float(np.mean(psnr[(rate, share)])), 3),
+            "bpp": round(float(np.mean(bpp[(rate, share)])), 5),
+        }
+        for rate, share in variants
+    ]
+    result = {
+        "command": "python benchmarks/lattice_share.py " + " ".join(sys.argv[1:]),
+        "model": loaded.name,
+        "model_sha256": loaded.sha256.hex(),
+        "protocol": f"first {args.frames} frames, short side {args.size}, centre crop "
+        f"{args.size}x{args.size}; chunks of {CHUNK} frames; share in 256ths of the kept count; "
+        "PSNR-RGB over each clip, mean over clips; bpp of mask + token payloads",
+        "cpu": platform.processor() or platform.machine(),
+        "mean": means,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for m in means:
+        print(f"rate {m['rate']:.3f} share {m['share']:3d}: {m['psnr']:.3f} dB {m['bpp']:.5f} bpp")
+
+
+if __name__ == "__main__":
+    main()
