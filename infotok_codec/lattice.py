@@ -1,9 +1,9 @@
 """Data-agnostic orders of latent positions, shared by the routers and the bitstream.
 
 A keep-mask's *lattice* is the first ``lattice_count(kept, share)`` positions of `spread_order`:
-the routers put it in every mask they make (all of a `uniform` mask, half of an `elbo`/`fixed`
-one), the header says how much (`share`, in 256ths), and the mask coder leaves those positions
-out because the decoder can compute them (docs/FORMAT.md).
+the routers put it in every mask they make (all of a `uniform` mask, three quarters of an
+`elbo`/`fixed` one), the header says how much (`share`, in 256ths), and the mask coder leaves
+those positions out because the decoder can compute them (docs/FORMAT.md).
 """
 
 from __future__ import annotations

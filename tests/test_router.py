@@ -27,7 +27,7 @@ def test_error_routed_masks_are_a_lattice_then_the_largest_errors(router: str, c
     error = np.random.default_rng(count).random(SHAPE).astype(np.float32)
     keep = routing.select_positions(router, error, SHAPE, count)
     assert keep.shape == SHAPE and keep.sum() == count
-    covered = count // 2
+    covered = lattice.lattice_count(count, routing.ERROR_LATTICE_SHARE)
     grid = lattice.spread_order(SHAPE)[:covered]
     assert keep.ravel()[grid].all()
     rest = np.ones(int(np.prod(SHAPE)), dtype=bool)
@@ -40,7 +40,7 @@ def test_error_routed_masks_are_a_lattice_then_the_largest_errors(router: str, c
 def test_error_routing_ties_go_to_the_earlier_position() -> None:
     error = np.zeros(SHAPE, dtype=np.float32)
     keep = routing.select_positions("fixed", error, SHAPE, 10)
-    covered = 5
+    covered = lattice.lattice_count(10, routing.ERROR_LATTICE_SHARE)
     grid = set(lattice.spread_order(SHAPE)[:covered].tolist())
     others = [int(p) for p in np.flatnonzero(keep) if p not in grid]
     assert others == [p for p in range(int(np.prod(SHAPE))) if p not in grid][: 10 - covered]
