@@ -13,9 +13,10 @@ Reported: bits per index of ``range`` with independent and with conditional tabl
 and decode (decode includes the canonical re-encode check) on the whole sample and on
 chunk-sized pieces.
 
-Masks: keep-masks made the way the router makes them (keep the highest ``rate`` fraction of a
-smooth error map: Gaussian-blurred noise plus a little white noise), bits per position of the
-context coder against run-lengths + zstd, packed bits + zstd, and the i.i.d. bound ``H(rate)``.
+Masks: keep-masks of the paper's rule (keep the highest ``rate`` fraction of a smooth error map:
+Gaussian-blurred noise plus a little white noise), with no lattice given (the lattice part of
+our routers' masks is not coded at all), bits per position of the context coder against
+run-lengths + zstd, packed bits + zstd, and the i.i.d. bound ``H(rate)``.
 
 Run: ``python benchmarks/entropy_coders.py`` (writes benchmarks/results/entropy_coders.json).
 """
