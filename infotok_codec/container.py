@@ -32,7 +32,7 @@ from infotok_codec.entropy import (
     validate_levels,
 )
 from infotok_codec.errors import FormatError, ModelError
-from infotok_codec.lattice import SHARE_DENOMINATOR, lattice_mask
+from infotok_codec.lattice import SHARE_DENOMINATOR
 
 MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
@@ -701,7 +701,7 @@ def encode_chunk(
         frames=frames,
         latent_frames=shape[0],
         kept=len(indices),
-        mask=encode_mask(mask, lattice_mask(shape, len(indices), header.lattice_share)),
+        mask=encode_mask(mask, header.lattice_share),
         tokens=encode_indices(indices, header.coder, tables),
     )
 
@@ -718,11 +718,12 @@ def decode_chunk(
     """
     _check_tables(header, tables)
     try:
-        shape = header.mask_shape(rec.frames)
-        mask = decode_mask(rec.mask, shape, lattice_mask(shape, rec.kept, header.lattice_share))
+        # Tokens first: their payload bounds `kept`, and with it the mask's lattice, before the
+        # mask decoder allocates a grid (its own size check covers only the coded positions).
+        indices = decode_indices(rec.tokens, rec.kept, header.coder, tables)
+        mask = decode_mask(rec.mask, header.mask_shape(rec.frames), rec.kept, header.lattice_share)
         if int(mask.sum()) != rec.kept:
             raise FormatError(f"mask keeps {int(mask.sum())} positions, kept is {rec.kept}")
-        indices = decode_indices(rec.tokens, rec.kept, header.coder, tables)
     except FormatError as e:
         raise FormatError(f"chunk {rec.index}: {e}") from e
     return mask, indices

@@ -35,6 +35,7 @@ import numpy as np
 import zstandard
 
 from infotok_codec.errors import FormatError
+from infotok_codec.lattice import lattice_count, lattice_mask
 
 CODERS = ("range", "zstd")
 
@@ -589,22 +590,14 @@ def _check_mask_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
-def _given_mask(given: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
-    if given is None:
-        return np.zeros(shape, dtype=np.bool_)
-    given = np.asarray(given)
-    if given.dtype != np.bool_ or given.shape != shape:
-        raise ValueError(f"given must be bool of shape {shape}, got {given.dtype} {given.shape}")
-    return given
-
-
-def encode_mask(mask: np.ndarray, given: np.ndarray | None = None) -> bytes:
+def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
     """Code a keep-mask.
 
     Args:
         mask: ``(T', h, w)`` bool, True where the position's index is stored.
-        given: ``(T', h, w)`` bool, positions the decoder knows are kept (the mask's lattice,
-            `infotok_codec.lattice`); they are not coded but serve as context. None: none.
+        lattice_share: the mask holds its lattice at this share (`infotok_codec.lattice`); those
+            positions are not coded (the decoder computes them from the kept count) but serve
+            as context.
 
     Returns:
         The payload; ``b""`` exactly when every position is kept.
@@ -613,9 +606,9 @@ def encode_mask(mask: np.ndarray, given: np.ndarray | None = None) -> bytes:
     if mask.dtype != np.bool_:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
     shape = _check_mask_shape(mask.shape)
-    given = _given_mask(given, shape)
+    given = lattice_mask(shape, int(mask.sum()), lattice_share)
     if (given & ~mask).any():
-        raise ValueError("mask drops positions that are given as kept")
+        raise ValueError("mask drops positions of its lattice")
     if mask.all():
         return b""
     model = _MaskModel(shape, mask, given)
@@ -629,27 +622,30 @@ def encode_mask(mask: np.ndarray, given: np.ndarray | None = None) -> bytes:
 
 
 def decode_mask(
-    data: bytes, shape: tuple[int, int, int], given: np.ndarray | None = None
+    data: bytes, shape: tuple[int, int, int], kept: int = 0, lattice_share: int = 0
 ) -> np.ndarray:
     """Mirror of `encode_mask`.
 
     Args:
         data: the payload, untrusted; ``b""`` means every position is kept.
         shape: ``(T', h, w)``, from the container header and chunk record.
-        given: as for `encode_mask`.
+        kept, lattice_share: the mask's kept count (chunk record) and lattice share (header);
+            only their lattice matters, so `kept` may be left 0 when the share is 0.
 
     Returns:
-        ``shape`` bool.
+        ``shape`` bool. The caller checks that it keeps `kept` positions.
 
     Raises:
         FormatError: ``mask: ...`` for any payload `encode_mask` cannot have produced for
-            ``shape`` and ``given``.
+            ``shape`` and that lattice.
     """
     dims = _check_mask_shape(shape)
     if not data:
         return np.ones(dims, dtype=np.bool_)
-    given = _given_mask(given, dims)
-    _check_payload_bits(data, math.prod(dims) - int(given.sum()), _MASK_MIN_BITS, "mask")
+    # Size check before anything of `shape` is allocated, the lattice included.
+    coded = math.prod(dims) - lattice_count(min(kept, math.prod(dims)), lattice_share)
+    _check_payload_bits(data, coded, _MASK_MIN_BITS, "mask")
+    given = lattice_mask(dims, min(kept, math.prod(dims)), lattice_share)
     model = _MaskModel(dims, given, given)
     family = constriction.stream.model.Categorical(perfect=False)
     with _coder_errors("mask"):
@@ -662,6 +658,6 @@ def decode_mask(
     mask = model.mask()
     # As for indices: only a payload that re-encodes to itself is accepted (this also rejects
     # a non-empty payload for an all-kept mask, which must be stored as b"").
-    if encode_mask(mask, given) != data:
+    if encode_mask(mask, lattice_share) != data:
         raise FormatError("mask: payload is damaged (it does not re-encode to itself)")
     return mask

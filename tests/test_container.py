@@ -190,8 +190,20 @@ def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str
     assert np.array_equal(got_mask, mask) and np.array_equal(got_indices, indices)
     holed = mask.copy()
     holed.flat[spread_order(shape)[0]] = False
-    with pytest.raises(ValueError, match="given as kept"):
+    with pytest.raises(ValueError, match="drops positions of its lattice"):
         encode_chunk(header, 0, holed, indices[1:], tables)
+
+
+def test_a_huge_all_lattice_chunk_is_refused_before_allocating() -> None:
+    # 256 x 2048 x 2048 positions, all but one in the lattice: the mask payload codes one bit,
+    # so only the tokens payload can refuse the claim.
+    header = make_header(
+        width=16384, height=16384, frames=1024, chunk_frames=1024, lattice_share=256
+    )
+    positions = 256 * 2048 * 2048
+    rec = ChunkRecord(0, 0, 1024, 256, positions - 1, bytes(8), bytes(8))
+    with pytest.raises(FormatError, match="chunk 0: tokens: 8 payload bytes cannot hold"):
+        decode_chunk(header, rec, FrequencyTables.uniform(LEVELS))
 
 
 def test_all_kept_chunk_stores_no_mask_and_decodes_to_all_true(valid) -> None:
