@@ -5,10 +5,12 @@ keep ⌈r·N⌉ positions for r in RATES, the first ⌊share·count/256⌋ from 
 rest by the full-rate error map, for each share in SHARES (0 = the paper's pure error order,
 256 = the `uniform` router); encode the chunk knowing its mask, decode it, and code it into a
 real chunk record (mask with its lattice implied, range-coded tokens). Reports PSNR-RGB (one
-MSE per clip, mean over clips) and the record's mask and token bytes as bits per pixel, so the
-shares can be compared at equal bits.
+MSE per clip, mean over clips) and the record's mask and token bytes as bits per pixel, and
+each share's margin over the `uniform` curve at equal bits, paired per clip (the uniform curve
+read at the share's bpp, linear in log bpp; mean, standard error, wins).
 
     python benchmarks/lattice_share.py [--model M] [--dev DIR] [--out JSON] [--threads 2]
+        [--frames 32] [--size 256]
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import numpy as np
 import torch
 
 from infotok_codec import router as routing
+from infotok_codec.bench import quality_at
 from infotok_codec.codec import ChunkModel
 from infotok_codec.container import Header, encode_chunk
+from infotok_codec.lattice import SHARE_DENOMINATOR
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.tokenizer import latent_shape, load_model
 from infotok_codec.video import read_frames
@@ -33,6 +37,36 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0, 64, 128, 192, 256)
 RATES = (0.375, 0.5, 0.625)
 CHUNK = 16
+
+
+def margin_over_uniform(
+    psnr: dict[tuple[float, int], list[float]],
+    bpp: dict[tuple[float, int], list[float]],
+    rate: float,
+    share: int,
+) -> dict[str, float | int] | None:
+    """Per clip: PSNR of (rate, share) minus the `uniform` curve's PSNR at the same bpp."""
+    if share == SHARE_DENOMINATOR:
+        return None
+    diffs = []
+    for i in range(len(psnr[(rate, share)])):
+        curve = (
+            np.array([bpp[(r, SHARE_DENOMINATOR)][i] for r in RATES]),
+            np.array([psnr[(r, SHARE_DENOMINATOR)][i] for r in RATES]),
+        )
+        order = np.argsort(curve[0])
+        uniform = quality_at((curve[0][order], curve[1][order]), bpp[(rate, share)][i])
+        if uniform is not None:
+            diffs.append(psnr[(rate, share)][i] - uniform)
+    if len(diffs) < 2:
+        return None
+    d = np.array(diffs)
+    return {
+        "clips": len(d),
+        "mean": round(float(d.mean()), 3),
+        "stderr": round(float(d.std(ddof=1) / np.sqrt(len(d))), 3),
+        "wins": int((d > 0).sum()),
+    }
 
 
 def main() -> None:
@@ -52,6 +86,7 @@ def main() -> None:
     variants = [(r, s) for r in RATES for s in SHARES]
     psnr: dict[tuple[float, int], list[float]] = {v: [] for v in variants}
     bpp: dict[tuple[float, int], list[float]] = {v: [] for v in variants}
+    rows: list[dict[str, object]] = []
     for clip in sorted(args.dev.iterdir()):
         video = np.concatenate(
             list(
@@ -94,11 +129,12 @@ def main() -> None:
                 rec = encode_chunk(header, k, keep, indices[keep], engine.tables)
                 bits[(rate, share)] += 8 * (len(rec.mask) + len(rec.tokens))
         pixels = len(video) * args.size * args.size
-        row = {"clip": clip.name}
+        row: dict[str, object] = {"clip": clip.name}
         for v in variants:
             psnr[v].append(psnr_pooled(np.concatenate(recon[v]), video))
             bpp[v].append(bits[v] / pixels)
             row[f"r{v[0]}_s{v[1]}"] = [round(psnr[v][-1], 3), round(bpp[v][-1], 5)]
+        rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     means = [
         {
@@ -106,6 +142,7 @@ def main() -> None:
             "share": share,
             "psnr": round(float(np.mean(psnr[(rate, share)])), 3),
             "bpp": round(float(np.mean(bpp[(rate, share)])), 5),
+            "over_uniform_at_equal_bits_db": margin_over_uniform(psnr, bpp, rate, share),
         }
         for rate, share in variants
     ]
@@ -118,11 +155,15 @@ def main() -> None:
         "PSNR-RGB over each clip, mean over clips; bpp of mask + token payloads",
         "cpu": platform.processor() or platform.machine(),
         "mean": means,
+        "clips": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for m in means:
-        print(f"rate {m['rate']:.3f} share {m['share']:3d}: {m['psnr']:.3f} dB {m['bpp']:.5f} bpp")
+        print(
+            f"rate {m['rate']:.3f} share {m['share']:3d}: {m['psnr']:.3f} dB {m['bpp']:.5f} bpp, "
+            f"over uniform at equal bits {m['over_uniform_at_equal_bits_db']}"
+        )
 
 
 if __name__ == "__main__":

@@ -335,11 +335,13 @@ def quality_at(curve: tuple[np.ndarray, np.ndarray], bpp: float) -> float | None
 def routers_at_equal_bpp(
     by: dict[tuple[str, str], list[BenchRow]], clips: list[str], budget: float
 ) -> dict[str, Any] | None:
-    """Mean PSNR of each router at one bpp per clip: the mean bpp the routers reach at `budget`.
+    """Mean PSNR of each router at one bpp per clip: the mean bpp the routers reach at `budget`,
+    moved into the range every router's curve covers on that clip.
 
-    Routers spend different bits at one budget (`uniform`'s lattice masks cost almost nothing,
-    error-chosen masks do), so budget-matched means are not bpp-matched; each router's curve is
-    read at the shared bpp instead. Clips where a curve does not reach that bpp are left out.
+    Routers spend different bits at one budget (`uniform`'s masks are all lattice and nearly
+    free, error-chosen positions are not), so budget-matched means are not bpp-matched; each
+    router's curve is read at the shared bpp instead. Margins are paired per clip: mean, standard
+    error over clips, and wins. Clips whose curves share no bpp range are left out.
     """
     routers = [m for m in ("elbo", "fixed", "uniform") if all(by.get((c, m)) for c in clips)]
     if len(routers) < 2:
@@ -348,26 +350,33 @@ def routers_at_equal_bpp(
     used = []
     for c in clips:
         at_budget = [r.bpp for m in routers for r in by[(c, m)] if r.param == budget]
-        if len(at_budget) != len(routers):
+        curves = [_curve(by[(c, m)], "bpp", "psnr") for m in routers]
+        lo = max(float(x.min()) for x, _ in curves)
+        hi = min(float(x.max()) for x, _ in curves)
+        if len(at_budget) != len(routers) or lo > hi:
             continue
-        target = float(np.mean(at_budget))
-        values = [quality_at(_curve(by[(c, m)], "bpp", "psnr"), target) for m in routers]
-        if any(v is None for v in values):
-            continue
+        target = min(max(float(np.mean(at_budget)), lo), hi)
+        values = [quality_at(curve, target) for curve in curves]
         used.append(target)
         for m, v in zip(routers, values, strict=True):
             psnr[m].append(float(v))  # type: ignore[arg-type]
     if not used:
         return None
-    means = {m: round(float(np.mean(v)), 3) for m, v in psnr.items()}
-    result: dict[str, Any] = {"clips": len(used), "bpp": round(float(np.mean(used)), 5)}
-    result["psnr"] = means
-    pairs = [("elbo", "fixed"), ("fixed", "uniform"), ("elbo", "uniform")]
-    result["margins_db"] = {
-        f"{a}_minus_{b}": round(means[a] - means[b], 3)
-        for a, b in pairs
-        if a in means and b in means
+    result: dict[str, Any] = {
+        "clips": len(used),
+        "bpp": round(float(np.mean(used)), 5),
+        "psnr": {m: round(float(np.mean(v)), 3) for m, v in psnr.items()},
+        "margins_db": {},
     }
+    for a, b in (("elbo", "fixed"), ("fixed", "uniform"), ("elbo", "uniform")):
+        if a in psnr and b in psnr:
+            diff = np.array(psnr[a]) - np.array(psnr[b])
+            stderr = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None
+            result["margins_db"][f"{a}_minus_{b}"] = {
+                "mean": round(float(diff.mean()), 3),
+                "stderr": None if stderr is None else round(stderr, 3),
+                "wins": int((diff > 0).sum()),
+            }
     return result
 
 

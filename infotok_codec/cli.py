@@ -215,7 +215,7 @@ def info(
     console.print(
         f"[bold]{src}[/]  {h.width}×{h.height}, {h.frames} frames at {h.fps} fps, "
         f"chunks of {h.chunk_frames}\nmodel {h.model} ({h.model_hash[:12]}), router {h.router}, "
-        f"budget {h.budget}, coder {h.coder}"
+        f"budget {h.budget}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
     )
     table = Table(
         "chunk",
@@ -371,7 +371,11 @@ def bench(
         if equal:
             console.print(
                 f"PSNR at equal bpp (budget {budget}: {equal['bpp']:.4f} bpp over "
-                f"{equal['clips']} clips): {equal['psnr']}, margins {equal['margins_db']}"
+                f"{equal['clips']} clips): {equal['psnr']}, margins "
+                + ", ".join(
+                    f"{k} {v['mean']:+.3f} dB (± {v['stderr']}, wins {v['wins']}/{equal['clips']})"
+                    for k, v in equal["margins_db"].items()
+                )
             )
     console.print(f"timing: {report.summary['timing']}")
     if "oracle" in report.summary:

@@ -44,6 +44,9 @@ VERSION = 2
 DIM_RANGE = (1, 16384)
 FRAMES_RANGE = (1, 100_000_000)
 CHUNK_FRAMES_RANGE = (4, 1024)
+MAX_CHUNK_POSITIONS = 2**24
+"""Latent positions in one chunk, at most: 16384×16384 frames in 16-frame chunks. Bounds what a
+reader allocates for one chunk whatever its payloads claim."""
 MODEL_HASH_BYTES = 32
 MAX_MODEL_NAME_BYTES = 255
 MAX_ROUTER_BYTES = 32
@@ -51,8 +54,8 @@ SPATIAL_STRIDE = 8
 TEMPORAL_STRIDE = 4
 
 _PREAMBLE = struct.Struct("<4sHI")  # magic, version, header body length
-_HEADER_FIXED = struct.Struct("<5I3H32sdH")  # width .. fps_den, chunk_frames, h, w, hash, budget,
-# lattice_share
+# width .. fps_den, chunk_frames, h, w, hash, budget, lattice_share
+_HEADER_FIXED = struct.Struct("<5I3H32sdH")
 _RECORD_FIXED = struct.Struct("<4sIQIHII")  # tag, index, first_frame, frames, T', kept, mask len
 _INDEX_HEAD = struct.Struct("<4sI")  # tag, count
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("first_frame", "<u8"), ("frames", "<u4")])
@@ -159,6 +162,12 @@ class Header:
                     f"header: {name} {getattr(self, name)} is not "
                     f"ceil({pixels}/{SPATIAL_STRIDE}) = {expected}"
                 )
+        positions = self.chunk_frames // TEMPORAL_STRIDE * self.latent_height * self.latent_width
+        if positions > MAX_CHUNK_POSITIONS:
+            raise FormatError(
+                f"header: chunks of {self.chunk_frames} frames at {self.width}x{self.height} "
+                f"have {positions} latent positions, more than {MAX_CHUNK_POSITIONS}"
+            )
         try:
             encoded_name = self.model_name.encode("utf-8")
         except UnicodeEncodeError as e:
@@ -721,9 +730,12 @@ def decode_chunk(
         # Tokens first: their payload bounds `kept`, and with it the mask's lattice, before the
         # mask decoder allocates a grid (its own size check covers only the coded positions).
         indices = decode_indices(rec.tokens, rec.kept, header.coder, tables)
-        mask = decode_mask(rec.mask, header.mask_shape(rec.frames), rec.kept, header.lattice_share)
-        if int(mask.sum()) != rec.kept:
-            raise FormatError(f"mask keeps {int(mask.sum())} positions, kept is {rec.kept}")
+        mask = decode_mask(
+            rec.mask,
+            header.mask_shape(rec.frames),
+            kept=rec.kept,
+            lattice_share=header.lattice_share,
+        )
     except FormatError as e:
         raise FormatError(f"chunk {rec.index}: {e}") from e
     return mask, indices

@@ -609,9 +609,13 @@ def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
     given = lattice_mask(shape, int(mask.sum()), lattice_share)
     if (given & ~mask).any():
         raise ValueError("mask drops positions of its lattice")
+    return _encode_mask(mask, given)
+
+
+def _encode_mask(mask: np.ndarray, given: np.ndarray) -> bytes:
     if mask.all():
         return b""
-    model = _MaskModel(shape, mask, given)
+    model = _MaskModel(mask.shape, mask, given)
     family = constriction.stream.model.Categorical(perfect=False)
     encoder = constriction.stream.queue.RangeEncoder()
     for positions, ctx in model.steps():
@@ -622,30 +626,35 @@ def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
 
 
 def decode_mask(
-    data: bytes, shape: tuple[int, int, int], kept: int = 0, lattice_share: int = 0
+    data: bytes, shape: tuple[int, int, int], *, kept: int, lattice_share: int = 0
 ) -> np.ndarray:
     """Mirror of `encode_mask`.
 
     Args:
         data: the payload, untrusted; ``b""`` means every position is kept.
         shape: ``(T', h, w)``, from the container header and chunk record.
-        kept, lattice_share: the mask's kept count (chunk record) and lattice share (header);
-            only their lattice matters, so `kept` may be left 0 when the share is 0.
+        kept: the number of kept positions (chunk record), untrusted.
+        lattice_share: as for `encode_mask` (header).
 
     Returns:
-        ``shape`` bool. The caller checks that it keeps `kept` positions.
+        ``shape`` bool with exactly `kept` True positions.
 
     Raises:
         FormatError: ``mask: ...`` for any payload `encode_mask` cannot have produced for
-            ``shape`` and that lattice.
+            ``shape``, `kept` and `lattice_share`.
     """
     dims = _check_mask_shape(shape)
+    total = math.prod(dims)
+    if not 0 <= kept <= total:
+        raise FormatError(f"mask: kept {kept} outside [0, {total}]")
     if not data:
+        if kept != total:
+            raise FormatError(f"mask: empty payload (all kept) but kept is {kept} of {total}")
         return np.ones(dims, dtype=np.bool_)
     # Size check before anything of `shape` is allocated, the lattice included.
-    coded = math.prod(dims) - lattice_count(min(kept, math.prod(dims)), lattice_share)
+    coded = total - lattice_count(kept, lattice_share)
     _check_payload_bits(data, coded, _MASK_MIN_BITS, "mask")
-    given = lattice_mask(dims, min(kept, math.prod(dims)), lattice_share)
+    given = lattice_mask(dims, kept, lattice_share)
     model = _MaskModel(dims, given, given)
     family = constriction.stream.model.Categorical(perfect=False)
     with _coder_errors("mask"):
@@ -656,8 +665,10 @@ def decode_mask(
                 raise FormatError("mask: decoded bit outside {0, 1}")
             model.update(positions, ctx, bits)
     mask = model.mask()
+    if int(mask.sum()) != kept:
+        raise FormatError(f"mask: keeps {int(mask.sum())} positions, kept is {kept}")
     # As for indices: only a payload that re-encodes to itself is accepted (this also rejects
     # a non-empty payload for an all-kept mask, which must be stored as b"").
-    if encode_mask(mask, lattice_share) != data:
+    if _encode_mask(mask, given) != data:
         raise FormatError("mask: payload is damaged (it does not re-encode to itself)")
     return mask

@@ -36,6 +36,7 @@ class FileInfo:
     model_hash: str
     router: str
     budget: float
+    lattice_share: int  # 256ths of each mask's kept positions on the spread-order lattice
     coder: str
     fsq_levels: list[int]
     bytes: int  # the file's size
@@ -78,6 +79,7 @@ def file_info(path: str | Path) -> FileInfo:
         model_hash=h.model_hash.hex(),
         router=h.router,
         budget=h.budget,
+        lattice_share=h.lattice_share,
         coder=h.coder,
         fsq_levels=list(h.fsq_levels),
         bytes=size,

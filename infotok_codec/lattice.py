@@ -24,7 +24,9 @@ def lattice_count(kept: int, share: int) -> int:
 def lattice_mask(shape: tuple[int, int, int], kept: int, share: int) -> np.ndarray:
     """``shape`` bool, True on the first `lattice_count` positions of `spread_order`."""
     mask = np.zeros(int(np.prod(shape)), dtype=bool)
-    mask[spread_order(tuple(shape))[: lattice_count(kept, share)]] = True
+    count = lattice_count(kept, share)
+    if count:  # the order costs ~50 bytes per position: only build it when it is used
+        mask[spread_order(tuple(shape))[:count]] = True
     return mask.reshape(shape)
 
 

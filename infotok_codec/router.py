@@ -129,6 +129,9 @@ def lattice_then_error(
     if rest:
         if error is None or error.shape != tuple(shape):
             raise InfotokError(f"choosing positions by error needs an error map of shape {shape}")
-        score = np.where(keep, -np.inf, error.astype(np.float64).ravel())
-        keep[np.argsort(-score, kind="stable")[:rest]] = True
+        # Rank only the positions outside the lattice; a NaN error ranks last, so the mask
+        # always keeps exactly `count`.
+        free = np.flatnonzero(~keep)
+        score = np.nan_to_num(error.astype(np.float64).ravel()[free], nan=-np.inf)
+        keep[free[np.argsort(-score, kind="stable")[:rest]]] = True
     return keep.reshape(shape)

@@ -115,4 +115,9 @@ def test_routers_are_compared_at_one_bpp_not_at_one_budget() -> None:
     assert result is not None
     assert result["bpp"] == pytest.approx(0.09)
     assert result["psnr"]["fixed"] == pytest.approx(30 + 10 * math.log2(0.9), abs=1e-3)
-    assert result["margins_db"] == {"fixed_minus_uniform": pytest.approx(1.0, abs=1e-3)}
+    margin = result["margins_db"]["fixed_minus_uniform"]
+    assert margin["mean"] == pytest.approx(1.0, abs=1e-3) and margin["wins"] == 1
+    # At the lowest budget the routers' mean bpp lies below `fixed`'s curve: read at its start.
+    lowest = routers_at_equal_bpp(by, ["c"], 0.25)
+    assert lowest is not None and lowest["bpp"] == pytest.approx(0.05)
+    assert lowest["margins_db"]["fixed_minus_uniform"]["mean"] == pytest.approx(1.0, abs=1e-3)

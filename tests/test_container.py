@@ -195,13 +195,11 @@ def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str
 
 
 def test_a_huge_all_lattice_chunk_is_refused_before_allocating() -> None:
-    # 256 x 2048 x 2048 positions, all but one in the lattice: the mask payload codes one bit,
-    # so only the tokens payload can refuse the claim.
-    header = make_header(
-        width=16384, height=16384, frames=1024, chunk_frames=1024, lattice_share=256
-    )
-    positions = 256 * 2048 * 2048
-    rec = ChunkRecord(0, 0, 1024, 256, positions - 1, bytes(8), bytes(8))
+    # 4 x 2048 x 2048 positions (the most a chunk may have), all but one in the lattice: the
+    # mask payload codes one bit, so only the tokens payload can refuse the claim.
+    header = make_header(width=16384, height=16384, frames=16, chunk_frames=16, lattice_share=256)
+    positions = 4 * 2048 * 2048
+    rec = ChunkRecord(0, 0, 16, 4, positions - 1, bytes(8), bytes(8))
     with pytest.raises(FormatError, match="chunk 0: tokens: 8 payload bytes cannot hold"):
         decode_chunk(header, rec, FrequencyTables.uniform(LEVELS))
 
@@ -290,6 +288,10 @@ def test_writer_rejects_a_record_the_reader_would_reject(tmp_path: Path) -> None
         ({"budget": 0.0}, "header: budget 0.0 outside"),
         ({"budget": float("nan")}, "header: budget nan outside"),
         ({"lattice_share": 257}, r"header: lattice_share 257 outside \[0, 256\]"),
+        (
+            {"width": 16384, "height": 16384, "chunk_frames": 32},
+            "header: chunks of 32 frames at 16384x16384 have 33554432 latent positions",
+        ),
         ({"model_hash": b"short"}, "header: model_hash is not 32 bytes"),
         ({"fps_den": 0}, "header: fps_den 0 outside"),
     ],

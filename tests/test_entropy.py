@@ -24,6 +24,7 @@ from infotok_codec.entropy import (
     indices_to_digits,
 )
 from infotok_codec.errors import FormatError
+from infotok_codec.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 K = 64000
@@ -108,16 +109,55 @@ def test_mask_round_trip(params: tuple[int, int, int, float, int]) -> None:
     t, h, w, density, seed = params
     mask = np.random.default_rng(seed).random((t, h, w)) < density
     data = encode_mask(mask)
-    out = decode_mask(data, (t, h, w))
+    out = decode_mask(data, (t, h, w), kept=int(mask.sum()))
     assert out.dtype == np.bool_ and np.array_equal(out, mask)
     assert (data == b"") == bool(mask.all())
 
 
+@settings(max_examples=80, deadline=None)
+@given(params=masks, share=st.sampled_from([1, 128, 192, 255, 256]))
+def test_mask_round_trip_with_a_lattice(
+    params: tuple[int, int, int, float, int], share: int
+) -> None:
+    t, h, w, density, seed = params
+    count = round(density * t * h * w)
+    error = np.random.default_rng(seed).random((t, h, w))
+    mask = lattice_then_error(error, (t, h, w), count, share)
+    data = encode_mask(mask, share)
+    assert len(data) <= len(encode_mask(mask)) + 4
+    out = decode_mask(data, (t, h, w), kept=count, lattice_share=share)
+    assert np.array_equal(out, mask)
+
+
+def test_damaged_lattice_masks_are_format_errors() -> None:
+    # A flipped bit may decode to a mask of another count, whose own lattice the mask need not
+    # hold: that must be a FormatError, like any other damage.
+    shape = (4, 16, 16)
+    for share in (192, 256):
+        mask = lattice_then_error(np.random.default_rng(share).random(shape), shape, 500, share)
+        good = encode_mask(mask, share)
+        refused = 0
+        for bit in range(8 * len(good)):
+            bad = bytearray(good)
+            bad[bit // 8] ^= 1 << (bit % 8)
+            try:
+                out = decode_mask(bytes(bad), shape, kept=500, lattice_share=share)
+            except FormatError:
+                refused += 1
+                continue
+            assert out.sum() == 500 and encode_mask(out, share) == bytes(bad)
+        assert refused > 0.9 * 8 * len(good)
+
+
 def test_all_kept_mask_is_empty_and_none_kept_is_tiny() -> None:
     assert encode_mask(np.ones((4, 32, 32), bool)) == b""
-    assert decode_mask(b"", (4, 32, 32)).all()
+    assert decode_mask(b"", (4, 32, 32), kept=4096).all()
+    with pytest.raises(FormatError, match="mask: empty payload"):
+        decode_mask(b"", (4, 32, 32), kept=4095)
     nothing = encode_mask(np.zeros((4, 32, 32), bool))
-    assert len(nothing) <= 16 and not decode_mask(nothing, (4, 32, 32)).any()
+    assert len(nothing) <= 16 and not decode_mask(nothing, (4, 32, 32), kept=0).any()
+    with pytest.raises(FormatError, match="mask: keeps 0 positions, kept is 3"):
+        decode_mask(nothing, (4, 32, 32), kept=3)
 
 
 def test_smooth_mask_costs_well_under_a_bit_per_position() -> None:
@@ -206,6 +246,17 @@ def test_range_bitstreams_are_pinned() -> None:
     assert hashlib.sha256(data).hexdigest()[:16] == "98c34a7ad692f5f6"
 
 
+def test_lattices_and_lattice_masks_are_pinned() -> None:
+    # The spread order decides which positions a mask leaves uncoded: it is part of the format.
+    from infotok_codec.lattice import spread_order
+
+    order = spread_order((3, 7, 9)).astype("<i8").tobytes()
+    assert hashlib.sha256(order).hexdigest()[:16] == "f1a81fcff3fd55ec"
+    t, y, x = np.meshgrid(np.arange(2), np.arange(7), np.arange(9), indexing="ij")
+    mask = lattice_then_error(((t * 5 + x * y + x // 3) % 7).astype(float), (2, 7, 9), 60, 192)
+    assert hashlib.sha256(encode_mask(mask, 192)).hexdigest()[:16] == "a0e485a183d89df0"
+
+
 @pytest.mark.parametrize("coder", CODERS)
 def test_garbage_payload_is_a_format_error(coder: str) -> None:
     rng = np.random.default_rng(0)
@@ -231,12 +282,14 @@ def test_garbage_payload_is_a_format_error(coder: str) -> None:
 def test_garbage_mask_is_a_format_error() -> None:
     rng = np.random.default_rng(0)
     shape = (4, 16, 16)
-    good = encode_mask(rng.random(shape) < 0.5)
+    mask = rng.random(shape) < 0.5
+    good = encode_mask(mask)
+    kept = int(mask.sum())
     for bad in (rng.bytes(len(good)), good[:-4], good + bytes(4), good[:-1]):
         with pytest.raises(FormatError, match=r"^mask: "):
-            decode_mask(bad, shape)
+            decode_mask(bad, shape, kept=kept)
     with pytest.raises(FormatError, match=r"^mask: "):
-        decode_mask(good, (4, 16, 17))
+        decode_mask(good, (4, 16, 17), kept=kept)
 
 
 @settings(max_examples=40, deadline=None)
@@ -249,14 +302,14 @@ def test_size_bound_accepts_the_cheapest_possible_payloads(level: int, n: int) -
     data = encode_indices(indices, "range", tables)
     assert np.array_equal(decode_indices(data, n, "range", tables), indices)
     mask = np.zeros((1, 16, 1 + n // 16), bool)
-    assert not decode_mask(encode_mask(mask), mask.shape).any()
+    assert not decode_mask(encode_mask(mask), mask.shape, kept=0).any()
 
 
 def test_huge_claimed_count_is_refused_before_allocating() -> None:
     with pytest.raises(FormatError, match="tokens: 8 payload bytes cannot hold"):
         decode_indices(bytes(8), 10**12, "range", FITTED)
     with pytest.raises(FormatError, match="mask: 8 payload bytes cannot hold"):
-        decode_mask(bytes(8), (256, 2048, 2048))
+        decode_mask(bytes(8), (256, 2048, 2048), kept=0)
 
 
 def test_zstd_frame_declaring_another_size_is_refused() -> None:

@@ -28,6 +28,7 @@ from infotok_codec.container import (
 )
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import FormatError
+from infotok_codec.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 SEED = 20240617
@@ -44,7 +45,7 @@ class Field:
     crc: tuple[int, int] | None
 
 
-def make_valid_file(path: Path, coder: str) -> bytes:
+def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
     header = Header(
         width=40,
         height=20,
@@ -60,12 +61,15 @@ def make_valid_file(path: Path, coder: str) -> bytes:
         coder=coder,
         router="elbo",
         budget=0.6,
+        lattice_share=lattice_share,
     )
     rng = np.random.default_rng(SEED)
     with ContainerWriter(path, header) as writer:
         for k in range(header.chunk_count):
             shape = header.mask_shape(header.chunk_span(k)[1])
-            mask = np.ones(shape, bool) if k == 2 else rng.random(shape) < 0.6
+            total = int(np.prod(shape))
+            count = total if k == 2 else int(0.6 * total)
+            mask = lattice_then_error(rng.random(shape), shape, count, lattice_share)
             indices = rng.integers(0, 64000, int(mask.sum())) // 7
             writer.write_chunk(encode_chunk(header, k, mask, indices, TABLES))
     return path.read_bytes()
@@ -169,10 +173,14 @@ def read_everything(path: Path) -> str:
     return "ok"
 
 
-@pytest.mark.parametrize("coder", ["range", "zstd"])
-def test_damaged_files_raise_format_error_and_nothing_else(tmp_path: Path, coder: str) -> None:
+@pytest.mark.parametrize(
+    ("coder", "lattice_share"), [("range", 0), ("zstd", 0), ("range", 192), ("zstd", 256)]
+)
+def test_damaged_files_raise_format_error_and_nothing_else(
+    tmp_path: Path, coder: str, lattice_share: int
+) -> None:
     valid = tmp_path / "valid.itok"
-    data = make_valid_file(valid, coder)
+    data = make_valid_file(valid, coder, lattice_share)
     assert read_everything(valid) == "ok"
     numbers, payloads = layout(valid)
     cases = mutations(data, numbers, payloads, np.random.default_rng(SEED))

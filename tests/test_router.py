@@ -60,3 +60,26 @@ def test_elbo_allocation_meets_the_budget_and_follows_the_error() -> None:
     assert rates[3] == 1.0 and min(rates) >= routing.MIN_RATE
     assert rates[0] < rates[1] < rates[4] < rates[2]
     assert routing.allocate_counts("fixed", 0.5, positions, None) == [128] * 5 + [32]
+
+
+@pytest.mark.parametrize("share", [0, 192, 256])
+def test_any_share_keeps_exactly_the_count_even_with_nan_errors(share: int) -> None:
+    shape = (2, 5, 7)  # not a power of two
+    total = 70
+    error = np.random.default_rng(share).random(shape)
+    error.flat[::2] = np.nan
+    for count in (0, 1, 13, 35, 69, 70, 80):
+        keep = routing.lattice_then_error(error, shape, count, share)
+        assert keep.sum() == min(count, total)
+        assert keep.ravel()[
+            lattice.spread_order(shape)[: lattice.lattice_count(count, share)]
+        ].all()
+    # NaN ranks below every number.
+    keep = routing.lattice_then_error(error, shape, 20, 0)
+    assert not keep.ravel()[::2].any()
+
+
+def test_a_whole_lattice_needs_no_error_map_and_a_partial_one_does() -> None:
+    assert routing.lattice_then_error(None, SHAPE, 50, 256).sum() == 50
+    with pytest.raises(routing.InfotokError, match="error map"):
+        routing.lattice_then_error(None, SHAPE, 1, routing.ERROR_LATTICE_SHARE)

@@ -128,7 +128,7 @@ def test_fine_tuning_starts_from_a_model_file(tiny_model: Path, tmp_path: Path) 
         init_weights(other, older)
 
 
-def test_stage_two_spread_share_masks_follow_the_uniform_routers_order() -> None:
+def test_stage_two_masks_are_the_routers_own() -> None:
     from infotok_codec import router as routing
     from infotok_codec.train import _sample_keep_masks
 
@@ -141,5 +141,11 @@ def test_stage_two_spread_share_masks_follow_the_uniform_routers_order() -> None
         spread = routing.select_positions("uniform", None, mask.shape, int(mask.sum()))
         assert np.array_equal(mask, spread)
     keep, _ = _sample_keep_masks(model, x, None, False, spread_share=0.0)
-    error_masks = [routing.select_positions("uniform", None, m.shape, int(m.sum())) for m in keep]
-    assert any(not np.array_equal(m, s) for m, s in zip(keep.numpy(), error_masks, strict=True))
+    with torch.no_grad():
+        error = model.error_map(x).numpy()
+    for mask, e in zip(keep.numpy(), error, strict=True):
+        fixed = routing.select_positions("fixed", e, mask.shape, int(mask.sum()))
+        assert np.array_equal(mask, fixed)
+        assert not np.array_equal(
+            mask, routing.select_positions("uniform", None, mask.shape, int(mask.sum()))
+        )
