@@ -27,10 +27,11 @@ ERROR_LATTICE_SHARE = 192
 
 Keeping only the highest-error positions (share 0, the paper's rule) leaves flat regions with no
 token in reach of the compressor's window, and the decoder has nothing to fill them from; the
-lattice costs no mask bits (the decoder knows it from the kept count). `benchmarks/lattice_share.py`
-(run-2 model, dev clips, 32 frames) at rate 0.5: share 0 21.87 dB at 0.0267 bpp, 128 22.85 dB at
-0.0263, 192 23.00 dB at 0.0259, 256 (`uniform`) 22.75 dB at 0.0245; read at equal bits, 192 beats
-the `uniform` curve by 0.19 dB and 128 ties it.
+lattice costs no mask bits (the decoder knows it from the kept count).
+`benchmarks/lattice_share.py` (shipped model, dev clips, 32 frames), PSNR over the `uniform`
+curve at equal bits, mean ± standard error over 8 clips: at rate 0.5, share 0 −1.85 ± 0.54 dB,
+64 −0.08 ± 0.10, 128 +0.08 ± 0.07, 192 +0.18 ± 0.04 (7 of 8 clips); at rate 0.375, 192
++0.11 ± 0.07.
 """
 _BISECTION_STEPS = 80
 
