@@ -34,7 +34,7 @@ from infotok_codec.tokenizer import latent_shape, load_model
 from infotok_codec.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARES = (0, 64, 128, 192, 256)
+SHARES = (0, 64, 128, 192, 224, 256)
 RATES = (0.375, 0.5, 0.625)
 CHUNK = 16
 
