@@ -3,8 +3,8 @@
 For every clip in DEV (first 32 frames, short side 256, centre crop 256×256) and every chunk:
 keep ⌈r·N⌉ positions for r in RATES, the first ⌊share·count/256⌋ from the spread order and the
 rest by the full-rate error map, for each share in SHARES (0 = the paper's pure error order,
-256 = the `uniform` router); encode the chunk knowing its mask, decode it, and code it into a
-real chunk record (mask with its lattice implied, range-coded tokens). Reports PSNR-RGB (one
+256 = the `uniform` router); encode the chunk knowing its mask, decode it, and code it as a chunk
+record does (mask with its lattice implied, range-coded tokens). Reports PSNR-RGB (one
 MSE per clip, mean over clips) and the record's mask and token bytes as bits per pixel, and
 each share's margin over the `uniform` curve at equal bits, paired per clip (the uniform curve
 read at the share's bpp, linear in log bpp; mean, standard error, wins).
@@ -20,18 +20,18 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from infotok_codec import router as routing
-from infotok_codec.bench import quality_at
+from infotok_codec.bench import paired_margin, quality_at, reference_frames
 from infotok_codec.codec import ChunkModel
-from infotok_codec.container import Header, encode_chunk
+from infotok_codec.entropy import encode_indices, encode_mask
 from infotok_codec.lattice import SHARE_DENOMINATOR
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.tokenizer import latent_shape, load_model
-from infotok_codec.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0, 64, 128, 192, 224, 256)
@@ -44,29 +44,22 @@ def margin_over_uniform(
     bpp: dict[tuple[float, int], list[float]],
     rate: float,
     share: int,
-) -> dict[str, float | int] | None:
+) -> dict[str, Any] | None:
     """Per clip: PSNR of (rate, share) minus the `uniform` curve's PSNR at the same bpp."""
     if share == SHARE_DENOMINATOR:
         return None
     diffs = []
     for i in range(len(psnr[(rate, share)])):
-        curve = (
-            np.array([bpp[(r, SHARE_DENOMINATOR)][i] for r in RATES]),
-            np.array([psnr[(r, SHARE_DENOMINATOR)][i] for r in RATES]),
+        points = sorted(
+            (bpp[(r, SHARE_DENOMINATOR)][i], psnr[(r, SHARE_DENOMINATOR)][i]) for r in RATES
         )
-        order = np.argsort(curve[0])
-        uniform = quality_at((curve[0][order], curve[1][order]), bpp[(rate, share)][i])
+        curve = (np.array([b for b, _ in points]), np.array([q for _, q in points]))
+        uniform = quality_at(curve, bpp[(rate, share)][i])
         if uniform is not None:
             diffs.append(psnr[(rate, share)][i] - uniform)
     if len(diffs) < 2:
         return None
-    d = np.array(diffs)
-    return {
-        "clips": len(d),
-        "mean": round(float(d.mean()), 3),
-        "stderr": round(float(d.std(ddof=1) / np.sqrt(len(d))), 3),
-        "wins": int((d > 0).sum()),
-    }
+    return {"clips": len(diffs), **paired_margin(np.array(diffs))}
 
 
 def main() -> None:
@@ -88,16 +81,10 @@ def main() -> None:
     bpp: dict[tuple[float, int], list[float]] = {v: [] for v in variants}
     rows: list[dict[str, object]] = []
     for clip in sorted(args.dev.iterdir()):
-        video = np.concatenate(
-            list(
-                read_frames(
-                    clip, CHUNK, max_frames=args.frames, short_side=args.size, center_crop=args.size
-                )
-            )
-        )
+        video = reference_frames(clip, args.frames, args.size)
         recon: dict[tuple[float, int], list[np.ndarray]] = {v: [] for v in variants}
         bits = dict.fromkeys(variants, 0)
-        for k, start in enumerate(range(0, len(video), CHUNK)):
+        for start in range(0, len(video), CHUNK):
             chunk = video[start : start + CHUNK]
             shape = latent_shape(len(chunk), args.size, args.size)
             error = engine.error_map(chunk)
@@ -109,25 +96,11 @@ def main() -> None:
                 recon[(rate, share)].append(
                     engine.frames(indices, keep, len(chunk), args.size, args.size)
                 )
-                header = Header(
-                    width=args.size,
-                    height=args.size,
-                    frames=len(video),
-                    fps_num=25,
-                    fps_den=1,
-                    chunk_frames=CHUNK,
-                    latent_height=shape[1],
-                    latent_width=shape[2],
-                    model_name=loaded.name,
-                    model_hash=loaded.sha256,
-                    fsq_levels=loaded.tokenizer.config.levels,
-                    coder="range",
-                    router="fixed",
-                    budget=rate,
-                    lattice_share=share,
-                )
-                rec = encode_chunk(header, k, keep, indices[keep], engine.tables)
-                bits[(rate, share)] += 8 * (len(rec.mask) + len(rec.tokens))
+                # What a chunk record stores: the mask with its lattice implied, and the kept
+                # positions' range-coded indices.
+                mask_bytes = encode_mask(keep, share)
+                token_bytes = encode_indices(indices[keep], "range", engine.tables)
+                bits[(rate, share)] += 8 * (len(mask_bytes) + len(token_bytes))
         pixels = len(video) * args.size * args.size
         row: dict[str, object] = {"clip": clip.name}
         for v in variants:

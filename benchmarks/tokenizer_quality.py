@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from infotok_codec import router as routing
+from infotok_codec.bench import reference_frames
 from infotok_codec.codec import ChunkModel
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.tokenizer import latent_shape, load_model
-from infotok_codec.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKS = ("full", "elbo", "error", "spread", "raster")
@@ -52,13 +52,7 @@ def main() -> None:
     encode_s = decode_s = 0.0
     frames_total = 0
     for clip in sorted(args.dev.iterdir()):
-        video = np.concatenate(
-            list(
-                read_frames(
-                    clip, 16, max_frames=args.frames, short_side=args.size, center_crop=args.size
-                )
-            )
-        )
+        video = reference_frames(clip, args.frames, args.size)
         row: dict[str, object] = {"clip": clip.name, "frames": len(video)}
         recon: dict[str, list[np.ndarray]] = {k: [] for k in MASKS}
         for start in range(0, len(video), 16):

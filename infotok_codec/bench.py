@@ -86,19 +86,17 @@ class BenchReport:
     settings: dict[str, Any]
 
 
+def reference_frames(path: Path, frames: int, size: int) -> np.ndarray:
+    """The first `frames` frames of a clip, short side scaled to `size` and centre-cropped to
+    `size`×`size`: the benchmarks' protocol, `(n, size, size, 3)` uint8."""
+    return np.concatenate(
+        list(read_frames(path, 16, max_frames=frames, short_side=size, center_crop=size))
+    )
+
+
 def prepare_source(path: Path, settings: BenchSettings, workdir: Path) -> tuple[np.ndarray, Path]:
     """The reference frames, and a lossless file of exactly them for the codecs to read."""
-    frames = np.concatenate(
-        list(
-            read_frames(
-                path,
-                16,
-                max_frames=settings.frames,
-                short_side=settings.size,
-                center_crop=settings.size,
-            )
-        )
-    )
+    frames = reference_frames(path, settings.frames, settings.size)
     source = workdir / f"{path.stem}.source.mkv"
     with VideoWriter(source, frames.shape[2], frames.shape[1], probe(path).fps) as writer:
         writer.write(frames)
@@ -362,22 +360,26 @@ def routers_at_equal_bpp(
             psnr[m].append(float(v))  # type: ignore[arg-type]
     if not used:
         return None
-    result: dict[str, Any] = {
+    return {
         "clips": len(used),
         "bpp": round(float(np.mean(used)), 5),
         "psnr": {m: round(float(np.mean(v)), 3) for m, v in psnr.items()},
-        "margins_db": {},
+        "margins_db": {
+            f"{a}_minus_{b}": paired_margin(np.array(psnr[a]) - np.array(psnr[b]))
+            for a, b in (("elbo", "fixed"), ("fixed", "uniform"), ("elbo", "uniform"))
+            if a in psnr and b in psnr
+        },
     }
-    for a, b in (("elbo", "fixed"), ("fixed", "uniform"), ("elbo", "uniform")):
-        if a in psnr and b in psnr:
-            diff = np.array(psnr[a]) - np.array(psnr[b])
-            stderr = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None
-            result["margins_db"][f"{a}_minus_{b}"] = {
-                "mean": round(float(diff.mean()), 3),
-                "stderr": None if stderr is None else round(stderr, 3),
-                "wins": int((diff > 0).sum()),
-            }
-    return result
+
+
+def paired_margin(diffs: np.ndarray) -> dict[str, Any]:
+    """Per-clip differences in dB summarised: mean, standard error (None for one clip), wins."""
+    stderr = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else None
+    return {
+        "mean": round(float(diffs.mean()), 3),
+        "stderr": None if stderr is None else round(stderr, 3),
+        "wins": int((diffs > 0).sum()),
+    }
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
