@@ -404,6 +404,18 @@ def train(
             min=0.0, max=1.0, help="Share of stage-2 clips masked in spread order, not by error."
         ),
     ] = 0.15,
+    full_rate_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of stage-2 clips kept at full rate."),
+    ] = 0.0,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--fp32",
+            help="bf16 autocast (default: where the GPU or CPU runs bf16 natively).",
+            show_default=False,
+        ),
+    ] = None,
     warmup_steps: Annotated[
         int, typer.Option(min=1, help="Linear learning-rate warm-up steps.")
     ] = 200,
@@ -441,6 +453,8 @@ def train(
         resume=resume,
         init=init,
         spread_share=spread_share,
+        full_rate_share=full_rate_share,
+        bf16=bf16,
         warmup_steps=warmup_steps,
         threads=threads,
         max_steps=max_steps,
