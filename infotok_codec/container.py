@@ -32,13 +32,13 @@ from infotok_codec.entropy import (
     validate_levels,
 )
 from infotok_codec.errors import FormatError, ModelError
-from infotok_codec.lattice import SHARE_DENOMINATOR
+from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
 
 MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 2
+VERSION = 3
 """The only version this module reads and writes; docs/FORMAT.md says when it changes."""
 
 DIM_RANGE = (1, 16384)
@@ -228,7 +228,7 @@ class ChunkRecord:
         latent_frames: ``T' = ceil(frames / 4)``.
         kept: number of stored indices, in ``[0, positions(header)]``.
         mask: coded keep-mask (`infotok_codec.entropy.encode_mask`); ``b""`` exactly when
-            every position is kept.
+            `kept` implies the mask (all kept, or only the lattice).
         tokens: coded indices of the kept positions in C order
             (`infotok_codec.entropy.encode_indices`).
     """
@@ -263,10 +263,11 @@ def _check_record(header: Header, rec: ChunkRecord, k: int) -> None:
             f"ceil({frames}/{TEMPORAL_STRIDE}) = {latent}"
         )
     _check_range(where, "kept", rec.kept, 0, rec.positions(header))
-    if (not rec.mask) != (rec.kept == rec.positions(header)):
+    if (not rec.mask) != mask_is_implied(rec.kept, rec.positions(header), header.lattice_share):
         raise FormatError(
             f"{where}: mask length {len(rec.mask)} with kept {rec.kept} of "
-            f"{rec.positions(header)} positions (empty exactly when all kept)"
+            f"{rec.positions(header)} positions at lattice share {header.lattice_share} "
+            "(empty exactly when kept implies the mask)"
         )
 
 

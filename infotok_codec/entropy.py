@@ -35,7 +35,7 @@ import numpy as np
 import zstandard
 
 from infotok_codec.errors import FormatError
-from infotok_codec.lattice import lattice_count, lattice_mask
+from infotok_codec.lattice import lattice_count, lattice_mask, mask_is_implied
 
 CODERS = ("range", "zstd")
 
@@ -600,7 +600,8 @@ def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
             as context.
 
     Returns:
-        The payload; ``b""`` exactly when every position is kept.
+        The payload; ``b""`` exactly when the kept count implies the mask
+        (`lattice.mask_is_implied`: every position kept, or only the lattice).
     """
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
@@ -613,7 +614,7 @@ def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
 
 
 def _encode_mask(mask: np.ndarray, given: np.ndarray) -> bytes:
-    if mask.all():
+    if mask.all() or np.array_equal(mask, given):
         return b""
     model = _MaskModel(mask.shape, mask, given)
     family = constriction.stream.model.Categorical(perfect=False)
@@ -631,7 +632,7 @@ def decode_mask(
     """Mirror of `encode_mask`.
 
     Args:
-        data: the payload, untrusted; ``b""`` means every position is kept.
+        data: the payload, untrusted; ``b""`` means the mask `kept` implies.
         shape: ``(T', h, w)``, from the container header and chunk record.
         kept: the number of kept positions (chunk record), untrusted.
         lattice_share: as for `encode_mask` (header).
@@ -647,10 +648,15 @@ def decode_mask(
     total = math.prod(dims)
     if not 0 <= kept <= total:
         raise FormatError(f"mask: kept {kept} outside [0, {total}]")
+    if mask_is_implied(kept, total, lattice_share) != (not data):
+        raise FormatError(
+            f"mask: {len(data)}-byte payload for kept {kept} of {total} at lattice share "
+            f"{lattice_share} (empty exactly when kept implies the mask)"
+        )
     if not data:
-        if kept != total:
-            raise FormatError(f"mask: empty payload (all kept) but kept is {kept} of {total}")
-        return np.ones(dims, dtype=np.bool_)
+        if kept == total:
+            return np.ones(dims, dtype=np.bool_)
+        return lattice_mask(dims, kept, lattice_share)
     # Size check before anything of `shape` is allocated, the lattice included.
     coded = total - lattice_count(kept, lattice_share)
     _check_payload_bits(data, coded, _MASK_MIN_BITS, "mask")
@@ -667,8 +673,7 @@ def decode_mask(
     mask = model.mask()
     if int(mask.sum()) != kept:
         raise FormatError(f"mask: keeps {int(mask.sum())} positions, kept is {kept}")
-    # As for indices: only a payload that re-encodes to itself is accepted (this also rejects
-    # a non-empty payload for an all-kept mask, which must be stored as b"").
+    # As for indices: only a payload that re-encodes to itself is accepted.
     if _encode_mask(mask, given) != data:
         raise FormatError("mask: payload is damaged (it does not re-encode to itself)")
     return mask

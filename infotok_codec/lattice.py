@@ -21,6 +21,15 @@ def lattice_count(kept: int, share: int) -> int:
     return kept * share // SHARE_DENOMINATOR
 
 
+def mask_is_implied(kept: int, positions: int, share: int) -> bool:
+    """Whether `kept` alone fixes a mask over `positions`: all kept, or all on the lattice.
+
+    Such a mask is stored as an empty payload (a `uniform` stream's masks, at share 256, cost
+    nothing).
+    """
+    return kept == positions or lattice_count(kept, share) == kept
+
+
 def lattice_mask(shape: tuple[int, int, int], kept: int, share: int) -> np.ndarray:
     """``shape`` bool, True on the first `lattice_count` positions of `spread_order`."""
     mask = np.zeros(int(np.prod(shape)), dtype=bool)

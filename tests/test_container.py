@@ -23,6 +23,7 @@ from infotok_codec.container import (
 )
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import FormatError, ModelError
+from infotok_codec.lattice import mask_is_implied
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 
@@ -141,7 +142,8 @@ def test_write_then_read_gives_the_same_header_and_chunks(
         )
         positions = rec.positions(header)
         kept = data.draw(st.integers(0, positions))
-        mask = b"" if kept == positions else data.draw(st.binary(min_size=1, max_size=40))
+        implied = mask_is_implied(kept, positions, header.lattice_share)
+        mask = b"" if implied else data.draw(st.binary(min_size=1, max_size=40))
         records.append(dataclasses.replace(rec, kept=kept, mask=mask))
     path = tmp_path / "rt.itok"
     write_file(path, header, records)
@@ -183,6 +185,7 @@ def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str
     indices = rng.integers(0, 64000, int(mask.sum()))
     rec = encode_chunk(header, 0, mask, indices, tables)
     assert len(rec.mask) < len(encode_chunk(plain, 0, mask, indices, tables).mask)
+    assert (rec.mask == b"") == (router == "uniform")  # a uniform mask is all lattice
     write_file(tmp_path / "v.itok", header, [rec])
     with ContainerReader(tmp_path / "v.itok") as reader:
         assert reader.header.lattice_share == share
@@ -196,10 +199,10 @@ def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str
 
 def test_a_huge_all_lattice_chunk_is_refused_before_allocating() -> None:
     # 4 x 2048 x 2048 positions (the most a chunk may have), all but one in the lattice: the
-    # mask payload codes one bit, so only the tokens payload can refuse the claim.
+    # mask is implied and has no payload, so only the tokens payload can refuse the claim.
     header = make_header(width=16384, height=16384, frames=16, chunk_frames=16, lattice_share=256)
     positions = 4 * 2048 * 2048
-    rec = ChunkRecord(0, 0, 16, 4, positions - 1, bytes(8), bytes(8))
+    rec = ChunkRecord(0, 0, 16, 4, positions - 1, b"", bytes(8))
     with pytest.raises(FormatError, match="chunk 0: tokens: 8 payload bytes cannot hold"):
         decode_chunk(header, rec, FrequencyTables.uniform(LEVELS))
 
@@ -351,7 +354,7 @@ def test_wrong_magic_is_named(valid) -> None:
         ContainerReader(valid[0])
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_unsupported_version_is_named(valid, version: int) -> None:
     patch(valid[0], 4, struct.pack("<H", version))
     with pytest.raises(FormatError, match=f"header: unsupported version {version}"):

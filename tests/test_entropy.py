@@ -24,6 +24,7 @@ from infotok_codec.entropy import (
     indices_to_digits,
 )
 from infotok_codec.errors import FormatError
+from infotok_codec.lattice import lattice_mask, mask_is_implied
 from infotok_codec.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
@@ -111,7 +112,7 @@ def test_mask_round_trip(params: tuple[int, int, int, float, int]) -> None:
     data = encode_mask(mask)
     out = decode_mask(data, (t, h, w), kept=int(mask.sum()))
     assert out.dtype == np.bool_ and np.array_equal(out, mask)
-    assert (data == b"") == bool(mask.all())
+    assert (data == b"") == bool(mask.all() or not mask.any())  # share 0: the empty lattice
 
 
 @settings(max_examples=80, deadline=None)
@@ -127,13 +128,14 @@ def test_mask_round_trip_with_a_lattice(
     assert len(data) <= len(encode_mask(mask)) + 4
     out = decode_mask(data, (t, h, w), kept=count, lattice_share=share)
     assert np.array_equal(out, mask)
+    assert (data == b"") == mask_is_implied(count, t * h * w, share)
 
 
 def test_damaged_lattice_masks_are_format_errors() -> None:
     # A flipped bit may decode to a mask of another count, whose own lattice the mask need not
     # hold: that must be a FormatError, like any other damage.
     shape = (4, 16, 16)
-    for share in (192, 256):
+    for share in (128, 192):
         mask = lattice_then_error(np.random.default_rng(share).random(shape), shape, 500, share)
         good = encode_mask(mask, share)
         refused = 0
@@ -149,15 +151,32 @@ def test_damaged_lattice_masks_are_format_errors() -> None:
         assert refused > 0.9 * 8 * len(good)
 
 
-def test_all_kept_mask_is_empty_and_none_kept_is_tiny() -> None:
+def test_all_kept_and_none_kept_masks_are_empty() -> None:
     assert encode_mask(np.ones((4, 32, 32), bool)) == b""
     assert decode_mask(b"", (4, 32, 32), kept=4096).all()
-    with pytest.raises(FormatError, match="mask: empty payload"):
+    with pytest.raises(FormatError, match="mask: 0-byte payload for kept 4095 of 4096"):
         decode_mask(b"", (4, 32, 32), kept=4095)
-    nothing = encode_mask(np.zeros((4, 32, 32), bool))
-    assert len(nothing) <= 16 and not decode_mask(nothing, (4, 32, 32), kept=0).any()
-    with pytest.raises(FormatError, match="mask: keeps 0 positions, kept is 3"):
-        decode_mask(nothing, (4, 32, 32), kept=3)
+    assert encode_mask(np.zeros((4, 32, 32), bool)) == b""
+    assert not decode_mask(b"", (4, 32, 32), kept=0).any()
+    five = np.zeros((4, 32, 32), bool)
+    five[0, 0, :5] = True
+    with pytest.raises(FormatError, match="mask: keeps 5 positions, kept is 3"):
+        decode_mask(encode_mask(five), (4, 32, 32), kept=3)
+
+
+def test_lattice_only_mask_is_empty_and_only_empty() -> None:
+    shape, kept = (4, 16, 16), 300
+    lattice = lattice_mask(shape, kept, 256)
+    assert encode_mask(lattice, 256) == b""
+    assert np.array_equal(decode_mask(b"", shape, kept=kept, lattice_share=256), lattice)
+    # The same mask at a share that leaves positions to code has a payload, and an empty
+    # payload is refused where kept does not imply the mask (and a payload where it does).
+    coded = encode_mask(lattice, 0)
+    assert coded and np.array_equal(decode_mask(coded, shape, kept=kept), lattice)
+    with pytest.raises(FormatError, match="mask: 0-byte payload for kept 300 of 1024"):
+        decode_mask(b"", shape, kept=kept, lattice_share=192)
+    with pytest.raises(FormatError, match="empty exactly when kept implies the mask"):
+        decode_mask(coded, shape, kept=kept, lattice_share=256)
 
 
 def test_smooth_mask_costs_well_under_a_bit_per_position() -> None:
@@ -309,7 +328,7 @@ def test_huge_claimed_count_is_refused_before_allocating() -> None:
     with pytest.raises(FormatError, match="tokens: 8 payload bytes cannot hold"):
         decode_indices(bytes(8), 10**12, "range", FITTED)
     with pytest.raises(FormatError, match="mask: 8 payload bytes cannot hold"):
-        decode_mask(bytes(8), (256, 2048, 2048), kept=0)
+        decode_mask(bytes(8), (256, 2048, 2048), kept=1)
 
 
 def test_zstd_frame_declaring_another_size_is_refused() -> None:
