@@ -8,17 +8,26 @@ one sample and measured on another (held out):
 - ``correlated``: FSQ-like, correlated Gaussian latents squashed with tanh onto each digit's
   grid, as an FSQ layer after a conv encoder produces them.
 
-Reported: bits per index of ``range`` with independent and with conditional tables and of
-``zstd``, against the sample's empirical (plug-in) entropies, and symbols per second for encode
-and decode (decode includes the canonical re-encode check) on the whole sample and on
-chunk-sized pieces.
+Reported: bits per index of ``range`` with independent and with conditional tables, of
+``adaptive`` (conditional tables as its prior) and of ``zstd``, against the sample's empirical
+(plug-in) entropies, and symbols per second for encode and decode (decode includes the
+canonical re-encode check) on the whole sample and on chunk-sized pieces. Synthetic indices
+have no neighbours worth the name: ``adaptive`` sees the whole sample as one frame of rows of
+1000 and each chunk as a full ``4 x 32 x 32`` grid, so its figure is the price of adapting where
+there is nothing to learn.
+
+Dev tokens (``--dev``, default ``../shared/data/dev`` when present): the real case. The shipped
+model's tokens of each dev clip (first 16 frames, short side 256, centre crop 256x256: one
+chunk), at full rate and at rate 0.5 (the ``fixed`` router's positions, encoded knowing the
+mask), coded by every coder: bytes, bits per kept token, milliseconds per chunk.
 
 Masks: keep-masks of the paper's rule (keep the highest ``rate`` fraction of a smooth error map:
 Gaussian-blurred noise plus a little white noise), with no lattice given (the lattice part of
 our routers' masks is not coded at all), bits per position of the context coder against
 run-lengths + zstd, packed bits + zstd, and the i.i.d. bound ``H(rate)``.
 
-Run: ``python benchmarks/entropy_coders.py`` (writes benchmarks/results/entropy_coders.json).
+Run: ``python benchmarks/entropy_coders.py --threads 2`` (writes
+benchmarks/results/entropy_coders.json).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import numpy as np
 import zstandard
 
 from infotok_codec.entropy import (
+    CODERS,
     ZSTD_LEVEL,
     FrequencyTables,
     decode_indices,
@@ -50,7 +60,8 @@ from infotok_codec.entropy import (
 )
 
 LEVELS = (8, 8, 8, 5, 5, 5)
-CHUNK_INDICES = 4096  # a 16-frame chunk of 256x256 video at full rate: 4 x 32 x 32
+CHUNK_SHAPE = (4, 32, 32)  # a 16-frame chunk of 256x256 video, in latent positions
+CHUNK_INDICES = 4096
 
 
 @dataclass
@@ -142,16 +153,21 @@ def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[Token
             FrequencyTables.fit(train, LEVELS, conditional=False),
         ),
         ("range (conditional tables)", "range", FrequencyTables.fit(train, LEVELS)),
+        ("adaptive (conditional prior)", "adaptive", FrequencyTables.fit(train, LEVELS)),
         (f"zstd (level {ZSTD_LEVEL})", "zstd", FrequencyTables.uniform(LEVELS)),
     ]
     chunks = np.split(
         test[: len(test) // CHUNK_INDICES * CHUNK_INDICES], len(test) // CHUNK_INDICES
     )[:16]
+    # As rows of 1000 (one row when that does not divide): `adaptive` adapts between rows.
+    width = 1000 if len(test) % 1000 == 0 else len(test)
+    row = np.ones((1, len(test) // width, width), bool)
+    grid = np.ones(CHUNK_SHAPE, bool)
     results = []
     for name, coder, tables in setups:
-        data = encode_indices(test, coder, tables)
-        assert np.array_equal(decode_indices(data, len(test), coder, tables), test)
-        coded = [encode_indices(c, coder, tables) for c in chunks]
+        data = encode_indices(test, coder, tables, row)
+        assert np.array_equal(decode_indices(data, len(test), coder, tables, row), test)
+        coded = [encode_indices(c, coder, tables, grid) for c in chunks]
         n_chunked = sum(len(c) for c in chunks)
         repeats = 1 if coder == "zstd" else 3  # level-19 zstd takes seconds per run
         results.append(
@@ -160,19 +176,95 @@ def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[Token
                 coder=name,
                 bits_per_index=8 * len(data) / len(test),
                 encode_symbols_per_s=rate(
-                    encode_indices, [(test, coder, tables)], len(test), repeats
+                    encode_indices, [(test, coder, tables, row)], len(test), repeats
                 ),
                 decode_symbols_per_s=rate(
-                    decode_indices, [(data, len(test), coder, tables)], len(test)
+                    decode_indices, [(data, len(test), coder, tables, row)], len(test)
                 ),
                 chunked_encode_symbols_per_s=rate(
-                    encode_indices, [(c, coder, tables) for c in chunks], n_chunked, repeats
+                    encode_indices,
+                    [(c, coder, tables, grid) for c in chunks],
+                    n_chunked,
+                    repeats,
                 ),
                 chunked_decode_symbols_per_s=rate(
-                    decode_indices, [(d, CHUNK_INDICES, coder, tables) for d in coded], n_chunked
+                    decode_indices,
+                    [(d, CHUNK_INDICES, coder, tables, grid) for d in coded],
+                    n_chunked,
                 ),
             )
         )
+    return results
+
+
+@dataclass
+class DevTokenResult:
+    rate: float
+    coder: str
+    clips: int
+    tokens: int
+    bytes: int
+    bits_per_token: float
+    encode_ms_per_chunk: float
+    decode_ms_per_chunk: float
+
+
+def dev_tokens(folder: Path) -> dict[float, list[tuple[np.ndarray, np.ndarray]]]:
+    """Per rate, each dev clip's ``(kept indices, mask)`` from the shipped model."""
+    import torch
+
+    from infotok_codec.bench import reference_frames
+    from infotok_codec.router import keep_count, select_positions
+    from infotok_codec.tokenizer import load_model
+    from infotok_codec.video import find_videos
+
+    model = load_model().tokenizer.eval()
+    out: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {1.0: [], 0.5: []}
+    with torch.no_grad():
+        for path in find_videos([folder]):
+            frames = reference_frames(path, 16, 256)
+            video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            full = model.encode(video)[0].numpy()
+            out[1.0].append((full.ravel(), np.ones(full.shape, bool)))
+            error = model.error_map(video)[0].numpy()
+            mask = select_positions("fixed", error, error.shape, keep_count(0.5, error.size))
+            kept = model.encode(video, torch.from_numpy(mask)[None])[0].numpy()
+            out[0.5].append((kept[mask], mask))
+    return out
+
+
+def bench_dev_tokens(folder: Path) -> list[DevTokenResult]:
+    from infotok_codec.tokenizer import load_model
+
+    tables = FrequencyTables.from_json(load_model().tables_json)
+    results = []
+    for keep, clips in dev_tokens(folder).items():
+        for coder in CODERS:
+            coded = [encode_indices(i, coder, tables, m) for i, m in clips]
+            for data, (indices, mask) in zip(coded, clips, strict=True):
+                out = decode_indices(data, len(indices), coder, tables, mask)
+                assert np.array_equal(out, indices)
+            calls = [(i, coder, tables, m) for i, m in clips]
+            encode = rate(encode_indices, calls, len(clips))
+            decode = rate(
+                decode_indices,
+                [(d, len(i), coder, tables, m) for d, (i, m) in zip(coded, clips, strict=True)],
+                len(clips),
+            )
+            tokens = sum(len(i) for i, _ in clips)
+            size = sum(len(d) for d in coded)
+            results.append(
+                DevTokenResult(
+                    rate=keep,
+                    coder=coder,
+                    clips=len(clips),
+                    tokens=tokens,
+                    bytes=size,
+                    bits_per_token=8 * size / tokens,
+                    encode_ms_per_chunk=1000 / encode,
+                    decode_ms_per_chunk=1000 / decode,
+                )
+            )
     return results
 
 
@@ -289,6 +381,13 @@ def main() -> None:
     parser.add_argument("--mask-samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--dev",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "dev",
+        help="Dev clips for the real-token comparison (skipped when absent).",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the model.")
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "entropy_coders.json"
     )
     args = parser.parse_args()
@@ -302,6 +401,11 @@ def main() -> None:
         source_entropies.append(entropies(name, test))
         token_results += bench_tokens(name, train, test)
     mask_results = bench_masks(rng, args.mask_samples)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dev_results = bench_dev_tokens(args.dev) if args.dev.is_dir() else []
 
     report = {
         "command": shlex.join(["python", *sys.argv]),
@@ -327,6 +431,7 @@ def main() -> None:
         "token_entropy": [asdict(e) for e in source_entropies],
         "tokens": [asdict(r) for r in token_results],
         "masks": [asdict(r) for r in mask_results],
+        "dev_tokens": [asdict(r) for r in dev_results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -357,6 +462,16 @@ def main() -> None:
             f"{m.context_bits:8.3f} {m.runlength_zstd_bits:8.3f} {m.packbits_zstd_bits:9.3f} "
             f"{m.encode_ms:7.1f} {m.decode_ms:7.1f}"
         )
+    if dev_results:
+        print(
+            f"\n{'dev tokens':12} {'coder':10} {'bytes':>8} {'bits/token':>10} {'enc ms':>7} "
+            f"{'dec ms':>7}   (per 16-frame 256x256 chunk)"
+        )
+        for d in dev_results:
+            print(
+                f"{'rate ' + str(d.rate):12} {d.coder:10} {d.bytes:8d} {d.bits_per_token:10.3f} "
+                f"{d.encode_ms_per_chunk:7.1f} {d.decode_ms_per_chunk:7.1f}"
+            )
     print(f"\nwrote {args.out}")
 
 

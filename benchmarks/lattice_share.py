@@ -3,11 +3,12 @@
 For every clip in DEV (first 32 frames, short side 256, centre crop 256×256) and every chunk:
 keep ⌈r·N⌉ positions for r in RATES, the first ⌊share·count/256⌋ from the spread order and the
 rest by the full-rate error map, for each share in SHARES (0 = the paper's pure error order,
-256 = the `uniform` router); encode the chunk knowing its mask, decode it, and code it as a chunk
-record does (mask with its lattice implied, range-coded tokens). Reports PSNR-RGB (one
-MSE per clip, mean over clips) and the record's mask and token bytes as bits per pixel, and
-each share's margin over the `uniform` curve at equal bits, paired per clip (the uniform curve
-read at the share's bpp, linear in log bpp; mean, standard error, wins).
+256 = the `uniform` router); encode the chunk knowing its mask, decode it, and code it as a
+chunk record does (mask with its lattice implied, tokens by the default `adaptive` coder).
+Reports PSNR-RGB (one MSE per clip, mean over clips) and the record's mask and token bytes as
+bits per pixel, and each share's margin over the `uniform` curve at equal bits, paired per
+clip (the uniform curve read at the share's bpp, linear in log bpp; mean, standard error,
+wins).
 
     python benchmarks/lattice_share.py [--model M] [--dev DIR] [--out JSON] [--threads 2]
         [--frames 32] [--size 256]
@@ -97,9 +98,9 @@ def main() -> None:
                     engine.frames(indices, keep, len(chunk), args.size, args.size)
                 )
                 # What a chunk record stores: the mask with its lattice implied, and the kept
-                # positions' range-coded indices.
+                # positions' indices under the default (adaptive) coder.
                 mask_bytes = encode_mask(keep, share)
-                token_bytes = encode_indices(indices[keep], "range", engine.tables)
+                token_bytes = encode_indices(indices[keep], "adaptive", engine.tables, keep)
                 bits[(rate, share)] += 8 * (len(mask_bytes) + len(token_bytes))
         pixels = len(video) * args.size * args.size
         row: dict[str, object] = {"clip": clip.name}

@@ -118,7 +118,9 @@ def encode(
     router: Annotated[str, typer.Option(help="elbo, fixed or uniform.")] = "elbo",
     model: ModelOption = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
-    coder: Annotated[str, typer.Option(help="Token coder: range or zstd.")] = "range",
+    coder: Annotated[
+        str, typer.Option(help="Token coder: adaptive, range (static tables) or zstd.")
+    ] = "adaptive",
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     force: ForceOption = False,

@@ -178,7 +178,7 @@ def encode_file(
     router: str = "elbo",
     model: LoadedModel | str | Path | None = None,
     chunk_frames: int = 16,
-    coder: str = "range",
+    coder: str = "adaptive",
     device: str = "auto",
     force: bool = False,
     progress: Progress | None = None,
@@ -303,7 +303,7 @@ class Analysis:
         *,
         router: str = "elbo",
         budget: float = 0.8,
-        coder: str = "range",
+        coder: str = "adaptive",
         force: bool = False,
         counts: list[int] | None = None,
     ) -> EncodeResult:

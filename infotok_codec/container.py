@@ -25,6 +25,7 @@ import numpy as np
 from infotok_codec.entropy import (
     CODERS,
     FrequencyTables,
+    check_indices_payload,
     decode_indices,
     decode_mask,
     encode_indices,
@@ -712,7 +713,7 @@ def encode_chunk(
         latent_frames=shape[0],
         kept=len(indices),
         mask=encode_mask(mask, header.lattice_share),
-        tokens=encode_indices(indices, header.coder, tables),
+        tokens=encode_indices(indices, header.coder, tables, mask),
     )
 
 
@@ -728,15 +729,16 @@ def decode_chunk(
     """
     _check_tables(header, tables)
     try:
-        # Tokens first: their payload bounds `kept`, and with it the mask's lattice, before the
+        # The tokens' size first: it bounds `kept`, and with it the mask's lattice, before the
         # mask decoder allocates a grid (its own size check covers only the coded positions).
-        indices = decode_indices(rec.tokens, rec.kept, header.coder, tables)
+        check_indices_payload(rec.tokens, rec.kept, header.coder, tables)
         mask = decode_mask(
             rec.mask,
             header.mask_shape(rec.frames),
             kept=rec.kept,
             lattice_share=header.lattice_share,
         )
+        indices = decode_indices(rec.tokens, rec.kept, header.coder, tables, mask)
     except FormatError as e:
         raise FormatError(f"chunk {rec.index}: {e}") from e
     return mask, indices

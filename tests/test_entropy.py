@@ -58,6 +58,14 @@ def levels_and_indices(draw: st.DrawFn) -> tuple[tuple[int, ...], np.ndarray]:
     return levels, np.random.default_rng(seed).integers(0, size, n)
 
 
+def scattered_mask(count: int, seed: int = 0) -> np.ndarray:
+    """A `(3, 5, w)` keep-mask with `count` kept positions scattered at random."""
+    width = max(1, math.ceil((2 * count + 1) / 15))
+    flat = np.zeros(15 * width, bool)
+    flat[np.random.default_rng(seed).permutation(flat.size)[:count]] = True
+    return flat.reshape(3, 5, width)
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=levels_and_indices(), coder=st.sampled_from(CODERS), fitted=st.booleans())
 def test_indices_round_trip(
@@ -65,10 +73,62 @@ def test_indices_round_trip(
 ) -> None:
     levels, indices = case
     tables = FrequencyTables.fit(indices, levels) if fitted else FrequencyTables.uniform(levels)
-    data = encode_indices(indices, coder, tables)
-    out = decode_indices(data, len(indices), coder, tables)
+    mask = scattered_mask(len(indices))
+    data = encode_indices(indices, coder, tables, mask)
+    out = decode_indices(data, len(indices), coder, tables, mask)
     assert out.dtype == np.int64 and np.array_equal(out, indices)
     assert (data == b"") == (len(indices) == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 12), st.integers(1, 12)),
+    density=st.floats(0.05, 1.0),
+    palette=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_adaptive_round_trip_on_repetitive_grids(
+    shape: tuple[int, int, int], density: float, palette: int, seed: int
+) -> None:
+    # Few distinct tokens, repeated across frames and rows: references and "matched so far"
+    # contexts are exercised in every combination.
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < density
+    colours = rng.integers(0, K, palette)
+    grid = colours[rng.integers(0, palette, shape[1:])][None].repeat(shape[0], axis=0)
+    grid[rng.random(shape) < 0.2] = rng.integers(0, K)
+    indices = grid[mask]
+    data = encode_indices(indices, "adaptive", FITTED, mask)
+    assert np.array_equal(decode_indices(data, len(indices), "adaptive", FITTED, mask), indices)
+
+
+def test_adaptive_coder_learns_what_repeats() -> None:
+    # A static scene: every latent frame repeats the first. After the first frame the tokens
+    # cost a small fraction of what static tables charge.
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, K, (16, 16))
+    mask = np.ones((4, 16, 16), bool)
+    indices = np.stack([frame] * 4)[mask]
+    adaptive = len(encode_indices(indices, "adaptive", FITTED, mask))
+    static = len(encode_indices(indices, "range", FITTED))
+    one_frame = len(encode_indices(frame.ravel(), "range", FITTED))
+    assert adaptive < 0.5 * static and adaptive < 1.5 * one_frame
+
+
+def test_adaptive_coder_needs_the_mask_it_was_given() -> None:
+    indices = skewed_indices(200)
+    with pytest.raises(ValueError, match="needs the keep-mask"):
+        encode_indices(indices, "adaptive", FITTED)
+    with pytest.raises(ValueError, match="200 kept positions"):
+        encode_indices(indices, "adaptive", FITTED, scattered_mask(199))
+    mask = scattered_mask(200)
+    data = encode_indices(indices, "adaptive", FITTED, mask)
+    other = scattered_mask(200, seed=1)
+    try:
+        out = decode_indices(data, 200, "adaptive", FITTED, other)
+    except FormatError:
+        return
+    assert not np.array_equal(out, indices)  # another mask gives other contexts
 
 
 def test_default_levels_round_trip_extremes() -> None:
@@ -78,9 +138,10 @@ def test_default_levels_round_trip_extremes() -> None:
         np.array([K - 1]),
         np.arange(K),
     ):
+        mask = scattered_mask(len(indices))
         for coder in CODERS:
-            data = encode_indices(indices, coder, FITTED)
-            assert np.array_equal(decode_indices(data, len(indices), coder, FITTED), indices)
+            data = encode_indices(indices, coder, FITTED, mask)
+            assert np.array_equal(decode_indices(data, len(indices), coder, FITTED, mask), indices)
 
 
 def test_digits_follow_the_fsq_index_order() -> None:
@@ -263,6 +324,12 @@ def test_range_bitstreams_are_pinned() -> None:
     mask = (t + x * y + x // 3) % 4 == 0
     data = encode_indices(indices, "range", tables) + encode_mask(mask)
     assert hashlib.sha256(data).hexdigest()[:16] == "98c34a7ad692f5f6"
+    grid = (np.arange(3 * 8 * 9).reshape(3, 8, 9) // 5 * 7919) % K
+    grid[1:] = grid[0]  # repeated frames: references and matches matter
+    grid[2, ::3] = (grid[2, ::3] + 13) % K
+    keep = (np.indices(grid.shape).sum(axis=0) % 3) != 1
+    adaptive = encode_indices(grid[keep], "adaptive", tables, keep)
+    assert hashlib.sha256(adaptive).hexdigest()[:16] == "b0301fdc3dedda41"
 
 
 def test_lattices_and_lattice_masks_are_pinned() -> None:
@@ -280,7 +347,8 @@ def test_lattices_and_lattice_masks_are_pinned() -> None:
 def test_garbage_payload_is_a_format_error(coder: str) -> None:
     rng = np.random.default_rng(0)
     indices = skewed_indices(500)
-    good = encode_indices(indices, coder, FITTED)
+    mask = scattered_mask(500)
+    good = encode_indices(indices, coder, FITTED, mask)
     bad_payloads = [
         rng.bytes(len(good)),
         good[:-4],
@@ -291,11 +359,11 @@ def test_garbage_payload_is_a_format_error(coder: str) -> None:
     ]
     for bad in bad_payloads:
         with pytest.raises(FormatError, match=r"^tokens: "):
-            decode_indices(bad, len(indices), coder, FITTED)
+            decode_indices(bad, len(indices), coder, FITTED, mask)
     with pytest.raises(FormatError, match=r"^tokens: "):
-        decode_indices(good, len(indices) + 1, coder, FITTED)
+        decode_indices(good, len(indices) + 1, coder, FITTED, scattered_mask(501))
     with pytest.raises(FormatError, match=r"^tokens: "):
-        decode_indices(good, 0, coder, FITTED)
+        decode_indices(good, 0, coder, FITTED, scattered_mask(0))
 
 
 def test_garbage_mask_is_a_format_error() -> None:
@@ -318,8 +386,10 @@ def test_size_bound_accepts_the_cheapest_possible_payloads(level: int, n: int) -
     # message repeats the most likely symbol, here exactly at the bound's per-index cost.
     tables = FrequencyTables.uniform((level,))
     indices = np.zeros(n, np.int64)
-    data = encode_indices(indices, "range", tables)
-    assert np.array_equal(decode_indices(data, n, "range", tables), indices)
+    for coder in ("range", "adaptive"):
+        mask = np.arange(16 * (1 + n // 16)).reshape(1, 16, -1) < n
+        data = encode_indices(indices, coder, tables, mask)
+        assert np.array_equal(decode_indices(data, n, coder, tables, mask), indices)
     mask = np.zeros((1, 16, 1 + n // 16), bool)
     assert not decode_mask(encode_mask(mask), mask.shape, kept=0).any()
 
@@ -327,6 +397,8 @@ def test_size_bound_accepts_the_cheapest_possible_payloads(level: int, n: int) -
 def test_huge_claimed_count_is_refused_before_allocating() -> None:
     with pytest.raises(FormatError, match="tokens: 8 payload bytes cannot hold"):
         decode_indices(bytes(8), 10**12, "range", FITTED)
+    with pytest.raises(FormatError, match="tokens: 8 payload bytes cannot hold"):
+        decode_indices(bytes(8), 10**8, "adaptive", FITTED)
     with pytest.raises(FormatError, match="mask: 8 payload bytes cannot hold"):
         decode_mask(bytes(8), (256, 2048, 2048), kept=1)
 

@@ -174,7 +174,15 @@ def read_everything(path: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    ("coder", "lattice_share"), [("range", 0), ("zstd", 0), ("range", 192), ("zstd", 256)]
+    ("coder", "lattice_share"),
+    [
+        ("range", 0),
+        ("zstd", 0),
+        ("range", 192),
+        ("zstd", 256),
+        ("adaptive", 192),
+        ("adaptive", 256),
+    ],
 )
 def test_damaged_files_raise_format_error_and_nothing_else(
     tmp_path: Path, coder: str, lattice_share: int
