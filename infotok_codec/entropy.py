@@ -535,9 +535,7 @@ def _quantize_rows(counts: np.ndarray) -> np.ndarray:
     share, frac = np.divmod(counts * free, total)
     remainder = free - share.sum(axis=1, keepdims=True)
     # Rank of each symbol by fractional part, largest first, ties to the lower symbol.
-    order = np.argsort(-frac, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(n)[None, :].repeat(len(counts), axis=0), axis=1)
+    rank = np.argsort(np.argsort(-frac, axis=1, kind="stable"), axis=1, kind="stable")
     return 1 + share + (rank < remainder)
 
 
