@@ -7,10 +7,13 @@ Three coders for the indices of kept positions (`CODERS`):
   its FSQ digits; digit 0 is coded with one table, digit ``i > 0`` with the table selected by the
   value of digit ``i - 1`` (conditional tables; independent tables are the special case where
   every context holds the same row).
-- ``adaptive`` (the default): the same digits, contexts and order, but each context's model
-  starts from its table row and learns the chunk's own counts as it goes. One video uses a
-  narrow part of the codebook (its colours, its textures), so a chunk's digits are far more
-  predictable than the training set's tables say: about a third fewer bytes on the dev clips.
+- ``adaptive`` (the default): the same digits on the same range coder, coded row by row of
+  the chunk's latent grid, each digit in a context of the token's previous digit, its
+  *reference*'s digit (the token at the same position in the last latent frame that kept it,
+  else the kept token above) and whether it has matched the reference so far; the contexts
+  start from the table rows and learn the chunk's own counts as they go (`_TokenModel`). One
+  video uses a narrow part of the codebook and much of it repeats from one latent frame to the
+  next: on dev clips 62% fewer bytes than ``range`` at full rate, and 8% fewer than ``zstd``.
 - ``zstd``: the indices packed as little-endian ``uint16`` (``K <= 65536``) or ``uint32`` and
   compressed with zstandard: the simple baseline.
 
@@ -150,7 +153,8 @@ def _quantize_row(counts: np.ndarray) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class FrequencyTables:
-    """Static integer frequency tables for the ``range`` coder; they ship with the model weights.
+    """Static integer frequency tables: the ``range`` coder's model and the ``adaptive`` coder's
+    prior; they ship with the model weights.
 
     ``weights[i][c][s]`` is the frequency of value ``s`` for FSQ digit ``i`` (digit order as in
     `indices_to_digits`) when the previous digit ``i - 1`` has value ``c``. Digit 0 has one
@@ -443,7 +447,7 @@ def decode_indices(
     # Only bytes that re-encode identically are accepted: this catches garbage that a range
     # decoder would otherwise turn into plausible symbols, and trailing bytes.
     if again != data:
-        raise FormatError("tokens: range payload is damaged (it does not re-encode to itself)")
+        raise FormatError(f"tokens: {coder} payload is damaged (it does not re-encode to itself)")
     return indices
 
 
@@ -615,11 +619,12 @@ class _TokenModel:
     def update(self, i: int, ctx: tuple[np.ndarray, ...], symbols: np.ndarray) -> None:
         counts = self.counts[i]
         np.add.at(counts, (*ctx, symbols), 16)
-        totals = counts.sum(axis=-1)
-        while totals.max() > _ADAPTIVE_LIMIT:
-            full = totals > _ADAPTIVE_LIMIT
-            counts[full] = np.maximum((counts[full] + 1) >> 1, _ADAPTIVE_FLOOR)
-            totals = counts.sum(axis=-1)
+        # Only the contexts this row touched can have passed the limit.
+        touched = np.unique(np.ravel_multi_index(ctx, counts.shape[:-1]))
+        rows = counts.reshape(-1, counts.shape[-1])
+        for context in touched[rows[touched].sum(axis=1) > _ADAPTIVE_LIMIT]:
+            while rows[context].sum() > _ADAPTIVE_LIMIT:
+                rows[context] = np.maximum((rows[context] + 1) >> 1, _ADAPTIVE_FLOOR)
 
     def store(self, t: int, y: int, xs: np.ndarray, digits: np.ndarray) -> None:
         self.grid[t, y, xs] = digits_to_indices(digits, self.levels)
