@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from infotok_codec import video as video_io
+from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import InfotokError
 from infotok_codec.router import keep_count, select_positions
 from infotok_codec.tokenizer import (
@@ -500,9 +501,10 @@ def _finalize(
 def fit_tables(
     model: Tokenizer, clips: list[np.ndarray], device: torch.device, size: int = 128
 ) -> str:
-    """Frequency tables for the `range` coder, from full-rate tokens of training windows."""
-    from infotok_codec.entropy import FrequencyTables
+    """Frequency tables for the token coders, from full-rate tokens of training windows.
 
+    Everything this needs is imported with the module, at the start of a run: an edit to the
+    package during a long run must not break it after its last checkpoint (run 4 did)."""
     model.eval()
     tokens = []
     for clip in clips:
