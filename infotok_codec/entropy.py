@@ -437,9 +437,7 @@ def decode_indices(
     if coder == "zstd":
         return _zstd_decode(data, count, tables)
     if coder == "adaptive":
-        mask = _check_token_mask(mask, count)
-        indices = _adaptive_decode(data, mask, tables)
-        again = _adaptive_encode(indices, mask, tables)
+        indices, again = _adaptive_decode(data, _check_token_mask(mask, count), tables)
     else:
         columns = _range_decode(data, count, tables)
         indices = digits_to_indices(columns.T, tables.levels)
@@ -627,45 +625,58 @@ class _TokenModel:
                 rows[context] = np.maximum((rows[context] + 1) >> 1, _ADAPTIVE_FLOOR)
 
     def store(self, t: int, y: int, xs: np.ndarray, digits: np.ndarray) -> None:
+        """Record a coded row, for the references of later rows."""
         self.grid[t, y, xs] = digits_to_indices(digits, self.levels)
 
 
-def _adaptive_encode(indices: np.ndarray, mask: np.ndarray, tables: FrequencyTables) -> bytes:
-    """Kept indices (C order of `mask`) to range-coder bytes under `_TokenModel`."""
+def _adaptive_code(
+    mask: np.ndarray,
+    tables: FrequencyTables,
+    *,
+    indices: np.ndarray | None = None,
+    decoder: Any = None,
+) -> tuple[np.ndarray, bytes]:
+    """Walk `_TokenModel`'s coding order once, range-encoding every digit: the encoder's pass
+    (`indices` given) or the decoder's (digits read from `decoder`), whose re-encoding is then
+    the canonical check at the cost of the coder calls alone. Returns the kept indices (C order
+    of `mask`) and the encoded bytes."""
     model = _TokenModel(mask, tables)
-    model.grid[mask] = indices  # the encoder knows them all; references read only earlier ones
+    if indices is not None:
+        model.grid[mask] = indices  # references read only earlier tokens
     family = constriction.stream.model.Categorical(perfect=False)
     encoder = constriction.stream.queue.RangeEncoder()
     for t, y, xs, reference in model.rows():
-        digits = indices_to_digits(model.grid[t, y, xs], tables.levels)
-        matched = reference[:, 0] >= 0
-        for i in range(len(tables.levels)):
-            ctx, probabilities = model.contexts(i, digits, reference, matched)
-            encoder.encode(digits[:, i].astype(np.int32), family, probabilities)
-            model.update(i, ctx, digits[:, i])
-            matched &= digits[:, i] == reference[:, i]
-    return encoder.get_compressed().astype("<u4").tobytes()
-
-
-def _adaptive_decode(data: bytes, mask: np.ndarray, tables: FrequencyTables) -> np.ndarray:
-    """Mirror of `_adaptive_encode`: the kept indices, C order of `mask`."""
-    model = _TokenModel(mask, tables)
-    family = constriction.stream.model.Categorical(perfect=False)
-    with _coder_errors("tokens"):
-        decoder = constriction.stream.queue.RangeDecoder(_words(data, "tokens"))
-        for t, y, xs, reference in model.rows():
+        if decoder is None:
+            digits = indices_to_digits(model.grid[t, y, xs], tables.levels)
+        else:
             digits = np.zeros((xs.size, len(tables.levels)), dtype=np.int64)
-            matched = reference[:, 0] >= 0
-            for i, level in enumerate(tables.levels):
-                ctx, probabilities = model.contexts(i, digits, reference, matched)
+        matched = reference[:, 0] >= 0
+        for i, level in enumerate(tables.levels):
+            ctx, probabilities = model.contexts(i, digits, reference, matched)
+            if decoder is not None:
                 values = decoder.decode(family, probabilities).astype(np.int64)
                 if values.min() < 0 or values.max() >= level:
                     raise FormatError(f"tokens: digit {i} value outside [0, {level})")
                 digits[:, i] = values
-                model.update(i, ctx, values)
-                matched &= values == reference[:, i]
-            model.store(t, y, xs, digits)
-    return model.grid[mask]
+            encoder.encode(digits[:, i].astype(np.int32), family, probabilities)
+            model.update(i, ctx, digits[:, i])
+            matched &= digits[:, i] == reference[:, i]
+        model.store(t, y, xs, digits)
+    return model.grid[mask], encoder.get_compressed().astype("<u4").tobytes()
+
+
+def _adaptive_encode(indices: np.ndarray, mask: np.ndarray, tables: FrequencyTables) -> bytes:
+    """Kept indices (C order of `mask`) to range-coder bytes under `_TokenModel`."""
+    return _adaptive_code(mask, tables, indices=indices)[1]
+
+
+def _adaptive_decode(
+    data: bytes, mask: np.ndarray, tables: FrequencyTables
+) -> tuple[np.ndarray, bytes]:
+    """Mirror of `_adaptive_encode`: the kept indices, and what they re-encode to."""
+    with _coder_errors("tokens"):
+        decoder = constriction.stream.queue.RangeDecoder(_words(data, "tokens"))
+        return _adaptive_code(mask, tables, decoder=decoder)
 
 
 def _zstd_width(tables: FrequencyTables) -> int:

@@ -29,9 +29,10 @@ Keeping only the highest-error positions (share 0, the paper's rule) leaves flat
 token in reach of the compressor's window, and the decoder has nothing to fill them from; the
 lattice costs no mask bits (the decoder knows it from the kept count).
 `benchmarks/lattice_share.py` (shipped model, dev clips, 32 frames), PSNR over the `uniform`
-curve at equal bits, mean ± standard error over 8 clips: at rate 0.5, share 0 −1.85 ± 0.54 dB,
-64 −0.08 ± 0.10, 128 +0.08 ± 0.07, 192 +0.18 ± 0.04 (7 of 8 clips); at rate 0.375, 192
-+0.11 ± 0.07.
+curve at equal bits, mean ± standard error over the clips in range: at rate 0.5, share 0
+−3.41 ± 1.27 dB, 64 −0.30 ± 0.19, 128 −0.15 ± 0.10, 192 +0.02 ± 0.05, 224 −0.03 ± 0.06. 192
+is the best share; with the `adaptive` token coder it only matches `uniform` at equal bits
+(with static token tables it led by 0.18 ± 0.04).
 """
 _BISECTION_STEPS = 80
 
