@@ -45,8 +45,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import torch
 import zstandard
 
+from infotok_codec.bench import reference_frames
+from infotok_codec.codec import ChunkModel
 from infotok_codec.entropy import (
     CODERS,
     ZSTD_LEVEL,
@@ -58,6 +61,9 @@ from infotok_codec.entropy import (
     encode_mask,
     indices_to_digits,
 )
+from infotok_codec.router import keep_count, select_positions
+from infotok_codec.tokenizer import load_model
+from infotok_codec.video import find_videos
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 CHUNK_SHAPE = (4, 32, 32)  # a 16-frame chunk of 256x256 video, in latent positions
@@ -209,36 +215,26 @@ class DevTokenResult:
     decode_ms_per_chunk: float
 
 
-def dev_tokens(folder: Path) -> dict[float, list[tuple[np.ndarray, np.ndarray]]]:
-    """Per rate, each dev clip's ``(kept indices, mask)`` from the shipped model."""
-    import torch
-
-    from infotok_codec.bench import reference_frames
-    from infotok_codec.router import keep_count, select_positions
-    from infotok_codec.tokenizer import load_model
-    from infotok_codec.video import find_videos
-
-    model = load_model().tokenizer.eval()
+def dev_tokens(
+    folder: Path, engine: ChunkModel
+) -> dict[float, list[tuple[np.ndarray, np.ndarray]]]:
+    """Per rate, each dev clip's ``(kept indices, mask)``, as the codec makes them."""
     out: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {1.0: [], 0.5: []}
-    with torch.no_grad():
-        for path in find_videos([folder]):
-            frames = reference_frames(path, 16, 256)
-            video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-            full = model.encode(video)[0].numpy()
-            out[1.0].append((full.ravel(), np.ones(full.shape, bool)))
-            error = model.error_map(video)[0].numpy()
-            mask = select_positions("fixed", error, error.shape, keep_count(0.5, error.size))
-            kept = model.encode(video, torch.from_numpy(mask)[None])[0].numpy()
-            out[0.5].append((kept[mask], mask))
+    for path in find_videos([folder]):
+        frames = reference_frames(path, 16, 256)
+        full = engine.tokens(frames)
+        out[1.0].append((full.ravel(), np.ones(full.shape, bool)))
+        error = engine.error_map(frames)
+        mask = select_positions("fixed", error, error.shape, keep_count(0.5, error.size))
+        out[0.5].append((engine.tokens(frames, mask)[mask], mask))
     return out
 
 
 def bench_dev_tokens(folder: Path) -> list[DevTokenResult]:
-    from infotok_codec.tokenizer import load_model
-
-    tables = FrequencyTables.from_json(load_model().tables_json)
+    engine = ChunkModel(load_model(), "cpu")
+    tables = engine.tables
     results = []
-    for keep, clips in dev_tokens(folder).items():
+    for keep, clips in dev_tokens(folder, engine).items():
         for coder in CODERS:
             coded = [encode_indices(i, coder, tables, m) for i, m in clips]
             for data, (indices, mask) in zip(coded, clips, strict=True):
@@ -402,8 +398,6 @@ def main() -> None:
         token_results += bench_tokens(name, train, test)
     mask_results = bench_masks(rng, args.mask_samples)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     dev_results = bench_dev_tokens(args.dev) if args.dev.is_dir() else []
 
