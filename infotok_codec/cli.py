@@ -410,6 +410,10 @@ def train(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of stage-2 clips kept at full rate."),
     ] = 0.0,
+    mse_weight: Annotated[
+        float,
+        typer.Option(min=0.0, help="Weight of a squared-error term added to the L1 loss."),
+    ] = 0.0,
     bf16: Annotated[
         bool | None,
         typer.Option(
@@ -456,6 +460,7 @@ def train(
         init=init,
         spread_share=spread_share,
         full_rate_share=full_rate_share,
+        mse_weight=mse_weight,
         bf16=bf16,
         warmup_steps=warmup_steps,
         threads=threads,

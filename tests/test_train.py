@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from infotok_codec import InfotokError
 from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model
-from infotok_codec.train import TrainOptions, init_weights, train
+from infotok_codec.train import TrainOptions, init_weights, reconstruction_loss, train
 
 from helpers import TINY
 
@@ -65,11 +65,25 @@ def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
         warmup_steps=2,
         short_side=64,
         threads=2,
+        mse_weight=4.0,
         config=TINY,
     )
     train(TrainOptions(max_steps=3, **common))  # type: ignore[arg-type]
     report = train(TrainOptions(max_steps=5, resume=True, **common))  # type: ignore[arg-type]
     assert report.steps == 5
+    recipe = json.loads(load_model(out).metadata["recipe"])
+    assert recipe["options"]["mse_weight"] == 4.0 and recipe["options"]["stage2_fraction"] == 1.0
+
+
+def test_squared_error_term_weighs_concentrated_errors_more() -> None:
+    x = torch.zeros(1, 3, 4, 8, 8)
+    spread = torch.full_like(x, 0.1)  # the same L1 error, spread evenly ...
+    concentrated = torch.zeros_like(x)
+    concentrated[..., :2, :] = 0.4  # ... or on a quarter of the pixels
+    assert reconstruction_loss(spread, x, 0.0) == pytest.approx(
+        reconstruction_loss(concentrated, x, 0.0).item()
+    )
+    assert reconstruction_loss(concentrated, x, 10.0) > reconstruction_loss(spread, x, 10.0) + 0.1
 
 
 def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:
