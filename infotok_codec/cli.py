@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -472,10 +473,22 @@ def train(
     err_console.print(f"wrote {report.out} after {report.steps} steps ({report.minutes:.1f} min)")
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`, `timeout`), raised where the process is, like Ctrl-C's KeyboardInterrupt,
+    so that the same clean-up runs: temporary outputs are removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """Entry point: every expected failure is one `error: …` line and an exit code."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = app(standalone_mode=False)
+    except Terminated:
+        _fail("terminated", 128 + signal.SIGTERM)
     except InfotokError as exc:
         _fail(str(exc), 1)
     except typer.TyperException as exc:  # usage errors (bad option, missing argument)

@@ -465,8 +465,6 @@ def decode_file(
     for path in (out, tokens_path):
         if path is not None:
             _check_output(path, force)
-    if not src.is_file():
-        raise InfotokError(f"{src}: no such file")
     started = time.perf_counter()
     with ContainerReader(src) as reader:
         header = reader.header

@@ -32,7 +32,7 @@ from infotok_codec.entropy import (
     encode_mask,
     validate_levels,
 )
-from infotok_codec.errors import FormatError, ModelError
+from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
 
 MAGIC = b"ITOK"
@@ -519,12 +519,18 @@ class ContainerReader:
         path: the file.
 
     Raises:
+        InfotokError: ``<path>: no such file`` (or ``cannot read``) when it cannot be opened.
         FormatError: on the first fault found in the header, index or footer.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        except FileNotFoundError:
+            raise InfotokError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            raise InfotokError(f"{self.path}: cannot read ({exc.strerror})") from None
         try:
             self.file_size: int = os.fstat(self._file.fileno()).st_size
             self.header: Header = self._read_header()

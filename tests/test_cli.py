@@ -41,9 +41,14 @@ def only(folder: Path) -> list[str]:
 
 
 # -- inputs that are not videos ----------------------------------------------------------------
-def test_missing_input(tmp_path: Path, tiny_model: Path) -> None:
-    run = infotok("encode", tmp_path / "nope.mp4", tmp_path / "o.itok", "--model", tiny_model)
-    assert_one_line_error(run, 1, "nope.mp4")
+@pytest.mark.parametrize(
+    ("command", "src", "dst"),
+    [("encode", "nope.mp4", "o.itok"), ("decode", "nope.itok", "o.mkv"), ("info", "nope.itok", "")],
+)
+def test_missing_input(tmp_path: Path, tiny_model: Path, command: str, src: str, dst: str) -> None:
+    outputs = [tmp_path / dst] if dst else []
+    run = infotok(command, tmp_path / src, *outputs, "--model", tiny_model)
+    assert_one_line_error(run, 1, f"{src}: no such file")
     assert only(tmp_path) == []
 
 
@@ -162,7 +167,13 @@ def test_damaged_itok(itok: Path, tiny_model: Path, tmp_path: Path, damage: str)
     assert not (tmp_path / "r.mkv").exists()
 
 
-def test_ctrl_c_during_encode_leaves_nothing(tmp_path: Path, tiny_model: Path, clip) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "message"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_interrupted_encode_leaves_nothing(
+    tmp_path: Path, tiny_model: Path, clip, signum: int, code: int, message: str
+) -> None:
     src = clip(frames=400, width=256, height=256, name="long.mp4")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -195,9 +206,9 @@ def test_ctrl_c_during_encode_leaves_nothing(tmp_path: Path, tiny_model: Path, c
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.skip("encode finished before the interrupt; machine too fast for this clip")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and stderr.strip() == "error: interrupted"
+    assert proc.returncode == code and stderr.strip() == f"error: {message}"
     assert only(out_dir) == []
 
 
