@@ -130,12 +130,15 @@ def encode(
 ) -> None:
     """Encode a video into an .itok file, spending tokens where the information is."""
     from infotok_codec.codec import encode_file
+    from infotok_codec.entropy import CODERS
     from infotok_codec.router import ROUTERS
 
     if not 0.0 < budget <= 1.0:
         raise typer.BadParameter(f"--budget {budget} outside (0, 1]")
     if router not in ROUTERS:
         raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
+    if coder not in CODERS:
+        raise typer.BadParameter(f"--coder {coder!r}: choose one of {', '.join(CODERS)}")
     _set_threads(threads)
     with _progress(quiet or as_json) as progress:
         result = encode_file(
@@ -204,10 +207,14 @@ def info(
         Path | None, typer.Option(help="Write a PNG of token usage (decodes thumbnails).")
     ] = None,
     model: ModelOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Header, per-chunk rates and sizes, and bits per pixel from the real file size."""
     from infotok_codec.inspect import file_info, token_heatmap
+    from infotok_codec.outputs import check_output
 
+    if heatmap is not None:
+        check_output(heatmap, force)
     summary = file_info(src)
     if heatmap is not None:
         token_heatmap(src, heatmap, model=model)
@@ -398,6 +405,7 @@ def train(
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 10.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT.ckpt.pt.")] = False,
+    force: ForceOption = False,
     init: Annotated[
         Path | None, typer.Option(help="Start from this model file's weights (fine-tune).")
     ] = None,
@@ -458,6 +466,7 @@ def train(
         checkpoint_minutes=checkpoint_minutes,
         seed=seed,
         resume=resume,
+        force=force,
         init=init,
         spread_share=spread_share,
         full_rate_share=full_rate_share,

@@ -11,7 +11,6 @@ Memory stays flat however long the video is.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -33,8 +32,9 @@ from infotok_codec.container import (
     decode_chunk,
     encode_chunk,
 )
-from infotok_codec.entropy import FrequencyTables
+from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
+from infotok_codec.outputs import atomic_file, check_output
 from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.video import VideoWriter, probe, read_frames
 
@@ -141,17 +141,6 @@ def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
-def _check_output(path: Path, force: bool) -> None:
-    """Refuse to overwrite, and fail before any work when the output cannot be written."""
-    if path.exists() and not force:
-        raise InfotokError(f"{path}: already exists (use --force to overwrite)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InfotokError(f"{parent}: output folder does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InfotokError(f"{parent}: output folder is not writable")
-
-
 # -- encode ----------------------------------------------------------------------------------
 @dataclass
 class EncodeResult:
@@ -186,7 +175,8 @@ def encode_file(
     """Encode a video file into an `.itok` file at `budget` of the full-rate token count."""
     routing.check_router(router)
     routing.check_budget(budget)
-    _check_output(Path(dst), force)
+    check_coder(coder)
+    check_output(Path(dst), force)
     with_error = routing.needs_error_map(router, budget)
     with Analysis(
         src, model, chunk_frames, device, with_error, Path(dst).parent, progress
@@ -317,7 +307,7 @@ class Analysis:
         routing.check_budget(budget)
         if routing.needs_error_map(router, budget) and self._spill is None:
             raise InfotokError(f"router {router} needs an analysis with error maps")
-        _check_output(dst, force)
+        check_output(dst, force)
         info, loaded = self.info, self.loaded
         header = Header(
             width=info.width,
@@ -462,9 +452,10 @@ def decode_file(
     tokens_path = Path(tokens_out) if tokens_out is not None else None
     if out is None and tokens_path is None:
         raise InfotokError("nothing to write: give an output video and/or --tokens")
-    for path in (out, tokens_path):
-        if path is not None:
-            _check_output(path, force)
+    if out is not None:
+        check_output(out, force, folder_ok=True)  # a folder of PNG frames
+    if tokens_path is not None:
+        check_output(tokens_path, force)
     started = time.perf_counter()
     with ContainerReader(src) as reader:
         header = reader.header
@@ -555,9 +546,5 @@ def save_tokens(path: Path, header: Header, chunks: list[ChunkTokens]) -> None:
         arrays[f"indices_{c.index}"] = c.indices
         arrays[f"keep_{c.index}"] = c.keep
         arrays[f"first_frame_{c.index}"] = np.array(c.first_frame)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "wb") as file:
+        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]

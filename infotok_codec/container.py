@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -34,6 +33,7 @@ from infotok_codec.entropy import (
 )
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
+from infotok_codec.outputs import make_temp
 
 MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
@@ -428,16 +428,9 @@ class ContainerWriter:
         self.path = Path(path)
         self.header = header
         self._entries: list[tuple[int, int, int]] = []  # offset, first_frame, frames
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        self._tmp = Path(tmp)
-        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._tmp = Path(make_temp(self.path))
+        self._file: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 (closed by close())
         try:
-            # mkstemp makes the file private (0600); give it the mode open() would have.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
             self._file.write(_encode_header(header))
         except BaseException:
             self.abort()

@@ -41,7 +41,7 @@ import constriction
 import numpy as np
 import zstandard
 
-from infotok_codec.errors import FormatError
+from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.lattice import lattice_count, lattice_mask, mask_is_implied
 
 CODERS = ("adaptive", "range", "zstd")
@@ -377,9 +377,9 @@ def _columns(indices: np.ndarray, tables: FrequencyTables) -> np.ndarray:
     return np.ascontiguousarray(indices_to_digits(indices, tables.levels).T, dtype=np.int32)
 
 
-def _check_coder(coder: str) -> None:
+def check_coder(coder: str) -> None:
     if coder not in CODERS:
-        raise ValueError(f"unknown coder {coder!r}; expected one of {CODERS}")
+        raise InfotokError(f"unknown coder {coder!r}: choose one of {', '.join(CODERS)}")
 
 
 def encode_indices(
@@ -397,7 +397,7 @@ def encode_indices(
     Returns:
         The payload; ``b""`` when ``N == 0``.
     """
-    _check_coder(coder)
+    check_coder(coder)
     flat = _check_indices(indices, tables)
     if flat.size == 0:
         return b""
@@ -457,7 +457,7 @@ def check_indices_payload(data: bytes, count: int, coder: str, tables: Frequency
     Raises:
         FormatError: ``tokens: ...``.
     """
-    _check_coder(coder)
+    check_coder(coder)
     if count < 0:
         raise ValueError(f"count {count} is negative")
     if count == 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from infotok_codec.container import ContainerReader
+from infotok_codec.outputs import atomic_file
 from infotok_codec.tokenizer import LoadedModel
 
 
@@ -150,7 +151,6 @@ def token_heatmap(
                 if t == 0:
                     axt.set_ylabel(f"chunk {k}\nrate {rates[k]:.2f}", fontsize=8)
         fig.tight_layout()
-        tmp = Path(out).with_name(f".{Path(out).name}.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
         plt.close(fig)
-        tmp.replace(out)

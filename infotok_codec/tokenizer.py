@@ -25,6 +25,7 @@ from infotok_codec.autoencoder import ConvDecoder, ConvEncoder
 from infotok_codec.compressor import WindowTransformer
 from infotok_codec.errors import ModelError
 from infotok_codec.fsq import FSQ
+from infotok_codec.outputs import atomic_file
 
 TIME_FACTOR = 4
 SPACE_FACTOR = 8
@@ -202,10 +203,8 @@ def save_model(
     }
     for key, value in (extra or {}).items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 from infotok_codec import video as video_io
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import InfotokError
+from infotok_codec.outputs import atomic_file, check_output
 from infotok_codec.router import keep_count, select_positions
 from infotok_codec.tokenizer import (
     Tokenizer,
@@ -80,6 +81,7 @@ class TrainOptions:
     checkpoint_minutes: float = 10.0
     seed: int = 0
     resume: bool = False
+    force: bool = False  # replace an existing `out` (a resumed run may always write it)
     init: Path | None = None  # start from this model file's weights (fine-tuning)
     threads: int | None = None
     max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
@@ -207,6 +209,7 @@ def train(opts: TrainOptions) -> TrainReport:
     torch.manual_seed(opts.seed + rank)
     random.seed(opts.seed + rank)
 
+    check_output(opts.out, opts.force or opts.resume)
     files = find_videos(opts.data)
     n_val = min(opts.val_files, max(len(files) - 1, 0))
     # Split by file, deterministically: every n-th file (by name) is held out.
@@ -456,17 +459,16 @@ def _checkpoint(
         return
     val = _validate(model, val_batch)
     state.history.append({"step": state.step, "minutes": state.elapsed / 60, **val})
-    tmp = opts.checkpoint_path.with_name(opts.checkpoint_path.name + ".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "state": dataclasses.asdict(state),
-            "config": opts.config.to_json(),
-        },
-        tmp,
-    )
-    tmp.replace(opts.checkpoint_path)
+    with atomic_file(opts.checkpoint_path) as tmp:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": dataclasses.asdict(state),
+                "config": opts.config.to_json(),
+            },
+            tmp,
+        )
     console.log(
         f"checkpoint at step {state.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in val.items())
     )
@@ -488,7 +490,7 @@ def _finalize(
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in dataclasses.asdict(opts).items()
-            if k not in ("data", "out", "config")
+            if k not in ("data", "out", "config", "force")
         },
         "bf16": use_bf16(opts.bf16, device),
         "steps": state.step,

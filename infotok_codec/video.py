@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import weakref
@@ -31,6 +30,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from infotok_codec.errors import VideoError
+from infotok_codec.outputs import make_temp, remove_temp
 
 __all__ = ["VideoInfo", "VideoWriter", "output_size", "probe", "read_frames"]
 
@@ -402,34 +402,6 @@ def _is_own_frame_folder(folder: Path) -> bool:
     return all(_FOLDER_FRAME_RE.fullmatch(p.name) for p in folder.iterdir())
 
 
-def _make_temp(path: Path, *, folder: bool) -> str:
-    """Create a hidden, unique file or folder beside ``path`` to write into.
-
-    Not `tempfile.mkstemp`: that makes the entry private (0600), and the output should get
-    the permissions an ordinary ``open``/``mkdir`` gives under the user's umask.
-    """
-    for _ in range(100):
-        candidate = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            if folder:
-                os.mkdir(candidate)
-            else:
-                open(candidate, "xb").close()
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(f"no free temporary name beside {path}")
-
-
-def _remove(path: str) -> None:
-    """Delete a temporary output (file or folder) if it is still there."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-
-
 class VideoWriter:
     """Write RGB frames to a video file or a folder of PNGs, atomically.
 
@@ -485,11 +457,11 @@ class VideoWriter:
         self._stream: Any = None
         self._png: Any = None
         try:
-            self._tmp = _make_temp(self.path, folder=self.kind == "png")
+            self._tmp = make_temp(self.path, folder=self.kind == "png")
         except OSError as err:
             raise VideoError(f"{self.path}: cannot create output ({_describe(err)})") from None
         # Removes the temporary output if the writer is dropped without close().
-        self._cleanup = weakref.finalize(self, _remove, self._tmp)
+        self._cleanup = weakref.finalize(self, remove_temp, self._tmp)
         try:
             self._open()
         except (av.FFmpegError, OSError) as err:

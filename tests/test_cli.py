@@ -120,6 +120,32 @@ def test_existing_output_is_untouched_without_force(tmp_path: Path, tiny_model: 
     assert out.read_bytes()[:4] == b"ITOK"
 
 
+def test_output_that_is_a_folder_is_refused_even_with_force(
+    tmp_path: Path, tiny_model: Path, clip
+) -> None:
+    src = clip(frames=4)
+    (tmp_path / "o.itok").mkdir()
+    run = infotok("encode", src, tmp_path / "o.itok", "--model", tiny_model, "--force")
+    assert_one_line_error(run, 1, "o.itok: is a folder")
+    assert only(tmp_path) == sorted(["o.itok", src.name]) and only(tmp_path / "o.itok") == []
+
+
+def test_unknown_coder_is_a_usage_error(tmp_path: Path, clip) -> None:
+    run = infotok("encode", clip(frames=4), tmp_path / "o.itok", "--coder", "lzma")
+    assert_one_line_error(run, 2, "--coder 'lzma'", "adaptive")
+    assert not (tmp_path / "o.itok").exists()
+
+
+def test_outputs_get_the_permissions_of_an_ordinary_file(
+    tmp_path: Path, tiny_model: Path, clip
+) -> None:
+    out = tmp_path / "o.itok"
+    assert infotok("encode", clip(frames=4), out, "--model", tiny_model).returncode == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_missing_output_folder(tmp_path: Path, tiny_model: Path, clip) -> None:
     run = infotok("encode", clip(frames=4), tmp_path / "no" / "o.itok", "--model", tiny_model)
     assert_one_line_error(run, 1, "does not exist")
@@ -269,9 +295,26 @@ def test_decode_threads_do_not_change_tokens(tmp_path: Path, tiny_model: Path, i
 
 
 def test_heatmap_is_a_png(tmp_path: Path, tiny_model: Path, itok: Path) -> None:
-    run = infotok("info", itok, "--heatmap", tmp_path / "h.png", "--model", tiny_model)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = infotok("info", itok, "--heatmap", out / "h.png", "--model", tiny_model)
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert only(out) == ["h.png"]
+
+
+@pytest.mark.parametrize("target", ["missing/h.png", "folder", "existing.png"])
+def test_heatmap_output_problems_are_one_line(
+    tmp_path: Path, tiny_model: Path, itok: Path, target: str
+) -> None:
+    out = tmp_path / "out"
+    (out / "folder").mkdir(parents=True)
+    (out / "existing.png").write_bytes(b"precious")
+    run = infotok("info", itok, "--heatmap", out / target, "--model", tiny_model)
+    needle = {"missing/h.png": "does not exist", "folder": "is a folder"}.get(target, "--force")
+    assert_one_line_error(run, 1, needle)
+    assert only(out) == ["existing.png", "folder"] and only(out / "folder") == []
+    assert (out / "existing.png").read_bytes() == b"precious"
 
 
 def test_3840x2160_works(tmp_path: Path, tiny_model: Path, clip) -> None:

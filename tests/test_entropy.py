@@ -23,7 +23,7 @@ from infotok_codec.entropy import (
     encode_mask,
     indices_to_digits,
 )
-from infotok_codec.errors import FormatError
+from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.lattice import lattice_mask, mask_is_implied
 from infotok_codec.router import lattice_then_error
 
@@ -453,5 +453,5 @@ def test_invalid_tables_are_named(change, message: str) -> None:
 def test_encoder_refuses_indices_outside_the_codebook() -> None:
     with pytest.raises(ValueError, match="outside"):
         encode_indices(np.array([K]), "range", FITTED)
-    with pytest.raises(ValueError, match="unknown coder"):
+    with pytest.raises(InfotokError, match="unknown coder"):
         encode_indices(np.array([1]), "lzma", FITTED)

@@ -51,6 +51,15 @@ def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> 
     assert len(loaded.metadata["data_manifest_sha256"]) == 64
 
 
+def test_an_existing_model_file_is_not_replaced_without_force(clip, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"precious")
+    opts = TrainOptions(data=[clip(frames=8)], out=out, max_steps=1, config=TINY)
+    with pytest.raises(InfotokError, match="already exists"):
+        train(opts)
+    assert out.read_bytes() == b"precious"
+
+
 def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
     src = clip(frames=24, width=64, height=64, name="train.mp4")
     out = tmp_path / "m.safetensors"

@@ -1,0 +1,83 @@
+"""Outputs appear whole or not at all, and never replace a file unasked.
+
+Every file infotok writes (streams, videos, token archives, heat maps, model files and training
+checkpoints) is written to a hidden temporary entry beside its destination and renamed into
+place when complete; an error, Ctrl-C or SIGTERM removes the temporary entry and leaves the
+destination as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from infotok_codec.errors import InfotokError
+
+
+def check_output(path: Path, force: bool, *, folder_ok: bool = False) -> None:
+    """Refuse to overwrite, and fail before any work when the output cannot be written.
+
+    Args:
+        path: the destination.
+        force: an existing destination may be replaced.
+        folder_ok: the output may itself be a folder (a decoded video as PNG frames).
+    """
+    if path.is_dir() and not folder_ok:
+        raise InfotokError(f"{path}: is a folder")
+    if path.exists() and not force:
+        raise InfotokError(f"{path}: already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InfotokError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InfotokError(f"{parent}: output folder is not writable")
+
+
+def make_temp(path: Path, *, folder: bool = False) -> str:
+    """Create a hidden, unique file or folder beside ``path`` to write into.
+
+    Not `tempfile.mkstemp`: that makes the entry private (0600), and the output should get
+    the permissions an ordinary ``open``/``mkdir`` gives under the user's umask.
+    """
+    for _ in range(100):
+        candidate = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if folder:
+                os.mkdir(candidate)
+            else:
+                open(candidate, "xb").close()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def remove_temp(path: str) -> None:
+    """Delete a temporary output (file or folder) if it is still there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write the whole output to; on a clean exit it
+    replaces `path`, on any exception (KeyboardInterrupt included) it is removed.
+
+    Writers that pick a format from the name's extension must be told the format: the
+    temporary name ends in ``.tmp``.
+    """
+    target = Path(path)
+    tmp = make_temp(target)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        remove_temp(tmp)
+        raise
