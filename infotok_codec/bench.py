@@ -30,7 +30,8 @@ from infotok_codec import router as routing
 from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
-from infotok_codec.metrics import measure
+from infotok_codec.metrics import METRICS, measure
+from infotok_codec.outputs import atomic_file
 from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
@@ -50,6 +51,23 @@ class BenchSettings:
     metrics: tuple[str, ...] = ("psnr", "ssim", "msssim")
     device: str = "auto"
     oracle: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a bad setting before any work (one `InfotokError` line at the CLI)."""
+        for name in self.codecs:
+            if name not in CODECS:
+                raise InfotokError(f"unknown codec {name!r}: choose from {', '.join(CODECS)}")
+        for router in self.routers:
+            routing.check_router(router)
+        for budget in self.budgets:
+            routing.check_budget(budget)
+        for metric in self.metrics:
+            if metric not in METRICS:
+                raise InfotokError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
+        if "psnr" not in self.metrics:
+            raise InfotokError("metrics must include psnr (the BD-rates and summaries use it)")
+        if self.frames < 1 or self.size < 1:
+            raise InfotokError(f"frames {self.frames} and size {self.size} must be positive")
 
     def crfs_for(self, codec: str) -> tuple[int, ...]:
         return self.crfs.get(codec) or CODECS[codec].default_crfs
@@ -522,16 +540,26 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
     ax.legend()
     ax.set_title(f"infotok bench: {len({r.clip for r in rows})} clips")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def check_results_folder(out_dir: Path, force: bool) -> None:
+    """`out_dir` can take the results: a folder (or none yet) without results, or `force`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InfotokError(f"{out_dir}: exists and is not a folder")
+    if (out_dir / "results.json").exists() and not force:
+        raise InfotokError(f"{out_dir}: already holds results (use --force to overwrite)")
 
 
 def write_outputs(report: BenchReport, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(report)
-    (out_dir / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    with atomic_file(out_dir / "results.json") as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
     metric_names = sorted({k for r in report.results for k in r.metrics})
-    with open(out_dir / "results.csv", "w", newline="") as f:
+    with atomic_file(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -573,18 +601,14 @@ def run_bench(
     model: LoadedModel | str | Path | None = None,
     tick: Tick | None = None,
     keep_files: bool = False,
+    force: bool = False,
 ) -> BenchReport:
     """Run every point, write results.json / results.csv / plots into `out_dir`.
 
     `keep_files` leaves every encoded file in `out_dir/files` (named clip.method.param.ext).
+    Results already in `out_dir` are replaced only with `force`.
     """
-    for name in settings.codecs:
-        if name not in CODECS:
-            raise InfotokError(f"unknown codec {name!r}: choose from {', '.join(CODECS)}")
-    for router in settings.routers:
-        routing.check_router(router)
-    for budget in settings.budgets:
-        routing.check_budget(budget)
+    check_results_folder(out_dir, force)
     clips = find_videos(paths)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     device = str(resolve_device(settings.device))

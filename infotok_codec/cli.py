@@ -301,10 +301,11 @@ def bench(
     keep_files: Annotated[
         bool, typer.Option("--keep-files", help="Keep the encoded files in OUT/files.")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace results already in OUT.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Bitrate-distortion curves: InfoTok routers against x264, x265 and SVT-AV1."""
-    from infotok_codec.bench import BenchSettings, run_bench
+    from infotok_codec.bench import BenchSettings, check_results_folder, run_bench
 
     _set_threads(threads)
     codec_names = tuple(c for c in _names(codecs) if c != "none")
@@ -322,6 +323,7 @@ def bench(
     )
     from infotok_codec.video import find_videos
 
+    check_results_folder(out, force)
     total = settings.points(len(find_videos(paths)))
     bars = Progress(
         TextColumn("[bold]bench"),
@@ -340,6 +342,7 @@ def bench(
             out,
             model=model,
             keep_files=keep_files,
+            force=force,
             tick=lambda label: bars.update(task, advance=1, description=label),
         )
     if as_json:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -97,3 +99,25 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     torch.nn.init.normal_(model.will_drop)
     save_model(model, path, tables_json=FrequencyTables.uniform(TINY.levels).to_json())
     return path
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def infotok(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infotok_codec", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(run: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert run.returncode == code, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert "Traceback" not in run.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -11,6 +11,8 @@ import pytest
 
 from infotok_codec.bench import bd_rate, lagrangian_allocation
 
+from helpers import assert_one_line_error, infotok
+
 
 def test_bench_reports_the_real_sizes_of_the_files_it_wrote(
     clip, tiny_model: Path, tmp_path: Path
@@ -68,6 +70,40 @@ def test_bench_reports_the_real_sizes_of_the_files_it_wrote(
     assert report["device"].startswith("cpu")
     assert (out / "rd_psnr.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--codecs", "x266", "unknown codec 'x266'"),
+        ("--metrics", "vmaf", "unknown metric 'vmaf'"),
+        ("--metrics", "ssim", "must include psnr"),
+        ("--frames", "0", "must be positive"),
+        ("--budgets", "0.5,2", "budget 2.0 outside"),
+        ("--routers", "tail", "unknown router 'tail'"),
+    ],
+)
+def test_bad_settings_are_one_line_before_any_work(
+    clip, tmp_path: Path, option: str, value: str, needle: str
+) -> None:
+    src = clip(frames=4)
+    run = infotok("bench", src, option, value, "--out", tmp_path / "res")
+    assert_one_line_error(run, 1, needle)
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("existing", ["file", "results"])
+def test_results_are_not_replaced_without_force(clip, tmp_path: Path, existing: str) -> None:
+    out = tmp_path / "res"
+    if existing == "file":
+        out.write_bytes(b"precious")
+    else:
+        out.mkdir()
+        (out / "results.json").write_bytes(b"precious")
+    run = infotok("bench", clip(frames=4), "--codecs", "none", "--out", out)
+    needle = "is not a folder" if existing == "file" else "use --force"
+    assert_one_line_error(run, 1, needle)
+    assert (out if existing == "file" else out / "results.json").read_bytes() == b"precious"
 
 
 def test_bd_rate_of_a_curve_shifted_to_half_the_rate_is_minus_fifty() -> None:

@@ -16,24 +16,7 @@ import pytest
 
 from infotok_codec.video import probe
 
-
-def infotok(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infotok_codec", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
-def assert_one_line_error(run: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert run.returncode == code, run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
-    assert "Traceback" not in run.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from helpers import assert_one_line_error, infotok
 
 
 def only(folder: Path) -> list[str]:
