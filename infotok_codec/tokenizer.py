@@ -23,6 +23,7 @@ from torch import nn
 
 from infotok_codec.autoencoder import ConvDecoder, ConvEncoder
 from infotok_codec.compressor import WindowTransformer
+from infotok_codec.entropy import validate_levels
 from infotok_codec.errors import ModelError
 from infotok_codec.fsq import FSQ
 from infotok_codec.outputs import atomic_file
@@ -54,6 +55,21 @@ class TokenizerConfig:
     heads: int = 4
     window: int = 8  # latent positions per window side (64 px)
     max_latent_frames: int = 16
+
+    def __post_init__(self) -> None:
+        """Refuse a shape the network cannot be built with (a clear error, not a torch one)."""
+        try:
+            validate_levels(self.levels)
+        except ValueError as exc:
+            raise ModelError(f"model config: {exc}") from None
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("name", "levels"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ModelError(f"model config: {f.name} {value!r} is not a positive integer")
+        if self.dim % self.heads:
+            raise ModelError(f"model config: dim {self.dim} not a multiple of {self.heads} heads")
 
     @classmethod
     def from_json(cls, text: str) -> TokenizerConfig:

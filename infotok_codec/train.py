@@ -87,6 +87,28 @@ class TrainOptions:
     max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
     config: TokenizerConfig = field(default_factory=TokenizerConfig)
 
+    def __post_init__(self) -> None:
+        """Refuse settings no run can use, before any data is decoded."""
+        for name in ("stage2_fraction", "spread_share", "full_rate_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InfotokError(f"{name} {getattr(self, name)} is not in [0, 1]")
+        checks = [
+            (self.minutes > 0, f"minutes {self.minutes} must be positive"),
+            (self.mse_weight >= 0, f"mse weight {self.mse_weight} is negative"),
+            (self.batch >= 1, f"batch {self.batch} must be at least 1"),
+            (self.frames >= 4 and self.frames % 4 == 0, f"frames {self.frames}: a multiple of 4"),
+            (self.crop >= 8 and self.crop % 8 == 0, f"crop {self.crop}: a multiple of 8 pixels"),
+            (self.lr > 0, f"learning rate {self.lr} must be positive"),
+            (self.warmup_steps >= 1, f"warm-up steps {self.warmup_steps} must be at least 1"),
+            (self.short_side >= 1, f"short side {self.short_side} must be positive"),
+            (self.checkpoint_minutes > 0, f"checkpoint minutes {self.checkpoint_minutes} <= 0"),
+            (self.threads is None or self.threads >= 1, f"threads {self.threads} must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, f"max steps {self.max_steps} < 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InfotokError(message)
+
     @property
     def checkpoint_path(self) -> Path:
         return self.out.with_name(self.out.name + ".ckpt.pt")
@@ -210,6 +232,8 @@ def train(opts: TrainOptions) -> TrainReport:
     random.seed(opts.seed + rank)
 
     check_output(opts.out, opts.force or opts.resume)
+    if opts.resume and not opts.checkpoint_path.is_file():
+        raise InfotokError(f"{opts.checkpoint_path}: no checkpoint to resume from")
     files = find_videos(opts.data)
     n_val = min(opts.val_files, max(len(files) - 1, 0))
     # Split by file, deterministically: every n-th file (by name) is held out.
@@ -227,7 +251,7 @@ def train(opts: TrainOptions) -> TrainReport:
         model.parameters(), lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.99)
     )
     state = TrainState()
-    if opts.resume and opts.checkpoint_path.exists():
+    if opts.resume:
         ckpt = torch.load(opts.checkpoint_path, map_location=device, weights_only=False)
         if ckpt["config"] != opts.config.to_json():
             raise InfotokError(f"{opts.checkpoint_path}: checkpoint is for another model config")

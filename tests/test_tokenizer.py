@@ -113,6 +113,13 @@ def test_loading_is_strict(tiny_model: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match="format"):
         load_model(foreign)
+    negative = _rewrite(
+        tiny_model,
+        tmp_path / "f.safetensors",
+        metadata={"config": json.dumps({**config, "heads": -2})},
+    )
+    with pytest.raises(ModelError, match="heads -2 is not a positive integer"):
+        load_model(negative)
     (tmp_path / "e.safetensors").write_bytes(b"not a model at all")
     with pytest.raises(ModelError, match="not a safetensors model"):
         load_model(tmp_path / "e.safetensors")

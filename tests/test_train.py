@@ -60,6 +60,33 @@ def test_an_existing_model_file_is_not_replaced_without_force(clip, tmp_path: Pa
     assert out.read_bytes() == b"precious"
 
 
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"minutes": 0}, "minutes"),
+        ({"batch": 0}, "batch"),
+        ({"crop": 7}, "crop"),
+        ({"frames": 6}, "frames"),
+        ({"lr": -1.0}, "learning rate"),
+        ({"stage2_fraction": 2.0}, "stage2_fraction"),
+        ({"threads": 0}, "threads"),
+        ({"max_steps": 0}, "max steps"),
+    ],
+)
+def test_unusable_settings_are_refused_before_any_work(
+    tmp_path: Path, change: dict[str, float], needle: str
+) -> None:
+    with pytest.raises(InfotokError, match=needle):
+        TrainOptions(data=[tmp_path], out=tmp_path / "m.safetensors", **change)  # type: ignore[arg-type]
+
+
+def test_resume_needs_a_checkpoint(clip, tmp_path: Path) -> None:
+    opts = TrainOptions(data=[clip(frames=8)], out=tmp_path / "m.safetensors", resume=True)
+    with pytest.raises(InfotokError, match="no checkpoint to resume from"):
+        train(opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv"]
+
+
 def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
     src = clip(frames=24, width=64, height=64, name="train.mp4")
     out = tmp_path / "m.safetensors"
