@@ -44,8 +44,24 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from infotok_codec import __version__
+        from infotok_codec.container import VERSION
+
+        console.print(f"infotok {__version__} (.itok format version {VERSION})", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
     """infotok: a video codec built on an adaptive discrete video tokenizer."""
 
 
@@ -505,6 +521,8 @@ def main() -> None:
         _fail(str(exc), 1)
     except typer.TyperException as exc:  # usage errors (bad option, missing argument)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if not message.strip():  # no command given: the help was printed, nothing went wrong
+            sys.exit(getattr(exc, "exit_code", 2))
         _fail(message, getattr(exc, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)

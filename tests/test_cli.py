@@ -312,3 +312,16 @@ def test_3840x2160_works(tmp_path: Path, tiny_model: Path, clip) -> None:
     assert run.returncode == 0, run.stderr
     info = probe(tmp_path / "r.mkv")
     assert (info.width, info.height, info.frames) == (3840, 2160, 2)
+
+
+def test_version_and_bare_command() -> None:
+    from infotok_codec import __version__
+    from infotok_codec.container import VERSION
+
+    run = infotok("--version")
+    assert run.returncode == 0 and run.stdout.strip() == (
+        f"infotok {__version__} (.itok format version {VERSION})"
+    )
+    bare = infotok()
+    assert bare.returncode == 2 and "Usage: infotok" in bare.stdout
+    assert "error" not in bare.stderr
