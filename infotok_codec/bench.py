@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import platform
 import tempfile
 import time
@@ -551,6 +552,12 @@ def check_results_folder(out_dir: Path, force: bool) -> None:
         raise InfotokError(f"{out_dir}: exists and is not a folder")
     if (out_dir / "results.json").exists() and not force:
         raise InfotokError(f"{out_dir}: already holds results (use --force to overwrite)")
+    # The folder is made at the end: check now that it can be, not after an hour of work.
+    existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InfotokError(f"{out_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise InfotokError(f"{out_dir}: {existing} is not writable")
 
 
 def write_outputs(report: BenchReport, out_dir: Path) -> None:

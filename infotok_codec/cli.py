@@ -339,7 +339,7 @@ def bench(
     )
     from infotok_codec.video import find_videos
 
-    check_results_folder(out, force)
+    check_results_folder(out, force)  # run_bench checks too; here it fails before the bar shows
     total = settings.points(len(find_videos(paths)))
     bars = Progress(
         TextColumn("[bold]bench"),

@@ -305,6 +305,7 @@ class Analysis:
         dst = Path(dst)
         routing.check_router(router)
         routing.check_budget(budget)
+        check_coder(coder)
         if routing.needs_error_map(router, budget) and self._spill is None:
             raise InfotokError(f"router {router} needs an analysis with error maps")
         check_output(dst, force)

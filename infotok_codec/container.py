@@ -429,8 +429,9 @@ class ContainerWriter:
         self.header = header
         self._entries: list[tuple[int, int, int]] = []  # offset, first_frame, frames
         self._tmp = Path(make_temp(self.path))
-        self._file: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 (closed by close())
+        self._file: BinaryIO | None = None
         try:
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed by close())
             self._file.write(_encode_header(header))
         except BaseException:
             self.abort()

@@ -68,6 +68,9 @@ class TokenizerConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ModelError(f"model config: {f.name} {value!r} is not a positive integer")
+        for name in ("c1", "c2"):  # the conv blocks normalise in 8 groups
+            if getattr(self, name) % 8:
+                raise ModelError(f"model config: {name} {getattr(self, name)} not a multiple of 8")
         if self.dim % self.heads:
             raise ModelError(f"model config: dim {self.dim} not a multiple of {self.heads} heads")
 

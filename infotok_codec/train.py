@@ -108,6 +108,10 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise InfotokError(message)
+        if self.crop > self.short_side:
+            raise InfotokError(f"crop {self.crop} is larger than the short side {self.short_side}")
+        if self.resume and self.init is not None:
+            raise InfotokError("give --resume (a checkpoint) or --init (a model file), not both")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -234,18 +238,13 @@ def train(opts: TrainOptions) -> TrainReport:
     check_output(opts.out, opts.force or opts.resume)
     if opts.resume and not opts.checkpoint_path.is_file():
         raise InfotokError(f"{opts.checkpoint_path}: no checkpoint to resume from")
-    files = find_videos(opts.data)
-    n_val = min(opts.val_files, max(len(files) - 1, 0))
-    # Split by file, deterministically: every n-th file (by name) is held out.
-    val_set = set(files[:: max(len(files) // n_val, 1)][:n_val]) if n_val else set()
-    train_files = [f for f in files if f not in val_set]
-    console.log(f"{len(train_files)} training files, {len(val_set)} validation files")
-    started = time.time()
-    clips = [load_clip(f, opts.short_side, opts.max_frames_per_clip) for f in train_files]
-    val_clips = [load_clip(f, opts.short_side, 32) for f in sorted(val_set)]
-    n_frames = sum(len(c) for c in clips)
-    console.log(f"decoded {n_frames} frames in {time.time() - started:.0f} s")
-
+    if opts.checkpoint_path.exists() and not (opts.resume or opts.force):
+        raise InfotokError(
+            f"{opts.checkpoint_path}: a run's checkpoint is there (--resume continues it, "
+            "--force starts over)"
+        )
+    # The model, its starting weights and the checkpoint before the data: their faults are
+    # reported before minutes of decoding.
     model = Tokenizer(opts.config).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.99)
@@ -262,6 +261,18 @@ def train(opts: TrainOptions) -> TrainReport:
     elif opts.init is not None:
         new = init_weights(model, opts.init)
         console.log(f"initialised from {opts.init}" + (f"; new: {', '.join(new)}" if new else ""))
+    files = find_videos(opts.data)
+    n_val = min(opts.val_files, max(len(files) - 1, 0))
+    # Split by file, deterministically: every n-th file (by name) is held out.
+    val_set = set(files[:: max(len(files) // n_val, 1)][:n_val]) if n_val else set()
+    train_files = [f for f in files if f not in val_set]
+    console.log(f"{len(train_files)} training files, {len(val_set)} validation files")
+    started = time.time()
+    clips = [load_clip(f, opts.short_side, opts.max_frames_per_clip) for f in train_files]
+    val_clips = [load_clip(f, opts.short_side, 32) for f in sorted(val_set)]
+    n_frames = sum(len(c) for c in clips)
+    console.log(f"decoded {n_frames} frames in {time.time() - started:.0f} s")
+
     net: torch.nn.Module = (
         # Stage 1 uses neither the "dropped" nor the "will drop" embedding, so DDP must not wait
         # for their gradients.

@@ -92,18 +92,19 @@ def test_bad_settings_are_one_line_before_any_work(
     assert not (tmp_path / "res").exists()
 
 
-@pytest.mark.parametrize("existing", ["file", "results"])
+@pytest.mark.parametrize("existing", ["file", "file-above", "results"])
 def test_results_are_not_replaced_without_force(clip, tmp_path: Path, existing: str) -> None:
-    out = tmp_path / "res"
-    if existing == "file":
-        out.write_bytes(b"precious")
+    res = tmp_path / "res"
+    out = res / "sub" if existing == "file-above" else res
+    if existing.startswith("file"):
+        res.write_bytes(b"precious")
     else:
-        out.mkdir()
-        (out / "results.json").write_bytes(b"precious")
+        res.mkdir()
+        (res / "results.json").write_bytes(b"precious")
     run = infotok("bench", clip(frames=4), "--codecs", "none", "--out", out)
-    needle = "is not a folder" if existing == "file" else "use --force"
+    needle = "use --force" if existing == "results" else "is not a folder"
     assert_one_line_error(run, 1, needle)
-    assert (out if existing == "file" else out / "results.json").read_bytes() == b"precious"
+    assert (res / "results.json" if existing == "results" else res).read_bytes() == b"precious"
 
 
 def test_bd_rate_of_a_curve_shifted_to_half_the_rate_is_minus_fifty() -> None:

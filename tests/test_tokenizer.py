@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from infotok_codec import ModelError
 from infotok_codec.compressor import WindowTransformer
 from infotok_codec.fsq import FSQ
-from infotok_codec.tokenizer import Tokenizer, load_model
+from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model
 
 from helpers import TINY
 
@@ -120,6 +120,8 @@ def test_loading_is_strict(tiny_model: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match="heads -2 is not a positive integer"):
         load_model(negative)
+    with pytest.raises(ModelError, match="c1 12 not a multiple of 8"):
+        TokenizerConfig.override({"c1": 12})
     (tmp_path / "e.safetensors").write_bytes(b"not a model at all")
     with pytest.raises(ModelError, match="not a safetensors model"):
         load_model(tmp_path / "e.safetensors")

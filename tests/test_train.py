@@ -71,6 +71,8 @@ def test_an_existing_model_file_is_not_replaced_without_force(clip, tmp_path: Pa
         ({"stage2_fraction": 2.0}, "stage2_fraction"),
         ({"threads": 0}, "threads"),
         ({"max_steps": 0}, "max steps"),
+        ({"crop": 128, "short_side": 96}, "larger than the short side"),
+        ({"resume": True, "init": Path("m.safetensors")}, "not both"),
     ],
 )
 def test_unusable_settings_are_refused_before_any_work(
@@ -78,6 +80,15 @@ def test_unusable_settings_are_refused_before_any_work(
 ) -> None:
     with pytest.raises(InfotokError, match=needle):
         TrainOptions(data=[tmp_path], out=tmp_path / "m.safetensors", **change)  # type: ignore[arg-type]
+
+
+def test_a_fresh_run_does_not_replace_a_checkpoint_unasked(clip, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    ckpt = tmp_path / "m.safetensors.ckpt.pt"
+    ckpt.write_bytes(b"an earlier run")
+    with pytest.raises(InfotokError, match="--resume continues it, --force starts over"):
+        train(TrainOptions(data=[clip(frames=8)], out=out, max_steps=1, config=TINY))
+    assert ckpt.read_bytes() == b"an earlier run" and not out.exists()
 
 
 def test_resume_needs_a_checkpoint(clip, tmp_path: Path) -> None:
