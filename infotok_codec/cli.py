@@ -441,7 +441,7 @@ def train(
     mse_weight: Annotated[
         float,
         typer.Option(min=0.0, help="Weight of a squared-error term added to the L1 loss."),
-    ] = 0.0,
+    ] = 10.0,
     bf16: Annotated[
         bool | None,
         typer.Option(
