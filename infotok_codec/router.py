@@ -30,9 +30,9 @@ token in reach of the compressor's window, and the decoder has nothing to fill t
 lattice costs no mask bits (the decoder knows it from the kept count).
 `benchmarks/lattice_share.py` (shipped model, dev clips, 32 frames), PSNR over the `uniform`
 curve at equal bits, mean ± standard error over the clips in range: at rate 0.5, share 0
-−3.41 ± 1.27 dB, 64 −0.30 ± 0.19, 128 −0.15 ± 0.10, 192 +0.02 ± 0.05, 224 −0.03 ± 0.06. 192
-is the best share; with the `adaptive` token coder it only matches `uniform` at equal bits
-(with static token tables it led by 0.18 ± 0.04).
+−2.21 ± 0.92 dB, 64 −0.02 ± 0.18, 128 +0.05 ± 0.15, 192 +0.07 ± 0.06, 224 −0.01 ± 0.03. 192
+is the best share; with the `adaptive` token coder its lead over `uniform` at equal bits is
+small (with static token tables it led by 0.18 ± 0.04).
 """
 _BISECTION_STEPS = 80
 
