@@ -30,7 +30,7 @@ def check_output(path: Path, force: bool, *, folder_ok: bool = False) -> None:
         raise InfotokError(f"{path}: is a folder")
     if path.exists() and not force:
         raise InfotokError(f"{path}: already exists (use --force to overwrite)")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent  # Path("x").parent is Path("."), never empty
     if not parent.is_dir():
         raise InfotokError(f"{parent}: output folder does not exist")
     if not os.access(parent, os.W_OK):

@@ -90,10 +90,11 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         """Refuse settings no run can use, before any data is decoded."""
-        for name in ("stage2_fraction", "spread_share", "full_rate_share"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise InfotokError(f"{name} {getattr(self, name)} is not in [0, 1]")
         checks = [
+            *(
+                (0 <= getattr(self, name) <= 1, f"{name} {getattr(self, name)} is not in [0, 1]")
+                for name in ("stage2_fraction", "spread_share", "full_rate_share")
+            ),
             (self.minutes > 0, f"minutes {self.minutes} must be positive"),
             (self.mse_weight >= 0, f"mse weight {self.mse_weight} is negative"),
             (self.batch >= 1, f"batch {self.batch} must be at least 1"),
@@ -105,14 +106,12 @@ class TrainOptions:
             (self.checkpoint_minutes > 0, f"checkpoint minutes {self.checkpoint_minutes} <= 0"),
             (self.threads is None or self.threads >= 1, f"threads {self.threads} must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps {self.max_steps} < 1"),
+            (self.crop <= self.short_side, f"crop {self.crop} is larger than the short side"),
+            (not (self.resume and self.init), "give --resume or --init (a model file), not both"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InfotokError(message)
-        if self.crop > self.short_side:
-            raise InfotokError(f"crop {self.crop} is larger than the short side {self.short_side}")
-        if self.resume and self.init is not None:
-            raise InfotokError("give --resume (a checkpoint) or --init (a model file), not both")
 
     @property
     def checkpoint_path(self) -> Path:
