@@ -50,6 +50,8 @@ from infotok_codec.video import find_videos
 # Stage-2 rate sampler: r = clip(b · L(x) / EMA(L), 1/16, 1), b drawn from these (InfoTok §3.3).
 STAGE2_BUDGETS = (1.0, 0.75, 0.5, 0.25)
 MIN_RATE = 1 / 16
+# Config fields `--init` may raise: a conv stage's new residual blocks start as the identity.
+GROWABLE = ("enc_blocks1", "enc_blocks2", "dec_blocks1", "dec_blocks2")
 
 
 @dataclass
@@ -400,15 +402,19 @@ def _learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
 def init_weights(model: Tokenizer, path: Path) -> list[str]:
     """Load a model file's weights into `model` for fine-tuning; returns the tensors it lacked.
 
-    The config must match; tensors the file lacks (added since it was written) keep their
-    initialisation, and every tensor it has must fit.
+    The config must match, except that the model may have more residual blocks per conv stage
+    (and another name): the file's blocks fill each stage from the front and the new ones keep
+    their initialisation, which is the identity (a zero last layer), so a deeper model starts
+    exactly as the file's. Tensors the file lacks (added since it was written) keep their
+    initialisation too, and every tensor it has must fit.
     """
     metadata, _ = read_model_metadata(path)
     try:
         tensors = load_file(str(path))
+        saved = TokenizerConfig.from_json(metadata.get("config", ""))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InfotokError(f"{path}: not a safetensors model ({exc})") from None
-    if metadata.get("config") != model.config.to_json():
+    if not _grows(saved, model.config):
         raise InfotokError(f"{path}: its model config differs from the one being trained")
     try:
         result = model.load_state_dict(
@@ -420,6 +426,12 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
     if result.unexpected_keys:
         raise InfotokError(f"{path}: unknown tensors {', '.join(result.unexpected_keys)}")
     return list(result.missing_keys)
+
+
+def _grows(saved: TokenizerConfig, config: TokenizerConfig) -> bool:
+    """Whether `config` is `saved` or `saved` with more conv residual blocks per stage."""
+    same = dataclasses.replace(saved, name=config.name, **{k: getattr(config, k) for k in GROWABLE})
+    return same == config and all(getattr(config, k) >= getattr(saved, k) for k in GROWABLE)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infotok_codec import InfotokError
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model
+from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model, save_model
 from infotok_codec.train import TrainOptions, init_weights, reconstruction_loss, train
 
 from helpers import TINY
@@ -187,6 +187,26 @@ def test_fine_tuning_starts_from_a_model_file(tiny_model: Path, tmp_path: Path) 
     other = Tokenizer(TokenizerConfig.override({**TINY.__dict__, "c1": 24}))
     with pytest.raises(InfotokError, match="config differs"):
         init_weights(other, older)
+
+
+def test_a_deeper_model_starts_exactly_as_the_file_it_grows_from(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    shallow = load_model(tiny_model).tokenizer
+    deeper_config = TokenizerConfig.override(
+        {**TINY.__dict__, "dec_blocks1": TINY.dec_blocks1 + 1, "enc_blocks2": TINY.enc_blocks2 + 2}
+    )
+    deeper = Tokenizer(deeper_config)
+    new = init_weights(deeper, tiny_model)
+    assert new and all(k.startswith(("decoder.stage1.", "encoder.stage2.")) for k in new)
+    deeper.eval()
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(shallow(video), deeper(video))
+    deeper_file = tmp_path / "deeper.safetensors"
+    save_model(deeper, deeper_file, tables_json=load_model(tiny_model).tables_json)
+    with pytest.raises(InfotokError, match="config differs"):  # blocks are never dropped
+        init_weights(Tokenizer(TINY), deeper_file)
 
 
 def test_stage_two_masks_are_the_routers_own() -> None:
