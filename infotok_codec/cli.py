@@ -442,6 +442,15 @@ def train(
         float,
         typer.Option(min=0.0, help="Weight of a squared-error term added to the L1 loss."),
     ] = 10.0,
+    weight_average: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9999,
+            help="Decay of a moving average of the weights that validation and the model file "
+            "use (0: none; e.g. 0.999).",
+        ),
+    ] = 0.0,
     bf16: Annotated[
         bool | None,
         typer.Option(
@@ -490,6 +499,7 @@ def train(
         spread_share=spread_share,
         full_rate_share=full_rate_share,
         mse_weight=mse_weight,
+        weight_average=weight_average,
         bf16=bf16,
         warmup_steps=warmup_steps,
         threads=threads,

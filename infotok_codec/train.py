@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from infotok_codec import video as video_io
+from infotok_codec.averaging import WeightAverage
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import InfotokError
 from infotok_codec.outputs import atomic_file, check_output
@@ -73,6 +74,9 @@ class TrainOptions:
     # L1 alone under-weights large errors (run 4, under L1, decoded a near-grey clip tinted
     # green; run 5, with this term at 10, lifted the dev set's full-rate PSNR by 1.8 dB).
     mse_weight: float = 10.0
+    # Decay of an average of the weights kept beside them (0: none). With it, validation,
+    # checkpoints' shippable weights and the model file are the average's (see averaging.py).
+    weight_average: float = 0.0
     batch: int = 8
     frames: int = 16
     crop: int = 64
@@ -99,6 +103,10 @@ class TrainOptions:
             ),
             (self.minutes > 0, f"minutes {self.minutes} must be positive"),
             (self.mse_weight >= 0, f"mse weight {self.mse_weight} is negative"),
+            (
+                0 <= self.weight_average < 1,
+                f"weight-average decay {self.weight_average} is not in [0, 1)",
+            ),
             (self.batch >= 1, f"batch {self.batch} must be at least 1"),
             (self.frames >= 4 and self.frames % 4 == 0, f"frames {self.frames}: a multiple of 4"),
             (self.crop >= 8 and self.crop % 8 == 0, f"crop {self.crop}: a multiple of 8 pixels"),
@@ -258,11 +266,18 @@ def train(opts: TrainOptions) -> TrainReport:
             raise InfotokError(f"{opts.checkpoint_path}: checkpoint is for another model config")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        average = _weight_average(opts, model)
+        if average is not None:
+            # A checkpoint written without an average starts one from its weights.
+            average.load_state_dict(ckpt.get("average") or ckpt["model"])
         state = TrainState(**ckpt["state"])
         console.log(f"resumed at step {state.step} ({state.elapsed / 60:.1f} min)")
-    elif opts.init is not None:
-        new = init_weights(model, opts.init)
-        console.log(f"initialised from {opts.init}" + (f"; new: {', '.join(new)}" if new else ""))
+    else:
+        if opts.init is not None:
+            new = init_weights(model, opts.init)
+            added = f"; new: {', '.join(new)}" if new else ""
+            console.log(f"initialised from {opts.init}{added}")
+        average = _weight_average(opts, model)
     files = find_videos(opts.data)
     n_val = min(opts.val_files, max(len(files) - 1, 0))
     # Split by file, deterministically: every n-th file (by name) is held out.
@@ -331,6 +346,8 @@ def train(opts: TrainOptions) -> TrainReport:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
+                if average is not None:
+                    average.update(model)
                 state.step += 1
                 value = loss.item()
                 if state.first_loss is None:
@@ -352,12 +369,13 @@ def train(opts: TrainOptions) -> TrainReport:
                         f"batch-psnr {psnr(recon.detach().float(), x):.2f} dB"
                     )
                 if time.time() - last_ckpt > opts.checkpoint_minutes * 60:
-                    _checkpoint(opts, model, optimizer, state, val_batch, console, rank)
+                    _checkpoint(opts, model, average, optimizer, state, val_batch, console, rank)
                     last_ckpt = time.time()
             epoch += 1
-    _checkpoint(opts, model, optimizer, state, val_batch, console, rank)
+    _checkpoint(opts, model, average, optimizer, state, val_batch, console, rank)
     if rank == 0:
-        _finalize(opts, model, clips, files, state, world, device, console)
+        shipped = model if average is None else average.model
+        _finalize(opts, shipped, clips, files, state, world, device, console)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -493,9 +511,14 @@ def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def _weight_average(opts: TrainOptions, model: Tokenizer) -> WeightAverage[Tokenizer] | None:
+    return WeightAverage(model, opts.weight_average) if opts.weight_average else None
+
+
 def _checkpoint(
     opts: TrainOptions,
     model: Tokenizer,
+    average: WeightAverage[Tokenizer] | None,
     optimizer: torch.optim.Optimizer,
     state: TrainState,
     val_batch: torch.Tensor,
@@ -504,13 +527,14 @@ def _checkpoint(
 ) -> None:
     if rank != 0:
         return
-    val = _validate(model, val_batch)
+    val = _validate(model if average is None else average.model, val_batch)
     state.history.append({"step": state.step, "minutes": state.elapsed / 60, **val})
     with atomic_file(opts.checkpoint_path) as tmp:
         torch.save(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "average": None if average is None else average.state_dict(),
                 "state": dataclasses.asdict(state),
                 "config": opts.config.to_json(),
             },

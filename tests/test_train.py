@@ -122,6 +122,35 @@ def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
     assert recipe["options"]["mse_weight"] == 4.0 and recipe["options"]["stage2_fraction"] == 1.0
 
 
+def test_the_model_file_holds_the_weight_average_across_a_resume(clip, tmp_path: Path) -> None:
+    src = clip(frames=24, width=64, height=64, name="train.mp4")
+    out = tmp_path / "m.safetensors"
+    common = dict(
+        data=[src],
+        out=out,
+        minutes=10,
+        stage2_fraction=0.0,
+        batch=2,
+        frames=8,
+        crop=32,
+        warmup_steps=2,
+        short_side=64,
+        threads=2,
+        lr=3e-3,
+        config=TINY,
+    )
+    train(TrainOptions(max_steps=2, weight_average=0.5, **common))  # type: ignore[arg-type]
+    train(TrainOptions(max_steps=4, weight_average=0.5, resume=True, **common))  # type: ignore[arg-type]
+    ckpt = torch.load(out.with_name(out.name + ".ckpt.pt"), weights_only=False)
+    shipped = load_model(out).tokenizer.state_dict()
+    for name, average in ckpt["average"].items():
+        assert torch.equal(shipped[name], average.to(torch.float16).float()), name
+    # The average lags the weights: after 4 steps at a high rate they differ.
+    assert not torch.equal(ckpt["average"]["to_code.weight"], ckpt["model"]["to_code.weight"])
+    with pytest.raises(InfotokError, match="weight-average decay"):
+        TrainOptions(weight_average=1.0, **common)  # type: ignore[arg-type]
+
+
 def test_squared_error_term_weighs_concentrated_errors_more() -> None:
     x = torch.zeros(1, 3, 4, 8, 8)
     spread = torch.full_like(x, 0.1)  # the same L1 error, spread evenly ...
