@@ -479,13 +479,22 @@ def _sample_keep_masks(
 
 
 def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
-    """Fixed centre windows of the held-out files: `(N, 3, frames, crop, crop)` in [-1, 1]."""
+    """Fixed windows of the held-out files: `(N, 3, frames, crop, crop)` in [-1, 1].
+
+    Every `frames`-frame span of each clip at four spatial places (the corners of a centred
+    square twice the crop, clamped to the frame): 32 windows from four 32-frame clips, enough to
+    resolve 0.1 dB between checkpoints where four centre windows swung by ±0.5 dB."""
     windows = []
     for clip in val_clips:
-        if clip.shape[0] < frames or min(clip.shape[1:3]) < crop:
+        t, h, w = clip.shape[:3]
+        if t < frames or min(h, w) < crop:
             continue
-        y, x = (clip.shape[1] - crop) // 2, (clip.shape[2] - crop) // 2
-        windows.append(clip[:frames, y : y + crop, x : x + crop])
+        ys = sorted({min(max(h // 2 - crop + dy, 0), h - crop) for dy in (0, crop)})
+        xs = sorted({min(max(w // 2 - crop + dx, 0), w - crop) for dx in (0, crop)})
+        for t0 in range(0, t - frames + 1, frames):
+            for y in ys:
+                for x in xs:
+                    windows.append(clip[t0 : t0 + frames, y : y + crop, x : x + crop])
     if not windows:
         return torch.empty(0, 3, frames, crop, crop)
     return torch.from_numpy(np.stack(windows)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
@@ -497,18 +506,20 @@ def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     if len(batch) == 0:
         return {}
     model.eval()
-    out = {}
-    codes = model.quantized_codes(batch)
     size = tuple(batch.shape[2:])
-    full = model.decode_codes(codes, None, size)  # type: ignore[arg-type]
-    out["psnr_full"] = psnr(full, batch)
-    half_rate = torch.full((len(batch),), 0.5, device=batch.device)
-    keep = stage2_keep_masks(pooled_error(batch, full), half_rate, ["fixed"] * len(batch))
-    kept = model.quantized_codes(batch, keep) * keep.unsqueeze(-1)
-    half = model.decode_codes(kept, keep, size)  # type: ignore[arg-type]
-    out["psnr_half"] = psnr(half, batch)
+    full_parts, half_parts = [], []
+    for part in batch.split(8):  # bounded memory for many windows
+        full = model.decode_codes(model.quantized_codes(part), None, size)  # type: ignore[arg-type]
+        half_rate = torch.full((len(part),), 0.5, device=part.device)
+        keep = stage2_keep_masks(pooled_error(part, full), half_rate, ["fixed"] * len(part))
+        kept = model.quantized_codes(part, keep) * keep.unsqueeze(-1)
+        full_parts.append(full)
+        half_parts.append(model.decode_codes(kept, keep, size))  # type: ignore[arg-type]
     model.train()
-    return out
+    return {
+        "psnr_full": psnr(torch.cat(full_parts), batch),
+        "psnr_half": psnr(torch.cat(half_parts), batch),
+    }
 
 
 def _weight_average(opts: TrainOptions, model: Tokenizer) -> WeightAverage[Tokenizer] | None:
