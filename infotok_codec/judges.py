@@ -55,6 +55,10 @@ INSTALL_HINT = "pip install 'infotok-codec[judges]'"
 # Frames per forward pass: bounds memory (AlexNet's first layer at 256×256 is 16 MB a frame).
 BATCH = 8
 ST_LPIPS_WEIGHTS = "weights/vST0.0/alex_shift_tolerant.pth"
+# Smallest short sides the judges take: below them a reflect padding in the network (LPIPS) or
+# in VMAF's four scales is wider than the image and torch refuses it (found by trying sides).
+LPIPS_MIN_SIDE = 21
+VMAF_MIN_SIDE = 17
 
 
 class JudgeUnavailable(InfotokError):

@@ -50,7 +50,8 @@ def _frames(clip: np.ndarray) -> torch.Tensor:
 class Scorer:
     """The asked-for metrics of decoded clips against one source clip.
 
-    SSIM-type scores, LPIPS and VMAF are means over frames, MS-SSIM only where it fits. LPIPS
+    SSIM-type scores, LPIPS and VMAF are means over frames; MS-SSIM, LPIPS and VMAF only where
+    the frames' short side fits their scales (see the `*_MIN_SIDE` constants). LPIPS
     (about 50 times PSNR's cost) may judge every `lpips_every`-th frame only (0, k, 2k, ...);
     it keeps the source's features (about 10 MB a judged frame at 256×256), so each decoded
     clip costs one network pass, not two.
@@ -65,7 +66,10 @@ class Scorer:
         self.source = source
         self.names = names
         self.lpips_every = lpips_every
-        self.lpips = judges.LpipsReference(source[::lpips_every]) if "lpips" in names else None
+        fits = min(source.shape[1:3]) >= judges.LPIPS_MIN_SIDE
+        self.lpips_reference = (
+            judges.LpipsReference(source[::lpips_every]) if "lpips" in names and fits else None
+        )
 
     def __call__(self, decoded: np.ndarray) -> dict[str, float]:
         source, names = self.source, self.names
@@ -81,15 +85,8 @@ class Scorer:
                 out["ssim"] = float(ssim(a, b, data_range=255, size_average=True))
             if "msssim" in names and min(source.shape[1:3]) >= MSSSIM_MIN_SIDE:
                 out["msssim"] = float(ms_ssim(a, b, data_range=255, size_average=True))
-        if self.lpips is not None:
-            out["lpips"] = self.lpips.distance(decoded[:: self.lpips_every])
-        if "vmaf" in names:
+        if self.lpips_reference is not None:
+            out["lpips"] = self.lpips_reference.distance(decoded[:: self.lpips_every])
+        if "vmaf" in names and min(source.shape[1:3]) >= judges.VMAF_MIN_SIDE:
             out["vmaf"] = judges.vmaf(decoded, source)
         return out
-
-
-def measure(
-    decoded: np.ndarray, source: np.ndarray, names: tuple[str, ...] = ("psnr", "ssim", "msssim")
-) -> dict[str, float]:
-    """`Scorer(source, names)(decoded)`: the metrics of one decoded clip."""
-    return Scorer(source, names)(decoded)

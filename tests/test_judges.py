@@ -104,9 +104,9 @@ def test_judges_score_with_the_network_switched_off(tmp_path: Path) -> None:
         "socket.socket.connect = socket.socket.connect_ex = refuse\n"
         "socket.getaddrinfo = refuse\n"
         "import numpy as np\n"
-        "from infotok_codec.metrics import measure\n"
+        "from infotok_codec.metrics import Scorer\n"
         "clip = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)\n"
-        "print(measure(clip, clip, ('psnr', 'lpips', 'vmaf')))\n"
+        "print(Scorer(clip, ('psnr', 'lpips', 'vmaf'))(clip))\n"
     )
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -147,3 +147,10 @@ def test_bench_without_the_judges_packages_runs_without_them(
     asked = without_judges(*common, "--metrics", "psnr,vmaf", "--out", tmp_path / "res2")
     assert_one_line_error(asked, 1, "metric 'vmaf' needs the vmaf-torch package")
     assert not (tmp_path / "res2").exists()
+
+
+@pytest.mark.parametrize(("side", "judged"), [(20, {"vmaf"}), (21, {"lpips", "vmaf"}), (16, set())])
+def test_judges_leave_out_frames_too_small_for_their_scales(side: int, judged: set[str]) -> None:
+    clip = pattern(3, side, 40)
+    scores = Scorer(clip, ("psnr", "lpips", "vmaf"))(clip)
+    assert {"lpips", "vmaf"} & set(scores) == judged
