@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from infotok_codec import __version__
+from infotok_codec import __version__, judges
 from infotok_codec import router as routing
 from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
-from infotok_codec.metrics import METRICS, measure
+from infotok_codec.metrics import Scorer, check_metrics, default_metrics
 from infotok_codec.outputs import atomic_file
 from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
@@ -49,7 +49,8 @@ class BenchSettings:
     crfs: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per codec; default: its own
     frames: int = 64
     size: int = 256
-    metrics: tuple[str, ...] = ("psnr", "ssim", "msssim")
+    metrics: tuple[str, ...] = field(default_factory=default_metrics)
+    lpips_every: int = 1  # LPIPS on frames 0, k, 2k, ... (the network is the bench's costliest)
     device: str = "auto"
     oracle: bool = False
 
@@ -62,13 +63,13 @@ class BenchSettings:
             routing.check_router(router)
         for budget in self.budgets:
             routing.check_budget(budget)
-        for metric in self.metrics:
-            if metric not in METRICS:
-                raise InfotokError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
+        check_metrics(self.metrics)
         if "psnr" not in self.metrics:
             raise InfotokError("metrics must include psnr (the BD-rates and summaries use it)")
         if self.frames < 1 or self.size < 1:
             raise InfotokError(f"frames {self.frames} and size {self.size} must be positive")
+        if self.lpips_every < 1:
+            raise InfotokError(f"lpips_every {self.lpips_every} must be at least 1")
 
     def crfs_for(self, codec: str) -> tuple[int, ...]:
         return self.crfs.get(codec) or CODECS[codec].default_crfs
@@ -129,7 +130,7 @@ def _decoded(path: Path) -> np.ndarray:
 def bench_tokenizer(
     clip: str,
     source: Path,
-    reference: np.ndarray,
+    score: Scorer,
     settings: BenchSettings,
     model: LoadedModel,
     workdir: Path,
@@ -152,7 +153,7 @@ def bench_tokenizer(
                         itok,
                         enc,
                         analyse_s,
-                        reference,
+                        score,
                         settings,
                         model,
                         workdir,
@@ -160,7 +161,7 @@ def bench_tokenizer(
                 )
                 tick(f"{clip} {router} {budget}")
         if settings.oracle:
-            rows += _oracle_rows(clip, analysis, reference, settings, model, workdir, tick)
+            rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
     return rows
 
 
@@ -171,7 +172,7 @@ def _token_row(
     itok: Path,
     enc: Any,
     analyse_s: float,
-    reference: np.ndarray,
+    score: Scorer,
     settings: BenchSettings,
     model: LoadedModel,
     workdir: Path,
@@ -188,7 +189,7 @@ def _token_row(
         param=budget,
         bytes=enc.bytes,
         bpp=enc.bpp,
-        metrics=measure(decoded, reference, settings.metrics),
+        metrics=score(decoded),
         seconds={
             "encode": encode_s,
             "decode": decode_s,
@@ -196,7 +197,7 @@ def _token_row(
             "route": enc.seconds["route"],
             "write": enc.seconds["write"],
         },
-        frames=len(reference),
+        frames=len(score.source),
         rate=enc.realised_rate,
         chunk_rates=enc.chunk_rates,
     )
@@ -205,7 +206,7 @@ def _token_row(
 def _oracle_rows(
     clip: str,
     analysis: Analysis,
-    reference: np.ndarray,
+    score: Scorer,
     settings: BenchSettings,
     model: LoadedModel,
     workdir: Path,
@@ -214,7 +215,7 @@ def _oracle_rows(
     """The upper bound: per chunk, distortion at every rate in ORACLE_RATES (positions by error),
     then the budget split by Lagrangian search to minimise total squared error."""
     engine = analysis.engine
-    h, w = reference.shape[1:3]
+    h, w = score.source.shape[1:3]
     distortion: list[list[float]] = []  # [chunk][rate] sum of squared error
     counts_at: list[list[int]] = []
     with closing(analysis.read_chunks()) as inputs:
@@ -235,7 +236,7 @@ def _oracle_rows(
         itok = workdir / f"{clip}.oracle.{budget}.itok"
         enc = analysis.write(itok, router="fixed", budget=budget, counts=counts, force=True)
         row = _token_row(
-            clip, "oracle", budget, itok, enc, analysis.seconds, reference, settings, model, workdir
+            clip, "oracle", budget, itok, enc, analysis.seconds, score, settings, model, workdir
         )
         rows.append(row)
         tick(f"{clip} oracle {budget}")
@@ -272,13 +273,14 @@ def lagrangian_allocation(
 
 def bench_classical(
     clip: str,
-    reference: np.ndarray,
+    score: Scorer,
     fps: Fraction,
     settings: BenchSettings,
     workdir: Path,
     tick: Tick,
 ) -> list[BenchRow]:
     rows = []
+    reference = score.source
     n, h, w = reference.shape[:3]
     for name in settings.codecs:
         codec = CODECS[name]
@@ -298,7 +300,7 @@ def bench_classical(
                     param=crf,
                     bytes=size,
                     bpp=8 * size / (n * h * w),
-                    metrics=measure(decoded, reference, settings.metrics),
+                    metrics=score(decoded),
                     seconds={"encode": encode_s, "decode": decode_s},
                     frames=n,
                 )
@@ -411,6 +413,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _mean_metrics(rows: list[BenchRow]) -> dict[str, float]:
+    """Mean of PSNR and of each of MS-SSIM, LPIPS and VMAF that every row has."""
+    names = ["psnr", *(m for m in ("msssim", "lpips", "vmaf") if all(m in r.metrics for r in rows))]
+    return {m: float(np.mean([r.metrics[m] for r in rows])) for m in names}
+
+
 def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
     clips = sorted({r.clip for r in rows})
     methods = sorted({r.method for r in rows})
@@ -423,7 +431,8 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
         "bd_rate_vs_x264": {},
         "means": {},
     }
-    for metric in ("psnr", "msssim"):
+    # BD-rate needs higher = better, which LPIPS is not.
+    for metric in [m for m in ("psnr", "msssim", "vmaf") if any(m in r.metrics for r in rows)]:
         table: dict[str, float | None] = {}
         for m in methods:
             values = [
@@ -441,9 +450,7 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
             {
                 "param": p,
                 "bpp": float(np.mean([r.bpp for r in rows if r.method == m and r.param == p])),
-                "psnr": float(
-                    np.mean([r.metrics["psnr"] for r in rows if r.method == m and r.param == p])
-                ),
+                **_mean_metrics([r for r in rows if r.method == m and r.param == p]),
                 "rate": (
                     float(
                         np.mean(
@@ -510,6 +517,14 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
     return summary
 
 
+AXIS_LABELS = {
+    "psnr": "PSNR-RGB (dB, pooled per clip)",
+    "msssim": "MS-SSIM",
+    "lpips": "ST-LPIPS, AlexNet (mean over frames; lower is better)",
+    "vmaf": "VMAF v0.6.1 (mean over frames)",
+}
+
+
 def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
     import matplotlib
 
@@ -534,9 +549,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
         ax.plot(np.array(xs)[order], np.array(ys)[order], style, label=m, ms=4)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (from file sizes, mean over clips)")
-    ax.set_ylabel(
-        {"psnr": "PSNR-RGB (dB, pooled per clip)", "msssim": "MS-SSIM"}.get(metric, metric)
-    )
+    ax.set_ylabel(AXIS_LABELS.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(f"infotok bench: {len({r.clip for r in rows})} clips")
@@ -558,6 +571,11 @@ def check_results_folder(out_dir: Path, force: bool) -> None:
         raise InfotokError(f"{out_dir}: {existing} is not a folder")
     if not os.access(existing, os.W_OK):
         raise InfotokError(f"{out_dir}: {existing} is not writable")
+
+
+def plotted_metrics(rows: list[BenchRow]) -> list[str]:
+    """The metrics that get an `rd_<metric>.png`: PSNR, and each other one some row has."""
+    return ["psnr", *(m for m in ("msssim", "lpips", "vmaf") if any(m in r.metrics for r in rows))]
 
 
 def write_outputs(report: BenchReport, out_dir: Path) -> None:
@@ -595,9 +613,8 @@ def write_outputs(report: BenchReport, out_dir: Path) -> None:
                     f"{r.seconds['decode']:.3f}",
                 ]
             )
-    plot(report.results, "psnr", out_dir / "rd_psnr.png")
-    if any("msssim" in r.metrics for r in report.results):
-        plot(report.results, "msssim", out_dir / "rd_msssim.png")
+    for metric in plotted_metrics(report.results):
+        plot(report.results, metric, out_dir / f"rd_{metric}.png")
 
 
 def run_bench(
@@ -627,8 +644,9 @@ def run_bench(
         for path in clips:
             reference, source = prepare_source(path, settings, work)
             fps = probe(source).fps
-            rows += bench_tokenizer(path.name, source, reference, settings, loaded, work, step)
-            rows += bench_classical(path.name, reference, fps, settings, work, step)
+            score = Scorer(reference, settings.metrics, settings.lpips_every)
+            rows += bench_tokenizer(path.name, source, score, settings, loaded, work, step)
+            rows += bench_classical(path.name, score, fps, settings, work, step)
             if not keep_files:
                 for leftover in work.iterdir():
                     leftover.unlink()
@@ -641,6 +659,7 @@ def run_bench(
         "av": av.__version__,
         "ffmpeg": ".".join(str(v) for v in av.library_versions.get("libavcodec", ())),
         "python": platform.python_version(),
+        **judges.versions(settings.metrics),
     }
     report = BenchReport(
         results=rows,
@@ -655,7 +674,7 @@ def run_bench(
             "model": loaded.name,
             "model_sha256": loaded.sha256.hex(),
             "psnr": "pooled over each clip (one MSE); psnr_frame_mean: mean of per-frame PSNR",
-            "vmaf": "not measured: this FFmpeg build has no libvmaf",
+            **{m: j.note for m, j in judges.JUDGES.items() if m in settings.metrics},
         },
     )
     write_outputs(report, out_dir)

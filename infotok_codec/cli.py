@@ -303,8 +303,14 @@ def bench(
         int, typer.Option(help="Short side scaled and centre-cropped to this square.")
     ] = 256,
     metrics: Annotated[
-        str, typer.Option(help="psnr,ssim,msssim (vmaf: not in this FFmpeg).")
-    ] = "psnr,ssim,msssim",
+        str | None,
+        typer.Option(
+            help="psnr,ssim,msssim,lpips,vmaf (default: all; lpips and vmaf where installed)."
+        ),
+    ] = None,
+    lpips_every: Annotated[
+        int, typer.Option(help="LPIPS on every k-th frame only (its network is the costliest).")
+    ] = 1,
     oracle: Annotated[
         bool, typer.Option("--oracle", help="Add the Lagrangian oracle allocation.")
     ] = False,
@@ -321,7 +327,8 @@ def bench(
     as_json: JsonOption = False,
 ) -> None:
     """Bitrate-distortion curves: InfoTok routers against x264, x265 and SVT-AV1."""
-    from infotok_codec.bench import BenchSettings, check_results_folder, run_bench
+    from infotok_codec.bench import BenchSettings, check_results_folder, plotted_metrics, run_bench
+    from infotok_codec.metrics import default_metrics
 
     _set_threads(threads)
     codec_names = tuple(c for c in _names(codecs) if c != "none")
@@ -333,7 +340,8 @@ def bench(
         crfs={c: crf_values for c in codec_names} if crf_values else {},
         frames=frames,
         size=size,
-        metrics=_names(metrics),
+        metrics=_names(metrics) if metrics is not None else default_metrics(),
+        lpips_every=lpips_every,
         device=device,
         oracle=oracle,
     )
@@ -364,29 +372,33 @@ def bench(
     if as_json:
         _print_json(report.summary)
         return
+    # Columns: (summary key, heading, format); a metric no point has is left out.
+    scores = [
+        (key, heading, fmt)
+        for key, heading, fmt in (
+            ("msssim", "MS-SSIM", ".4f"),
+            ("lpips", "LPIPS", ".4f"),
+            ("vmaf", "VMAF", ".2f"),
+        )
+        if any(key in p for points in report.summary["means"].values() for p in points)
+    ]
     table = Table(
         "method",
         "param",
         "bpp",
         "PSNR dB",
-        "MS-SSIM",
+        *(heading for _, heading, _ in scores),
         "rate",
         title=f"mean over {len(report.summary['clips'])} clips",
     )
     for method, points in report.summary["means"].items():
         for p in points:
-            ms = [
-                r.metrics.get("msssim")
-                for r in report.results
-                if r.method == method and r.param == p["param"]
-            ]
-            ms_mean = sum(v for v in ms if v is not None) / max(sum(v is not None for v in ms), 1)
             table.add_row(
                 method,
                 f"{p['param']:g}",
                 f"{p['bpp']:.4f}",
                 f"{p['psnr']:.2f}",
-                f"{ms_mean:.4f}" if any(v is not None for v in ms) else "",
+                *(format(p[key], fmt) if key in p else "" for key, _, fmt in scores),
                 "" if p["rate"] is None else f"{p['rate']:.3f}",
             )
     console.print(table)
@@ -409,7 +421,8 @@ def bench(
     console.print(f"timing: {report.summary['timing']}")
     if "oracle" in report.summary:
         console.print(f"oracle: {report.summary['oracle']}")
-    console.print(f"wrote {out}/results.json, results.csv, rd_psnr.png")
+    plots = ", ".join(f"rd_{m}.png" for m in plotted_metrics(report.results))
+    console.print(f"wrote {out}/results.json, results.csv, {plots}")
 
 
 @app.command()

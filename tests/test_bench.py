@@ -66,17 +66,25 @@ def test_bench_reports_the_real_sizes_of_the_files_it_wrote(
         path = out / "files" / f"gen.mp4.{r['method']}.{param}.{ext}"
         assert r["bytes"] == path.stat().st_size, path
         assert r["bpp"] == pytest.approx(8 * r["bytes"] / (24 * 64 * 64))
-        assert {"psnr", "psnr_frame_mean", "ssim"} <= set(r["metrics"])
+        # The judges are on by default where installed (the dev extra installs them).
+        assert {"psnr", "psnr_frame_mean", "ssim", "lpips", "vmaf"} <= set(r["metrics"])
+        assert r["metrics"]["lpips"] >= 0 and 0 <= r["metrics"]["vmaf"] <= 100
     assert report["device"].startswith("cpu")
-    assert (out / "rd_psnr.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
+    assert set(report["versions"]) >= {"stlpips-pytorch", "vmaf-torch"}
+    assert set(report["summary"]["bd_rate_vs_x264"]["vmaf"]) == {"elbo", "fixed", "x264"}
+    for plot in ("rd_psnr.png", "rd_lpips.png", "rd_vmaf.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1
+    assert {"lpips", "vmaf"} <= set(csv_lines[0].split(","))
 
 
 @pytest.mark.parametrize(
     ("option", "value", "needle"),
     [
         ("--codecs", "x266", "unknown codec 'x266'"),
-        ("--metrics", "vmaf", "unknown metric 'vmaf'"),
+        ("--metrics", "psnr,lpipz", "unknown metric 'lpipz'"),
+        ("--lpips-every", "0", "must be at least 1"),
         ("--metrics", "ssim", "must include psnr"),
         ("--frames", "0", "must be positive"),
         ("--budgets", "0.5,2", "budget 2.0 outside"),
