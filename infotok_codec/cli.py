@@ -180,7 +180,7 @@ def encode(
 
 @app.command()
 def decode(
-    src: Annotated[Path, typer.Argument(help="Input .itok file.")],
+    src: Annotated[Path, typer.Argument(help="Input .itok file, or a token file (.npz).")],
     dst: Annotated[
         Path | None,
         typer.Argument(help="Output video: .mp4, .mkv, .y4m, or a folder for PNGs."),
@@ -196,7 +196,7 @@ def decode(
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Decode an .itok file to video (format by extension) and/or tokens."""
+    """Decode an .itok file or a token file to video (format by extension) and/or tokens."""
     from infotok_codec.codec import decode_file
 
     _set_threads(threads)
@@ -211,6 +211,22 @@ def decode(
             force=force,
             progress=progress,
         )
+    if as_json:
+        _print_json(result)
+
+
+@app.command()
+def pack(
+    src: Annotated[Path, typer.Argument(help="Token file (.npz), as decode --tokens writes.")],
+    dst: Annotated[Path, typer.Argument(help="Output .itok file.")],
+    model: ModelOption = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Entropy-code a token file into an .itok file (the bytes its encode wrote)."""
+    from infotok_codec.pack import pack_file
+
+    result = pack_file(src, dst, model=model, force=force)
     if as_json:
         _print_json(result)
 
