@@ -138,6 +138,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_chunk_frames(chunk_frames: int) -> None:
+    if chunk_frames < 4 or chunk_frames % 4:
+        raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+
+
 def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
@@ -218,8 +223,7 @@ class Analysis:
         spill_dir: Path | None = None,
         progress: Progress | None = None,
     ) -> None:
-        if chunk_frames < 4 or chunk_frames % 4:
-            raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+        check_chunk_frames(chunk_frames)
         self.src = Path(src)
         self.info = probe(self.src)
         self.loaded = as_model(model)
