@@ -29,7 +29,7 @@ from infotok_codec import router as routing
 from infotok_codec.codec import as_model, check_chunk_frames, encode_file
 from infotok_codec.container import ContainerReader
 from infotok_codec.entropy import check_coder
-from infotok_codec.errors import InfotokError, VideoError
+from infotok_codec.errors import FormatError, InfotokError, VideoError
 from infotok_codec.outputs import atomic_file
 from infotok_codec.tokenizer import LoadedModel
 from infotok_codec.video import VIDEO_SUFFIXES
@@ -202,8 +202,11 @@ class _Encoder:
     def _existing(self, path: Path) -> tuple[int, int, float]:
         """(frames, bytes, bpp) of a stream an earlier run left, if written with these
         settings and this model (`InfotokError` otherwise)."""
-        with ContainerReader(path) as reader:
-            h, size = reader.header, reader.file_size
+        try:
+            with ContainerReader(path) as reader:
+                h, size = reader.header, reader.file_size
+        except FormatError as exc:
+            raise InfotokError(f"exists but is damaged ({exc}); --force re-encodes") from None
         wanted = self.settings
         found = {
             "model": (h.model_hash.hex()[:12], self.model.sha256.hex()[:12]),

@@ -295,6 +295,10 @@ class TokenReader:
             raise InfotokError(f"{self.path}: cannot read ({exc.strerror})") from None
         try:
             self._zip = self._open_archive()
+        except BaseException:
+            self._file.close()
+            raise
+        try:
             self._members = {info.filename: info for info in self._zip.infolist()}
             self.chunk_indices = self._check_keys()
             self.header = self._read_header()
@@ -304,7 +308,7 @@ class TokenReader:
                     f" of a video of {self.header.chunk_count} chunks"
                 )
         except BaseException:
-            self._file.close()
+            self.close()
             raise
 
     def __enter__(self) -> TokenReader:
@@ -319,6 +323,7 @@ class TokenReader:
         self.close()
 
     def close(self) -> None:
+        self._zip.close()
         self._file.close()
 
     def _open_archive(self) -> zipfile.ZipFile:

@@ -63,6 +63,7 @@ def test_a_folder_encodes_to_a_mirrored_tree_and_a_manifest_names_the_failure(
     lines = run.stderr.strip().splitlines()
     assert lines[-1] == f"error: 1 of 6 files failed (listed in {out / 'manifest.json'})"
     assert any(line.startswith(f"failed: {BROKEN}: ") for line in lines)
+    assert "6/6 files" in run.stderr  # the one bar, over files
     assert sorted(streams(out)) == sorted(name.rsplit(".", 1)[0] + ".itok" for name in GOOD)
     m = manifest(out)
     assert (m["encoded"], m["skipped"], m["failed"], m["processes"]) == (5, 0, 1, 1)
@@ -131,7 +132,7 @@ def test_two_torchrun_processes_write_the_same_streams(
     assert [e["source"] for e in m["files"]] == sorted((*GOOD, BROKEN))
 
 
-def test_force_re_encodes_and_other_settings_are_not_skipped(
+def test_force_re_encodes_and_damaged_or_differently_set_streams_are_not_skipped(
     dataset: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
@@ -141,6 +142,11 @@ def test_force_re_encodes_and_other_settings_are_not_skipped(
     mismatched = [e.error or "" for e in result.failed if e.source != BROKEN]
     assert len(mismatched) == 5
     assert all(error.endswith("budget 0.5 (not 0.6); --force re-encodes") for error in mismatched)
+    (out / "b.itok").write_bytes((out / "b.itok").read_bytes()[:-1])
+    result = encode_dataset(dataset, out, model=tiny_model, budget=0.5)
+    (damaged,) = (e for e in result.failed if e.source != BROKEN)
+    assert damaged.source == "b.mkv" and damaged.error is not None
+    assert damaged.error.startswith("exists but is damaged (footer:")
     result = encode_dataset(dataset, out, model=tiny_model, budget=0.6, force=True)
     assert (result.count("encoded"), result.count("failed")) == (5, 1)
     single = tmp_path / "a.itok"
