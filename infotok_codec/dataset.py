@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from infotok_codec import router as routing
-from infotok_codec.codec import as_model, check_chunk_frames, encode_file
+from infotok_codec.codec import as_model, check_chunk_frames, encode_file, resolve_device
 from infotok_codec.container import ContainerReader
 from infotok_codec.entropy import check_coder
 from infotok_codec.errors import FormatError, InfotokError, VideoError
@@ -245,7 +245,7 @@ def encode_dataset(
     encoded, so a bad setting fails once, not once per file.
 
     Raises:
-        InfotokError: a bad setting, `dst` unusable, or no videos under `src`.
+        InfotokError: a bad setting or device, `dst` unusable, or no videos under `src`.
         ModelError: the model cannot be loaded.
     """
     src, dst = Path(src), Path(dst)
@@ -266,13 +266,15 @@ def encode_dataset(
             f"{src}: no video files in it or below (a folder of images is one video: "
             "give an output file.itok)"
         )
+    device = _device(device, shard)
+    resolve_device(device)  # an unknown or absent device fails here, not once per file
     loaded = as_model(model)
     chosen_threads = _threads(threads, shard)
     if chosen_threads is not None:
         torch.set_num_threads(chosen_threads)
     dst.mkdir(exist_ok=True)
     settings = EncodeSettings(budget, router, coder, chunk_frames)
-    encoder = _Encoder(src, dst, settings, loaded, _device(device, shard), force)
+    encoder = _Encoder(src, dst, settings, loaded, device, force)
     claimed: dict[Path, Path] = {}
     owners = [claimed.setdefault(rel.with_suffix(STREAM_SUFFIX), rel) for rel in files]
     mine = range(shard.rank, len(files), shard.world)

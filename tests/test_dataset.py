@@ -12,7 +12,7 @@ import pytest
 
 from infotok_codec.codec import encode_file
 from infotok_codec.dataset import encode_dataset
-from infotok_codec.errors import VideoError
+from infotok_codec.errors import InfotokError, VideoError
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern
 
@@ -167,17 +167,19 @@ def test_two_videos_with_one_stream_name_fail_the_second(tiny_model: Path, tmp_p
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.itok", "manifest.json"]
 
 
-def test_a_folder_without_videos_is_refused_before_any_work(
+def test_bad_settings_and_folders_without_videos_are_refused_before_any_work(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
     (frames / "frame_000001.png").write_bytes(b"")
+    with pytest.raises(InfotokError, match="unknown device 'gpu'"):
+        encode_dataset(make_dataset(tmp_path / "d"), tmp_path / "out", device="gpu")
     with pytest.raises(VideoError, match="a folder of images is one video"):
         encode_dataset(frames, tmp_path / "out", model=tiny_model)
     assert not (tmp_path / "out").exists()
     run = infotok("encode", frames, tmp_path / "out", "--model", tiny_model)
     assert_one_line_error(run, 1, "no video files")
     (tmp_path / "file").write_text("x")
-    run = infotok("encode", make_dataset(tmp_path / "d"), tmp_path / "file", "--model", tiny_model)
+    run = infotok("encode", tmp_path / "d", tmp_path / "file", "--model", tiny_model)
     assert_one_line_error(run, 1, "exists and is not a folder")
