@@ -126,9 +126,14 @@ def _progress(quiet: bool) -> Iterator[Any]:
 @app.command()
 def encode(
     src: Annotated[
-        Path, typer.Argument(help="Input video (anything FFmpeg reads) or image folder.")
+        Path,
+        typer.Argument(
+            help="Input video (anything FFmpeg reads) or image folder; or a folder of videos."
+        ),
     ],
-    dst: Annotated[Path, typer.Argument(help="Output .itok file.")],
+    dst: Annotated[
+        Path, typer.Argument(help="Output .itok file; for a folder of videos, a folder.")
+    ],
     budget: Annotated[
         float, typer.Option(help="Share of the full-rate token count, in (0, 1].")
     ] = 0.8,
@@ -144,7 +149,11 @@ def encode(
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Encode a video into an .itok file, spending tokens where the information is."""
+    """Encode a video into an .itok file, spending tokens where the information is.
+
+    A folder of videos and an output folder encode every video under it (a dataset; shards
+    across ranks under torchrun) and write OUT/manifest.json.
+    """
     from infotok_codec.codec import encode_file
     from infotok_codec.entropy import CODERS
     from infotok_codec.router import ROUTERS
@@ -156,6 +165,24 @@ def encode(
     if coder not in CODERS:
         raise typer.BadParameter(f"--coder {coder!r}: choose one of {', '.join(CODERS)}")
     _set_threads(threads)
+    if src.is_dir() and dst.suffix.lower() != ".itok":
+        _encode_folder(
+            src,
+            dst,
+            dict(
+                budget=budget,
+                router=router,
+                model=model,
+                chunk_frames=chunk_frames,
+                coder=coder,
+                device=device,
+                threads=threads,
+                force=force,
+            ),
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
     with _progress(quiet or as_json) as progress:
         result = encode_file(
             src,
@@ -178,9 +205,58 @@ def encode(
         )
 
 
+def _encode_folder(
+    src: Path, dst: Path, options: dict[str, Any], *, as_json: bool, quiet: bool
+) -> None:
+    """`encode DIR OUTDIR`: one bar over files (rank 0's share under torchrun), the failures
+    at the end, exit 1 if any."""
+    from infotok_codec.dataset import ManifestEntry, Shard, encode_dataset
+
+    shard = Shard.from_env()
+    bars = Progress(
+        TextColumn("[bold]  encode"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files" + (f" (rank 0 of {shard.world})" if shard.world > 1 else "")),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        disable=quiet or as_json or shard.rank != 0,
+    )
+    task: TaskID | None = None
+
+    def tick(entry: ManifestEntry, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bars.add_task("", total=total)
+        bars.update(task, advance=1, description=f"{entry.status} {entry.source}")
+
+    with bars:
+        result = encode_dataset(src, dst, tick=tick, shard=shard, **options)
+    if shard.rank != 0:
+        return
+    if as_json:
+        print(result.manifest.read_text() if result.manifest else "{}", end="")
+    elif not quiet:
+        err_console.print(
+            f"{dst}: {result.count('encoded')} encoded, {result.count('skipped')} skipped, "
+            f"{len(result.failed)} failed of {len(result.entries)} files; {result.manifest}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for entry in result.failed:
+        line = f"failed: {entry.source}: {entry.error}"
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if result.failed:
+        raise InfotokError(
+            f"{len(result.failed)} of {len(result.entries)} files failed "
+            f"(listed in {result.manifest})"
+        )
+
+
 @app.command()
 def decode(
-    src: Annotated[Path, typer.Argument(help="Input .itok file.")],
+    src: Annotated[Path, typer.Argument(help="Input .itok file, or a token file (.npz).")],
     dst: Annotated[
         Path | None,
         typer.Argument(help="Output video: .mp4, .mkv, .y4m, or a folder for PNGs."),
@@ -196,7 +272,7 @@ def decode(
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
-    """Decode an .itok file to video (format by extension) and/or tokens."""
+    """Decode an .itok file or a token file to video (format by extension) and/or tokens."""
     from infotok_codec.codec import decode_file
 
     _set_threads(threads)
@@ -211,6 +287,22 @@ def decode(
             force=force,
             progress=progress,
         )
+    if as_json:
+        _print_json(result)
+
+
+@app.command()
+def pack(
+    src: Annotated[Path, typer.Argument(help="Token file (.npz), as decode --tokens writes.")],
+    dst: Annotated[Path, typer.Argument(help="Output .itok file.")],
+    model: ModelOption = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Entropy-code a token file into an .itok file (the bytes its encode wrote)."""
+    from infotok_codec.pack import pack_file
+
+    result = pack_file(src, dst, model=model, force=force)
     if as_json:
         _print_json(result)
 

@@ -34,8 +34,9 @@ from infotok_codec.container import (
 )
 from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
-from infotok_codec.outputs import atomic_file, check_output
+from infotok_codec.outputs import check_output
 from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
+from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
 from infotok_codec.video import VideoWriter, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
@@ -137,6 +138,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_chunk_frames(chunk_frames: int) -> None:
+    if chunk_frames < 4 or chunk_frames % 4:
+        raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+
+
 def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
@@ -217,8 +223,7 @@ class Analysis:
         spill_dir: Path | None = None,
         progress: Progress | None = None,
     ) -> None:
-        if chunk_frames < 4 or chunk_frames % 4:
-            raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+        check_chunk_frames(chunk_frames)
         self.src = Path(src)
         self.info = probe(self.src)
         self.loaded = as_model(model)
@@ -374,17 +379,6 @@ class Analysis:
 
 # -- decode ----------------------------------------------------------------------------------
 @dataclass
-class ChunkTokens:
-    """One chunk's tokens as stored: indices `(T', h, w)` int64, -1 where dropped."""
-
-    index: int
-    first_frame: int
-    frames: int
-    indices: np.ndarray
-    keep: np.ndarray  # (T', h, w) bool
-
-
-@dataclass
 class DecodeResult:
     path: Path | None
     tokens_path: Path | None
@@ -411,18 +405,23 @@ def check_model_matches(header: Header, model: LoadedModel) -> None:
         )
 
 
-def parse_frame_range(text: str | None, frames: int) -> tuple[int, int]:
-    """'A:B' (either side may be empty) → [A, B) inside [0, frames)."""
+def parse_frame_range(
+    text: str | None, frames: int, span: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """'A:B' (either side may be empty) → [A, B) inside [0, frames), or inside `span` (the
+    frames a token file holds; the default range then)."""
+    lo, hi = span if span is not None else (0, frames)
     if not text:
-        return 0, frames
+        return lo, hi
     try:
         a_text, b_text = text.split(":")
-        a = int(a_text) if a_text else 0
-        b = int(b_text) if b_text else frames
+        a = int(a_text) if a_text else lo
+        b = int(b_text) if b_text else hi
     except ValueError:
         raise InfotokError(f"--frames {text!r} is not A:B") from None
-    if not 0 <= a < b <= frames:
-        raise InfotokError(f"--frames {text}: need 0 <= A < B <= {frames}")
+    if not lo <= a < b <= hi:
+        held = "" if span is None else f" (the token file holds frames {lo}:{hi})"
+        raise InfotokError(f"--frames {text}: need {lo} <= A < B <= {hi}{held}")
     return a, b
 
 
@@ -447,7 +446,8 @@ def decode_file(
     force: bool = False,
     progress: Progress | None = None,
 ) -> DecodeResult:
-    """Decode an `.itok` file to a video (format by extension) and/or a `.npz` of its tokens."""
+    """Decode an `.itok` file, or a token file (`.npz`, `infotok_codec.tokens`), to a video
+    (format by extension) and/or a token file."""
     src = Path(src)
     out = Path(dst) if dst is not None else None
     tokens_path = Path(tokens_out) if tokens_out is not None else None
@@ -458,39 +458,49 @@ def decode_file(
     if tokens_path is not None:
         check_output(tokens_path, force)
     started = time.perf_counter()
-    with ContainerReader(src) as reader:
-        header = reader.header
-        first, stop = parse_frame_range(frames, header.frames)
+    with ExitStack() as stack:
+        source: ContainerReader | TokenReader
+        if src.suffix.lower() == ".npz":
+            source = stack.enter_context(TokenReader(src))
+            source.validate()  # a fault is one line before the model runs, not mid-video
+            first, stop = parse_frame_range(frames, source.header.frames, source.span)
+        else:
+            source = stack.enter_context(ContainerReader(src))
+            first, stop = parse_frame_range(frames, source.header.frames)
+        header = source.header
         fps = Fraction(header.fps_num, header.fps_den)
         engine: ChunkModel | None = None
         if out is not None:
             loaded = as_model(model)
             check_model_matches(header, loaded)
             engine = ChunkModel(loaded, device)
-            tables = engine.tables
+        if isinstance(source, TokenReader):
+            chunks = source.chunks(first, stop)
         else:
-            tables = load_tables(header, model)
-        collected: list[ChunkTokens] = []
-        with ExitStack() as stack:
-            writer = (
-                stack.enter_context(VideoWriter(out, header.width, header.height, fps))
-                if out is not None
-                else None
-            )
-            for chunk in iter_tokens(reader, tables, first, stop):
-                if tokens_path is not None:
-                    collected.append(chunk)
-                if writer is not None and engine is not None:
-                    video = engine.frames(
-                        chunk.indices, chunk.keep, chunk.frames, header.height, header.width
-                    )
-                    lo = max(first - chunk.first_frame, 0)
-                    hi = min(stop - chunk.first_frame, chunk.frames)
-                    writer.write(video[lo:hi])
-                if progress:
-                    progress("decode", chunk.frames, stop - first)
-            if tokens_path is not None:
-                save_tokens(tokens_path, header, collected)
+            tables = engine.tables if engine is not None else load_tables(header, model)
+            chunks = iter_tokens(source, tables, first, stop)
+        tokens = (
+            stack.enter_context(TokenWriter(tokens_path, header))
+            if tokens_path is not None
+            else None
+        )
+        writer = (
+            stack.enter_context(VideoWriter(out, header.width, header.height, fps))
+            if out is not None
+            else None
+        )
+        for chunk in chunks:
+            if tokens is not None:
+                tokens.write(chunk)
+            if writer is not None and engine is not None:
+                video = engine.frames(
+                    chunk.indices, chunk.keep, chunk.frames, header.height, header.width
+                )
+                lo = max(first - chunk.first_frame, 0)
+                hi = min(stop - chunk.first_frame, chunk.frames)
+                writer.write(video[lo:hi])
+            if progress:
+                progress("decode", chunk.frames, stop - first)
     return DecodeResult(
         path=out,
         tokens_path=tokens_path,
@@ -531,21 +541,3 @@ def read_tokens(
     with ContainerReader(path) as reader:
         tables = load_tables(reader.header, model)
         return list(iter_tokens(reader, tables))
-
-
-def save_tokens(path: Path, header: Header, chunks: list[ChunkTokens]) -> None:
-    """A `.npz` with `indices_K` / `keep_K` / `first_frame_K` per chunk and the header fields."""
-    arrays: dict[str, np.ndarray] = {
-        "width": np.array(header.width),
-        "height": np.array(header.height),
-        "frames": np.array(header.frames),
-        "fps": np.array([header.fps_num, header.fps_den]),
-        "fsq_levels": np.array(header.fsq_levels),
-        "chunk_frames": np.array(header.chunk_frames),
-    }
-    for c in chunks:
-        arrays[f"indices_{c.index}"] = c.indices
-        arrays[f"keep_{c.index}"] = c.keep
-        arrays[f"first_frame_{c.index}"] = np.array(c.first_frame)
-    with atomic_file(path) as tmp, open(tmp, "wb") as file:
-        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]

@@ -9,8 +9,10 @@ checks and the entropy decoders behind it.
 
 from __future__ import annotations
 
+import io
 import struct
 import time
+import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from infotok_codec.container import (
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import FormatError
 from infotok_codec.router import lattice_then_error
+from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 SEED = 20240617
@@ -45,8 +48,8 @@ class Field:
     crc: tuple[int, int] | None
 
 
-def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
-    header = Header(
+def make_header(coder: str, lattice_share: int) -> Header:
+    return Header(
         width=40,
         height=20,
         frames=22,
@@ -63,6 +66,10 @@ def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
         budget=0.6,
         lattice_share=lattice_share,
     )
+
+
+def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
+    header = make_header(coder, lattice_share)
     rng = np.random.default_rng(SEED)
     with ContainerWriter(path, header) as writer:
         for k in range(header.chunk_count):
@@ -206,3 +213,100 @@ def test_damaged_files_raise_format_error_and_nothing_else(
     # The mutations reach every layer, including the entropy decoders behind the CRCs.
     assert {"header", "chunk", "index", "footer"} <= set(outcomes)
     assert outcomes["chunk"] > 100
+
+
+# -- token files (.npz) ----------------------------------------------------------------------
+def make_valid_token_file(path: Path, compression: int) -> bytes:
+    """The fuzz stream's header and 6 chunks as a token file, members stored or deflated."""
+    header = make_header("adaptive", 192)
+    rng = np.random.default_rng(SEED)
+    with TokenWriter(path, header) as writer:
+        for k in range(header.chunk_count):
+            first, frames = header.chunk_span(k)
+            shape = header.mask_shape(frames)
+            mask = lattice_then_error(rng.random(shape), shape, int(0.6 * np.prod(shape)), 192)
+            indices = np.where(mask, rng.integers(0, 64000, shape), -1)
+            writer.write(ChunkTokens(k, first, frames, indices, mask))
+    members = zip_members(path.read_bytes())
+    path.write_bytes(rezip(members, compression))
+    return path.read_bytes()
+
+
+def zip_members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def rezip(members: dict[str, bytes], compression: int) -> bytes:
+    """A fresh archive (its CRCs and sizes computed) of `members`."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return out.getvalue()
+
+
+def token_mutations(
+    data: bytes, compression: int, rng: np.random.Generator
+) -> list[tuple[str, bytes]]:
+    cases = [(f"truncate at {n}", data[:n]) for n in range(len(data))]
+    for _ in range(400):
+        out = bytearray(data)
+        for bit in rng.integers(0, 8 * len(data), rng.integers(1, 5)):
+            out[bit // 8] ^= 1 << (bit % 8)
+        cases.append(("bit flips", bytes(out)))
+    # Inside members, re-zipped so the zip CRCs match: the .npy headers and the values.
+    members = zip_members(data)
+    for name, content in members.items():
+        header_end = content.index(b"\n") + 1
+        for _ in range(12):
+            out = bytearray(content)
+            choice = rng.integers(4)
+            if choice == 0:  # a few bytes of the .npy header
+                at = int(rng.integers(header_end))
+                out[at : at + int(rng.integers(1, 4))] = rng.bytes(int(rng.integers(1, 4)))
+            elif choice == 1 and len(content) > header_end:  # a value
+                at = int(rng.integers(header_end, len(content)))
+                out[at] = int(rng.integers(256))
+            elif choice == 2:  # cut short or extended
+                cut = int(rng.integers(len(content)))
+                out = out[:cut] if rng.integers(2) else out + rng.bytes(int(rng.integers(1, 9)))
+            else:  # another member's content
+                out = bytearray(members[str(rng.choice(list(members)))])
+            changed = dict(members, **{name: bytes(out)})
+            cases.append((f"member {name} (re-zipped)", rezip(changed, compression)))
+    return cases
+
+
+def read_token_file(path: Path) -> str:
+    """Open and check every chunk; 'ok' or the key (section) the FormatError names."""
+    try:
+        with TokenReader(path) as reader:
+            reader.validate()
+    except FormatError as e:
+        return str(e).split(":")[0]
+    return "ok"
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_damaged_token_files_raise_format_error_and_nothing_else(
+    tmp_path: Path, compression: int
+) -> None:
+    valid = tmp_path / "valid.npz"
+    data = make_valid_token_file(valid, compression)
+    assert read_token_file(valid) == "ok"
+    cases = token_mutations(data, compression, np.random.default_rng(SEED))
+    assert len(cases) >= 1000
+    target = tmp_path / "damaged.npz"
+    outcomes: Counter[str] = Counter()
+    for what, damaged in cases:
+        target.write_bytes(damaged)
+        start = time.perf_counter()
+        try:
+            outcome = read_token_file(target)
+        except Exception as e:
+            raise AssertionError(f"{what}: {type(e).__name__}: {e}") from e
+        outcomes[outcome.split("_")[0] if outcome[-1].isdigit() else outcome] += 1
+        assert time.perf_counter() - start < 1.0, what
+    # Faults reach the archive, the header fields and the chunks' values.
+    assert {"token file", "indices", "keep", "fsq", "model"} <= {o.split("_")[0] for o in outcomes}
