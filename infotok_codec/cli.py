@@ -141,10 +141,14 @@ def encode(
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     force: ForceOption = False,
+    no_audio: Annotated[
+        bool, typer.Option("--no-audio", help="Leave the source's audio out.")
+    ] = False,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Encode a video into an .itok file, spending tokens where the information is."""
+    """Encode a video into an .itok file, spending tokens where the information is; its audio
+    is copied in as it is."""
     from infotok_codec.codec import encode_file
     from infotok_codec.entropy import CODERS
     from infotok_codec.router import ROUTERS
@@ -167,6 +171,7 @@ def encode(
             coder=coder,
             device=device,
             force=force,
+            audio=not no_audio,
             progress=progress,
         )
     if as_json:
@@ -211,6 +216,8 @@ def decode(
             force=force,
             progress=progress,
         )
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         _print_json(result)
 
@@ -267,9 +274,16 @@ def info(
             str(c.bytes),
         )
     console.print(table)
+    for t, a in enumerate(h.audio):
+        console.print(
+            f"audio {t}: {a.codec}, {a.channels} ch ({a.layout or 'unnamed layout'}), "
+            f"{a.sample_rate} Hz, {a.seconds:.3f} s, {a.packets} packets, {a.bytes} bytes",
+            highlight=False,
+        )
     console.print(
         f"total {h.tokens} of {h.positions} tokens (rate {h.rate:.3f}); {h.bytes} bytes "
-        f"(masks {h.mask_bytes}, indices {h.index_bytes}); {h.bpp:.4f} bpp"
+        f"(masks {h.mask_bytes}, indices {h.index_bytes}, audio {h.audio_bytes}); "
+        f"{h.bpp:.4f} bpp ({h.video_bpp:.4f} without audio)"
     )
 
 

@@ -6,6 +6,10 @@ reader can open any chunk with one seek. The reader trusts nothing: every length
 and dimension is checked against the format's limits and against the file size before anything
 is allocated, and every fault raises `FormatError` with a one-line message that names the
 section (``header``, ``chunk K``, ``index``, ``footer``) and the field.
+
+Version 4 adds an optional side section between the seek index and the footer, which holds
+the audio track (`infotok_codec.audio` reads and writes its records); this module only
+locates it (`ContainerReader.side_span`) and lets the writer fill it (`ContainerWriter.close`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
@@ -39,8 +43,10 @@ MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 3
-"""The only version this module reads and writes; docs/FORMAT.md says when it changes."""
+VERSION = 4
+"""The version this module writes; docs/FORMAT.md says when it changes."""
+READ_VERSIONS = (3, 4)
+"""The versions it reads: version 3 is version 4 without the side section."""
 
 DIM_RANGE = (1, 16384)
 FRAMES_RANGE = (1, 100_000_000)
@@ -468,8 +474,13 @@ class ContainerWriter:
         file.write(_encode_record(rec))
         self._entries.append((offset, rec.first_frame, rec.frames))
 
-    def close(self) -> None:
-        """Write the index and footer and move the file into place. Closing twice is a no-op.
+    def close(self, side: Callable[[BinaryIO], None] | None = None) -> None:
+        """Write the index, the side section and the footer and move the file into place.
+        Closing twice is a no-op.
+
+        Args:
+            side: writes the side section (the audio track, `infotok_codec.audio`) at the
+                file's position, right after the index; None leaves it empty.
 
         Raises:
             FormatError: ``index: ...`` when fewer or more chunks were written than the header's
@@ -488,6 +499,8 @@ class ContainerWriter:
             entries = np.array(self._entries, dtype=_INDEX_ENTRY)
             index = _INDEX_HEAD.pack(INDEX_TAG, len(entries)) + entries.tobytes()
             file.write(index + _U32.pack(_crc(index)))
+            if side is not None:
+                side(file)
             file.write(_FOOTER.pack(index_offset, len(entries), FOOTER_MAGIC))
             file.flush()
             os.fsync(file.fileno())
@@ -547,7 +560,8 @@ class ContainerReader:
     def close(self) -> None:
         self._file.close()
 
-    def _read_at(self, offset: int, n: int, section: str) -> bytes:
+    def read_at(self, offset: int, n: int, section: str) -> bytes:
+        """``n`` bytes at ``offset``; callers check the span against the file first."""
         self._file.seek(offset)
         data = self._file.read(n)
         if len(data) != n:  # only if the file shrank after opening: sizes were checked
@@ -562,19 +576,21 @@ class ContainerReader:
                 f"file: {self.file_size} bytes is too short for an .itok file "
                 f"(at least {_MIN_FILE})"
             )
-        preamble = self._read_at(0, _PREAMBLE.size, "header")
+        preamble = self.read_at(0, _PREAMBLE.size, "header")
         magic, version, length = _PREAMBLE.unpack(preamble)
         if magic != MAGIC:
             raise FormatError(f"header: magic {magic!r} is not {MAGIC!r}")
-        if version != VERSION:
+        if version not in READ_VERSIONS:
             raise FormatError(
-                f"header: unsupported version {version} (this reader reads version {VERSION})"
+                f"header: unsupported version {version} (this reader reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))})"
             )
+        self.version: int = version
         _check_range("header", "length", length, _HEADER_FIXED.size, _MAX_HEADER_BODY)
         self._header_end = _PREAMBLE.size + length + _U32.size
         if self._header_end > self.file_size:
             raise FormatError(f"header: length {length} runs past end of file")
-        body_and_crc = self._read_at(_PREAMBLE.size, length + _U32.size, "header")
+        body_and_crc = self.read_at(_PREAMBLE.size, length + _U32.size, "header")
         (stored,) = _U32.unpack(body_and_crc[length:])
         computed = _crc(preamble + body_and_crc[:length])
         if stored != computed:
@@ -591,7 +607,7 @@ class ContainerReader:
                 " bytes after the header (truncated)"
             )
         index_offset, count, magic = _FOOTER.unpack(
-            self._read_at(self.file_size - _FOOTER.size, _FOOTER.size, "footer")
+            self.read_at(self.file_size - _FOOTER.size, _FOOTER.size, "footer")
         )
         if magic != FOOTER_MAGIC:
             raise FormatError(
@@ -602,17 +618,21 @@ class ContainerReader:
         if count != expected:
             raise FormatError(f"footer: chunk count {count}, header frames need {expected}")
         index_size = _INDEX_HEAD.size + count * _INDEX_ENTRY.itemsize + _U32.size
-        if index_offset != self.file_size - _FOOTER.size - index_size:
+        last_start = self.file_size - _FOOTER.size - index_size
+        # Version 4 may hold a side section between the index and the footer; version 3 none.
+        if index_offset > last_start or (self.version == 3 and index_offset != last_start):
             raise FormatError(
                 f"footer: index offset {index_offset} outside the file (an index "
-                f"of {count} chunks must start at "
-                f"{self.file_size - _FOOTER.size - index_size})"
+                f"of {count} chunks must start {'at' if self.version == 3 else 'by'} "
+                f"{last_start})"
             )
+        self.side_span: tuple[int, int] = (index_offset + index_size, last_start - index_offset)
+        """``(offset, length)`` of the side section; length 0 when the file has none."""
         if index_offset < self._header_end + count * _RECORD_OVERHEAD:
             raise FormatError(
                 f"footer: index offset {index_offset} leaves no room for {count} chunks"
             )
-        data = self._read_at(index_offset, index_size, "index")
+        data = self.read_at(index_offset, index_size, "index")
         (stored,) = _U32.unpack(data[-_U32.size :])
         if stored != _crc(data[: -_U32.size]):
             raise FormatError(
@@ -674,7 +694,7 @@ class ContainerReader:
         """
         if not 0 <= k < len(self._offsets):
             raise IndexError(f"chunk {k} outside [0, {len(self._offsets)})")
-        rec = _decode_record(self._read_at(self._offsets[k], self._spans[k], f"chunk {k}"), k)
+        rec = _decode_record(self.read_at(self._offsets[k], self._spans[k], f"chunk {k}"), k)
         _check_record(self.header, rec, k)
         return rec
 
