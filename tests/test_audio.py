@@ -15,6 +15,7 @@ import pytest
 from infotok_codec.audio import AudioReader
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.container import ContainerReader
+from infotok_codec.errors import FormatError
 from infotok_codec.tokenizer import read_model_metadata
 
 from helpers import (
@@ -216,3 +217,21 @@ def test_a_version_3_stream_still_decodes_bit_identically(tmp_path: Path, tiny_m
     out = tmp_path / "v3.mkv"
     decode_file(itok, out, model=tiny_model)
     np.testing.assert_array_equal(read_all(out), read_all(DATA / "v3_tiny.decoded.mkv"))
+
+
+def test_a_version_3_file_cannot_hold_a_side_section(tmp_path: Path) -> None:
+    data = (DATA / "v3_tiny.itok").read_bytes()
+    padded = tmp_path / "padded.itok"
+    padded.write_bytes(data[:-16] + bytes(40) + data[-16:])
+    with pytest.raises(FormatError, match=r"footer: index offset .* must start at"):
+        ContainerReader(padded)
+    # As version 4 the same bytes are a side section, and not a valid audio track.
+    as_v4 = bytearray(padded.read_bytes())
+    as_v4[4:6] = struct.pack("<H", 4)
+    (length,) = struct.unpack_from("<I", as_v4, 6)
+    as_v4[10 + length : 14 + length] = struct.pack("<I", zlib.crc32(as_v4[: 10 + length]))
+    padded.write_bytes(bytes(as_v4))
+    with ContainerReader(padded) as reader:
+        assert reader.side_span[1] == 40
+        with pytest.raises(FormatError, match="audio: footer magic"):
+            AudioReader(reader)
