@@ -53,7 +53,7 @@ def _crc(data: bytes | memoryview) -> int:
 
 
 def _printable_ascii(text: str, lo: int, hi: int) -> bool:
-    return lo <= len(text) <= hi and text.isascii() and (not text or text.isprintable())
+    return lo <= len(text) <= hi and text.isascii() and text.isprintable()
 
 
 @dataclass(frozen=True)
