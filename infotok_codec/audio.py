@@ -284,7 +284,7 @@ class AudioReader:
         if length < minimum:
             raise FormatError(f"audio: section of {length} bytes, less than its {minimum}")
         offset, count, magic = _FOOTER.unpack(
-            self._reader.read_at(end - _FOOTER.size, _FOOTER.size, "audio")
+            self._reader.read_side(end - _FOOTER.size, _FOOTER.size, "audio")
         )
         if magic != FOOTER_MAGIC:
             raise FormatError(f"audio: footer magic {magic!r} is not {FOOTER_MAGIC!r}")
@@ -295,7 +295,8 @@ class AudioReader:
         if not start + count * _BLOCK_OVERHEAD <= offset <= last:
             raise FormatError(f"audio: directory offset {offset} outside the section")
         where = "audio: directory"
-        body = _check_crc(self._reader.read_at(offset, end - _FOOTER.size - offset, "audio"), where)
+        length = end - _FOOTER.size - offset
+        body = _check_crc(self._reader.read_side(offset, length, "audio"), where)
         cur = _Cursor(body, where)
         tag, n_tracks, chunk_count = cur.unpack(_DIRECTORY_HEAD, "fixed fields")
         if tag != DIRECTORY_TAG:
@@ -333,7 +334,7 @@ class AudioReader:
             raise IndexError(f"audio block (chunk {k}, track {t}) out of range")
         b = k * len(self.tracks) + t
         where = f"audio: block {b} (chunk {k}, track {t})"
-        body = _check_crc(self._reader.read_at(self._offsets[b], self._spans[b], "audio"), where)
+        body = _check_crc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
         cur = _Cursor(body, where)
         tag, chunk, track, count = cur.unpack(_BLOCK_HEAD, "fixed fields")
         if tag != BLOCK_TAG:

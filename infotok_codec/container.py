@@ -560,8 +560,7 @@ class ContainerReader:
     def close(self) -> None:
         self._file.close()
 
-    def read_at(self, offset: int, n: int, section: str) -> bytes:
-        """``n`` bytes at ``offset``; callers check the span against the file first."""
+    def _read_at(self, offset: int, n: int, section: str) -> bytes:
         self._file.seek(offset)
         data = self._file.read(n)
         if len(data) != n:  # only if the file shrank after opening: sizes were checked
@@ -576,7 +575,7 @@ class ContainerReader:
                 f"file: {self.file_size} bytes is too short for an .itok file "
                 f"(at least {_MIN_FILE})"
             )
-        preamble = self.read_at(0, _PREAMBLE.size, "header")
+        preamble = self._read_at(0, _PREAMBLE.size, "header")
         magic, version, length = _PREAMBLE.unpack(preamble)
         if magic != MAGIC:
             raise FormatError(f"header: magic {magic!r} is not {MAGIC!r}")
@@ -590,7 +589,7 @@ class ContainerReader:
         self._header_end = _PREAMBLE.size + length + _U32.size
         if self._header_end > self.file_size:
             raise FormatError(f"header: length {length} runs past end of file")
-        body_and_crc = self.read_at(_PREAMBLE.size, length + _U32.size, "header")
+        body_and_crc = self._read_at(_PREAMBLE.size, length + _U32.size, "header")
         (stored,) = _U32.unpack(body_and_crc[length:])
         computed = _crc(preamble + body_and_crc[:length])
         if stored != computed:
@@ -607,7 +606,7 @@ class ContainerReader:
                 " bytes after the header (truncated)"
             )
         index_offset, count, magic = _FOOTER.unpack(
-            self.read_at(self.file_size - _FOOTER.size, _FOOTER.size, "footer")
+            self._read_at(self.file_size - _FOOTER.size, _FOOTER.size, "footer")
         )
         if magic != FOOTER_MAGIC:
             raise FormatError(
@@ -632,7 +631,7 @@ class ContainerReader:
             raise FormatError(
                 f"footer: index offset {index_offset} leaves no room for {count} chunks"
             )
-        data = self.read_at(index_offset, index_size, "index")
+        data = self._read_at(index_offset, index_size, "index")
         (stored,) = _U32.unpack(data[-_U32.size :])
         if stored != _crc(data[: -_U32.size]):
             raise FormatError(
@@ -677,6 +676,17 @@ class ContainerReader:
             )
         return offsets.tolist(), (ends - offsets).tolist()
 
+    def read_side(self, offset: int, n: int, section: str) -> bytes:
+        """``n`` bytes at file offset ``offset`` inside the side section (`side_span`).
+
+        Raises:
+            FormatError: ``<section>: ...`` when the span leaves the side section.
+        """
+        start, length = self.side_span
+        if not (start <= offset and n >= 0 and offset + n <= start + length):
+            raise FormatError(f"{section}: {n} bytes at {offset} outside the side section")
+        return self._read_at(offset, n, section)
+
     def __len__(self) -> int:
         return len(self._offsets)
 
@@ -694,7 +704,7 @@ class ContainerReader:
         """
         if not 0 <= k < len(self._offsets):
             raise IndexError(f"chunk {k} outside [0, {len(self._offsets)})")
-        rec = _decode_record(self.read_at(self._offsets[k], self._spans[k], f"chunk {k}"), k)
+        rec = _decode_record(self._read_at(self._offsets[k], self._spans[k], f"chunk {k}"), k)
         _check_record(self.header, rec, k)
         return rec
 
