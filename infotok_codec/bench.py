@@ -142,7 +142,7 @@ def bench_tokenizer(
         for router in settings.routers:
             for budget in settings.budgets:
                 itok = workdir / f"{clip}.{router}.{budget}.itok"
-                enc = analysis.write(itok, router=router, budget=budget, force=True)
+                enc = analysis.write(itok, router=router, budget=budget, force=True, audio=False)
                 # `uniform` (and any budget-1.0 encode) needs no pass 1.
                 analyse_s = analysis.seconds if routing.needs_error_map(router, budget) else 0.0
                 rows.append(
@@ -234,7 +234,9 @@ def _oracle_rows(
     for budget in settings.budgets:
         counts = lagrangian_allocation(distortion, counts_at, budget * total)
         itok = workdir / f"{clip}.oracle.{budget}.itok"
-        enc = analysis.write(itok, router="fixed", budget=budget, counts=counts, force=True)
+        enc = analysis.write(
+            itok, router="fixed", budget=budget, counts=counts, force=True, audio=False
+        )
         row = _token_row(
             clip, "oracle", budget, itok, enc, analysis.seconds, score, settings, model, workdir
         )

@@ -146,10 +146,14 @@ def encode(
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     force: ForceOption = False,
+    no_audio: Annotated[
+        bool, typer.Option("--no-audio", help="Leave the source's audio out.")
+    ] = False,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Encode a video into an .itok file, spending tokens where the information is.
+    """Encode a video into an .itok file, spending tokens where the information is; its audio
+    is copied in as it is.
 
     A folder of videos and an output folder encode every video under it (a dataset; shards
     across ranks under torchrun) and write OUT/manifest.json.
@@ -178,6 +182,7 @@ def encode(
                 device=device,
                 threads=threads,
                 force=force,
+                audio=not no_audio,
             ),
             as_json=as_json,
             quiet=quiet,
@@ -194,6 +199,7 @@ def encode(
             coder=coder,
             device=device,
             force=force,
+            audio=not no_audio,
             progress=progress,
         )
     if as_json:
@@ -287,6 +293,8 @@ def decode(
             force=force,
             progress=progress,
         )
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         _print_json(result)
 
@@ -359,9 +367,16 @@ def info(
             str(c.bytes),
         )
     console.print(table)
+    for t, a in enumerate(h.audio):
+        console.print(
+            f"audio {t}: {a.codec}, {a.channels} ch ({a.layout or 'unnamed layout'}), "
+            f"{a.sample_rate} Hz, {a.seconds:.3f} s, {a.packets} packets, {a.bytes} bytes",
+            highlight=False,
+        )
     console.print(
         f"total {h.tokens} of {h.positions} tokens (rate {h.rate:.3f}); {h.bytes} bytes "
-        f"(masks {h.mask_bytes}, indices {h.index_bytes}); {h.bpp:.4f} bpp"
+        f"(masks {h.mask_bytes}, indices {h.index_bytes}, audio {h.audio_bytes}); "
+        f"{h.bpp:.4f} bpp ({h.video_bpp:.4f} without audio)"
     )
 
 

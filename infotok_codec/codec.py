@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from infotok_codec import router as routing
+from infotok_codec.audio import AudioReader, side_writer
+from infotok_codec.audio_io import AudioMuxer, read_source_audio
 from infotok_codec.container import (
     ChunkRecord,
     ContainerReader,
@@ -37,7 +39,7 @@ from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.outputs import check_output
 from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
-from infotok_codec.video import VideoWriter, probe, read_frames
+from infotok_codec.video import HOLDS_SIDE_STREAMS, VideoWriter, output_kind, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
 """Called as `progress(pass_name, frames_just_done, total_frames)` after each chunk."""
@@ -156,8 +158,9 @@ class EncodeResult:
     frames: int
     fps: Fraction
     chunks: int
-    bytes: int
-    bpp: float
+    bytes: int  # the file's size, audio included
+    bpp: float  # 8 · bytes / (width · height · frames)
+    audio_bytes: int  # the audio track's share of `bytes` (0: none)
     router: str
     budget: float
     realised_rate: float  # kept positions / all positions, over the whole video
@@ -176,9 +179,11 @@ def encode_file(
     coder: str = "adaptive",
     device: str = "auto",
     force: bool = False,
+    audio: bool = True,
     progress: Progress | None = None,
 ) -> EncodeResult:
-    """Encode a video file into an `.itok` file at `budget` of the full-rate token count."""
+    """Encode a video file into an `.itok` file at `budget` of the full-rate token count; with
+    `audio`, the source's audio streams are copied in as they are (`infotok_codec.audio`)."""
     routing.check_router(router)
     routing.check_budget(budget)
     check_coder(coder)
@@ -187,7 +192,7 @@ def encode_file(
     with Analysis(
         src, model, chunk_frames, device, with_error, Path(dst).parent, progress
     ) as pass1:
-        return pass1.write(dst, router=router, budget=budget, coder=coder, force=force)
+        return pass1.write(dst, router=router, budget=budget, coder=coder, force=force, audio=audio)
 
 
 @dataclass
@@ -301,8 +306,10 @@ class Analysis:
         coder: str = "adaptive",
         force: bool = False,
         counts: list[int] | None = None,
+        audio: bool = True,
     ) -> EncodeResult:
-        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write.
+        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write;
+        then, with `audio`, the source's audio packets.
 
         `counts` (kept positions per chunk) overrides the router's allocation; positions are then
         still chosen by `router`. Bench's oracle uses it.
@@ -341,6 +348,8 @@ class Analysis:
             raise InfotokError(f"{len(counts)} counts for {len(positions)} chunks")
         route_s = time.perf_counter() - started
         started = time.perf_counter()
+        # Demuxed before any chunk is coded, so a broken audio stream fails fast.
+        side = side_writer(header, *read_source_audio(self.src)) if audio else None
         with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
             for k, (chunk, count, frames) in enumerate(
                 zip(self.chunks, counts, inputs, strict=True)
@@ -358,8 +367,11 @@ class Analysis:
                 writer.write_chunk(encode_chunk(header, k, keep, indices[keep], self.engine.tables))
                 if self.progress:
                     self.progress("write", chunk.frames, info.frames)
+            writer.close(side)
         write_s = time.perf_counter() - started
         size = dst.stat().st_size
+        with ContainerReader(dst) as reader:
+            audio_bytes = reader.side_span[1]
         return EncodeResult(
             path=dst,
             width=info.width,
@@ -369,6 +381,7 @@ class Analysis:
             chunks=len(self.chunks),
             bytes=size,
             bpp=8 * size / (info.width * info.height * info.frames),
+            audio_bytes=audio_bytes,
             router=router,
             budget=budget,
             realised_rate=sum(counts) / sum(positions),
@@ -388,6 +401,7 @@ class DecodeResult:
     fps: Fraction
     first_frame: int
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what happened to the audio, one line each
 
 
 def _chunk_tokens(header: Header, rec: ChunkRecord, tables: FrequencyTables) -> ChunkTokens:
@@ -444,10 +458,16 @@ def decode_file(
     model: LoadedModel | str | Path | None = None,
     device: str = "auto",
     force: bool = False,
+    audio: bool = True,
     progress: Progress | None = None,
 ) -> DecodeResult:
     """Decode an `.itok` file, or a token file (`.npz`, `infotok_codec.tokens`), to a video
-    (format by extension) and/or a token file."""
+    (format by extension) and/or a token file.
+
+    With `audio`, an `.itok` file's audio track goes into `.mkv` and `.mp4` outputs, cut to the
+    decoded frames (`AudioReader.read_span`); `DecodeResult.notes` says where it could not.
+    Token files carry no audio.
+    """
     src = Path(src)
     out = Path(dst) if dst is not None else None
     tokens_path = Path(tokens_out) if tokens_out is not None else None
@@ -479,16 +499,30 @@ def decode_file(
         else:
             tables = engine.tables if engine is not None else load_tables(header, model)
             chunks = iter_tokens(source, tables, first, stop)
+        notes: list[str] = []
+        muxer = None
+        tracks = (
+            AudioReader(source)
+            if audio and out is not None and isinstance(source, ContainerReader)
+            else None
+        )
+        if out is not None and tracks is not None and tracks.tracks:
+            if output_kind(out) in HOLDS_SIDE_STREAMS:
+                muxer = AudioMuxer(tracks.tracks, tracks.read_span(first, stop))
+            else:
+                notes.append(f"{out}: this output format holds no audio; the audio is left out")
         tokens = (
             stack.enter_context(TokenWriter(tokens_path, header))
             if tokens_path is not None
             else None
         )
         writer = (
-            stack.enter_context(VideoWriter(out, header.width, header.height, fps))
+            stack.enter_context(VideoWriter(out, header.width, header.height, fps, muxer))
             if out is not None
             else None
         )
+        if muxer is not None:
+            notes.extend(muxer.notes)
         for chunk in chunks:
             if tokens is not None:
                 tokens.write(chunk)
@@ -510,6 +544,7 @@ def decode_file(
         fps=fps,
         first_frame=first,
         seconds=time.perf_counter() - started,
+        notes=notes,
     )
 
 

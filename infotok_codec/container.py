@@ -6,6 +6,10 @@ reader can open any chunk with one seek. The reader trusts nothing: every length
 and dimension is checked against the format's limits and against the file size before anything
 is allocated, and every fault raises `FormatError` with a one-line message that names the
 section (``header``, ``chunk K``, ``index``, ``footer``) and the field.
+
+Version 4 adds an optional side section between the seek index and the footer, which holds
+the audio track (`infotok_codec.audio` reads and writes its records); this module only
+locates it (`ContainerReader.side_span`) and lets the writer fill it (`ContainerWriter.close`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
@@ -39,8 +43,10 @@ MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 3
-"""The only version this module reads and writes; docs/FORMAT.md says when it changes."""
+VERSION = 4
+"""The version this module writes; docs/FORMAT.md says when it changes."""
+READ_VERSIONS = (3, 4)
+"""The versions it reads: version 3 is version 4 without the side section."""
 
 DIM_RANGE = (1, 16384)
 FRAMES_RANGE = (1, 100_000_000)
@@ -468,8 +474,13 @@ class ContainerWriter:
         file.write(_encode_record(rec))
         self._entries.append((offset, rec.first_frame, rec.frames))
 
-    def close(self) -> None:
-        """Write the index and footer and move the file into place. Closing twice is a no-op.
+    def close(self, side: Callable[[BinaryIO], None] | None = None) -> None:
+        """Write the index, the side section and the footer and move the file into place.
+        Closing twice is a no-op.
+
+        Args:
+            side: writes the side section (the audio track, `infotok_codec.audio`) at the
+                file's position, right after the index; None leaves it empty.
 
         Raises:
             FormatError: ``index: ...`` when fewer or more chunks were written than the header's
@@ -488,6 +499,8 @@ class ContainerWriter:
             entries = np.array(self._entries, dtype=_INDEX_ENTRY)
             index = _INDEX_HEAD.pack(INDEX_TAG, len(entries)) + entries.tobytes()
             file.write(index + _U32.pack(_crc(index)))
+            if side is not None:
+                side(file)
             file.write(_FOOTER.pack(index_offset, len(entries), FOOTER_MAGIC))
             file.flush()
             os.fsync(file.fileno())
@@ -566,10 +579,12 @@ class ContainerReader:
         magic, version, length = _PREAMBLE.unpack(preamble)
         if magic != MAGIC:
             raise FormatError(f"header: magic {magic!r} is not {MAGIC!r}")
-        if version != VERSION:
+        if version not in READ_VERSIONS:
             raise FormatError(
-                f"header: unsupported version {version} (this reader reads version {VERSION})"
+                f"header: unsupported version {version} (this reader reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))})"
             )
+        self.version: int = version
         _check_range("header", "length", length, _HEADER_FIXED.size, _MAX_HEADER_BODY)
         self._header_end = _PREAMBLE.size + length + _U32.size
         if self._header_end > self.file_size:
@@ -602,12 +617,16 @@ class ContainerReader:
         if count != expected:
             raise FormatError(f"footer: chunk count {count}, header frames need {expected}")
         index_size = _INDEX_HEAD.size + count * _INDEX_ENTRY.itemsize + _U32.size
-        if index_offset != self.file_size - _FOOTER.size - index_size:
+        last_start = self.file_size - _FOOTER.size - index_size
+        # Version 4 may hold a side section between the index and the footer; version 3 none.
+        if index_offset > last_start or (self.version == 3 and index_offset != last_start):
             raise FormatError(
                 f"footer: index offset {index_offset} outside the file (an index "
-                f"of {count} chunks must start at "
-                f"{self.file_size - _FOOTER.size - index_size})"
+                f"of {count} chunks must start {'at' if self.version == 3 else 'by'} "
+                f"{last_start})"
             )
+        self.side_span: tuple[int, int] = (index_offset + index_size, last_start - index_offset)
+        """``(offset, length)`` of the side section; length 0 when the file has none."""
         if index_offset < self._header_end + count * _RECORD_OVERHEAD:
             raise FormatError(
                 f"footer: index offset {index_offset} leaves no room for {count} chunks"
@@ -656,6 +675,17 @@ class ContainerReader:
                 f"+{entries['frames'][k]}, header says {first[k]}+{frames[k]}"
             )
         return offsets.tolist(), (ends - offsets).tolist()
+
+    def read_side(self, offset: int, n: int, section: str) -> bytes:
+        """``n`` bytes at file offset ``offset`` inside the side section (`side_span`).
+
+        Raises:
+            FormatError: ``<section>: ...`` when the span leaves the side section.
+        """
+        start, length = self.side_span
+        if not (start <= offset and n >= 0 and offset + n <= start + length):
+            raise FormatError(f"{section}: {n} bytes at {offset} outside the side section")
+        return self._read_at(offset, n, section)
 
     def __len__(self) -> int:
         return len(self._offsets)

@@ -150,6 +150,7 @@ class EncodeSettings:
     router: str
     coder: str
     chunk_frames: int
+    audio: bool = True  # the sources' audio copied in (`encode --no-audio`: False)
 
 
 class _Encoder:
@@ -186,6 +187,7 @@ class _Encoder:
                     router=self.settings.router,
                     coder=self.settings.coder,
                     chunk_frames=self.settings.chunk_frames,
+                    audio=self.settings.audio,
                     model=self.model,
                     device=self.device,
                     force=self.force,
@@ -235,6 +237,7 @@ def encode_dataset(
     device: str = "auto",
     threads: int | None = None,
     force: bool = False,
+    audio: bool = True,
     tick: Tick | None = None,
     shard: Shard | None = None,
 ) -> DatasetResult:
@@ -273,7 +276,7 @@ def encode_dataset(
     if chosen_threads is not None:
         torch.set_num_threads(chosen_threads)
     dst.mkdir(exist_ok=True)
-    settings = EncodeSettings(budget, router, coder, chunk_frames)
+    settings = EncodeSettings(budget, router, coder, chunk_frames, audio)
     encoder = _Encoder(src, dst, settings, loaded, device, force)
     claimed: dict[Path, Path] = {}
     owners = [claimed.setdefault(rel.with_suffix(STREAM_SUFFIX), rel) for rel in files]

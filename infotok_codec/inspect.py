@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infotok_codec.audio import AudioReader, summarize
 from infotok_codec.container import ContainerReader
 from infotok_codec.outputs import atomic_file
 from infotok_codec.tokenizer import LoadedModel
@@ -23,6 +24,17 @@ class ChunkInfo:
     mask_bytes: int
     index_bytes: int
     bytes: int  # the whole record, framing and CRC included
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str
+    channels: int
+    layout: str
+    sample_rate: int
+    seconds: float  # first packet's start to last packet's end
+    packets: int
+    bytes: int  # packet data
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,15 @@ class FileInfo:
     fsq_levels: list[int]
     bytes: int  # the file's size
     bpp: float  # 8 · bytes / (width · height · frames)
+    audio_bytes: int  # the audio section's share of `bytes`, framing included
+    video_bpp: float  # bpp without the audio section
     tokens: int
     positions: int
     rate: float
     mask_bytes: int
     index_bytes: int
     chunks: list[ChunkInfo]
+    audio: list[AudioInfo]
 
 
 def file_info(path: str | Path) -> FileInfo:
@@ -68,6 +83,19 @@ def file_info(path: str | Path) -> FileInfo:
             for rec, size in zip(reader.chunks(), reader.chunk_sizes, strict=True)
         ]
         size = reader.file_size
+        side = AudioReader(reader)
+        audio = [
+            AudioInfo(
+                codec=s.track.codec,
+                channels=s.track.channels,
+                layout=s.track.layout,
+                sample_rate=s.track.sample_rate,
+                seconds=s.seconds,
+                packets=s.packets,
+                bytes=s.bytes,
+            )
+            for s in summarize(side)
+        ]
     fps = Fraction(h.fps_num, h.fps_den)
     return FileInfo(
         path=str(path),
@@ -85,12 +113,15 @@ def file_info(path: str | Path) -> FileInfo:
         fsq_levels=list(h.fsq_levels),
         bytes=size,
         bpp=8 * size / (h.width * h.height * h.frames),
+        audio_bytes=side.bytes,
+        video_bpp=8 * (size - side.bytes) / (h.width * h.height * h.frames),
         tokens=sum(c.tokens for c in chunks),
         positions=sum(c.positions for c in chunks),
         rate=sum(c.tokens for c in chunks) / max(sum(c.positions for c in chunks), 1),
         mask_bytes=sum(c.mask_bytes for c in chunks),
         index_bytes=sum(c.index_bytes for c in chunks),
         chunks=chunks,
+        audio=audio,
     )
 
 

@@ -66,6 +66,7 @@ def pack_file(
         chunks=header.chunk_count,
         bytes=size,
         bpp=8 * size / (header.width * header.height * header.frames),
+        audio_bytes=0,  # token files carry no audio
         router=header.router,
         budget=header.budget,
         realised_rate=sum(counts) / sum(positions),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -32,7 +32,7 @@ from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 from infotok_codec.errors import VideoError
 from infotok_codec.outputs import make_temp, remove_temp
 
-__all__ = ["VideoInfo", "VideoWriter", "output_size", "probe", "read_frames"]
+__all__ = ["SideStreams", "VideoInfo", "VideoWriter", "output_size", "probe", "read_frames"]
 
 DEFAULT_FPS = Fraction(25)
 """Rate assumed when the input carries none (image folders, raw streams without timing)."""
@@ -383,7 +383,7 @@ _AVCOL_BT709 = 1
 _AVCOL_RANGE_MPEG = 1
 
 
-def _output_kind(path: str | os.PathLike[str]) -> str:
+def output_kind(path: str | os.PathLike[str]) -> str:
     """``"mp4"``, ``"mkv"``, ``"y4m"`` or ``"png"`` (a folder: no extension or a trailing /)."""
     text = os.fspath(path)
     if text.endswith(("/", os.sep)) or not Path(text).suffix:
@@ -400,6 +400,23 @@ def _output_kind(path: str | os.PathLike[str]) -> str:
 def _is_own_frame_folder(folder: Path) -> bool:
     """True for an empty folder or one holding only frames a `VideoWriter` wrote."""
     return all(_FOLDER_FRAME_RE.fullmatch(p.name) for p in folder.iterdir())
+
+
+HOLDS_SIDE_STREAMS = frozenset({"mp4", "mkv"})
+"""Output kinds that can carry streams beside the video (audio); y4m and PNG folders cannot."""
+
+
+class SideStreams(Protocol):
+    """Streams muxed beside the video (the audio track: `infotok_codec.audio_io.AudioMuxer`)."""
+
+    def open(self, container: Any) -> None:
+        """Add the streams to the output container, before anything is muxed."""
+
+    def mux_until(self, seconds: Fraction) -> None:
+        """Mux what starts before ``seconds`` of the output (called after each frame)."""
+
+    def finish(self) -> None:
+        """Mux the rest (called before the container is closed)."""
 
 
 class VideoWriter:
@@ -429,7 +446,12 @@ class VideoWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], width: int, height: int, fps: Fraction | int
+        self,
+        path: str | os.PathLike[str],
+        width: int,
+        height: int,
+        fps: Fraction | int,
+        side: SideStreams | None = None,
     ) -> None:
         """Prepare the output; nothing appears at ``path`` until `close`.
 
@@ -437,12 +459,14 @@ class VideoWriter:
             path: output file (``.mp4``, ``.mkv``, ``.y4m``) or folder.
             width, height: frame size in pixels, >= 1.
             fps: frame rate, > 0, kept exactly (e.g. ``Fraction(24000, 1001)``).
+            side: streams to mux beside the video, timed from its first frame; only for the
+                kinds in `HOLDS_SIDE_STREAMS` (ValueError otherwise).
 
         Raises:
             VideoError: unknown extension, missing parent folder, or ``path`` is in the way.
             ValueError: a non-positive size or rate.
         """
-        self.kind = _output_kind(path)
+        self.kind = output_kind(path)
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.fps = Fraction(fps)
@@ -450,6 +474,9 @@ class VideoWriter:
             raise ValueError(f"frame size must be positive, got {self.width}x{self.height}")
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
+        if side is not None and self.kind not in HOLDS_SIDE_STREAMS:
+            raise ValueError(f"{self.path}: .{self.kind} output holds no streams beside video")
+        self._side = side
         self._check_target()
         self.frames_written = 0
         self._closed = False
@@ -504,6 +531,8 @@ class VideoWriter:
         else:
             stream.pix_fmt = "yuv444p"
         self._stream = stream
+        if self._side is not None:
+            self._side.open(self._container)
 
     def _coded_size(self) -> _Size:
         if self.kind == "mp4":
@@ -572,6 +601,8 @@ class VideoWriter:
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames_written += 1
+        if self._side is not None:
+            self._side.mux_until(self.frames_written / self.fps)
 
     def close(self) -> None:
         """Flush the encoder and move the output to ``path``; safe to call twice.
@@ -589,6 +620,8 @@ class VideoWriter:
             if self._container is not None:
                 for packet in self._stream.encode():
                     self._container.mux(packet)
+                if self._side is not None:
+                    self._side.finish()
                 self._container.close()
             self._publish()
         except VideoError:

@@ -121,3 +121,87 @@ def assert_one_line_error(run: subprocess.CompletedProcess[str], code: int, *nee
     assert "Traceback" not in run.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def make_av_clip(
+    path: Path,
+    frames: int = 24,
+    *,
+    acodec: str = "aac",
+    sample_rate: int = 48000,
+    layout: str = "stereo",
+    audio_start: Fraction = Fraction(0),
+    audio_seconds: Fraction | None = None,
+    vcodec: str = "libx264",
+    fps: Fraction = Fraction(25),
+    fmt: str | None = None,
+) -> Path:
+    """A 64×48 clip with one audio stream: a 440 Hz tone from `audio_start` seconds (relative
+    to the first frame) for `audio_seconds` (default: as long as the video), coded with
+    `acodec` by PyAV's FFmpeg; the video is the moving `pattern`."""
+    video = pattern(frames, 48, 64)
+    seconds = Fraction(frames) / fps if audio_seconds is None else audio_seconds
+    with av.open(str(path), "w", format=fmt) as container:
+        vs = container.add_stream(vcodec, rate=fps)
+        vs.height, vs.width = video.shape[1:3]
+        vs.pix_fmt = "yuv420p"
+        aus = container.add_stream(acodec, rate=sample_rate)
+        aus.layout = layout
+        ctx = aus.codec_context
+        size = ctx.frame_size or 1024
+        total = int(seconds * sample_rate)
+        first = int(audio_start * sample_rate)
+        channels = ctx.layout.nb_channels
+        planar = ctx.format.is_planar
+        kind = ctx.format.name.rstrip("p")
+        dtype = {"flt": np.float32, "s16": np.int16, "s32": np.int32, "u8": np.uint8}[kind]
+        # (scale, zero) map [-1, 1] onto the sample format.
+        scale, zero = {"flt": (1, 0), "s16": (32767, 0), "s32": (2**31 - 1, 0), "u8": (127, 128)}[
+            kind
+        ]
+
+        def audio_frames() -> list[av.AudioFrame]:
+            out = []
+            for start in range(0, total, size):
+                n = min(size, total - start)
+                tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(start, start + n) / sample_rate)
+                samples = np.tile((tone * scale + zero).astype(dtype), (channels, 1))
+                if not planar:
+                    samples = samples.T.reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(samples, format=ctx.format.name, layout=layout)
+                frame.sample_rate = sample_rate
+                frame.pts, frame.time_base = first + start, Fraction(1, sample_rate)
+                out.append(frame)
+            return out
+
+        pending = audio_frames()
+        for i, rgb in enumerate(video):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                container.mux(packet)
+            # Interleave as real muxers do: the audio up to this frame's time.
+            while pending and pending[0].pts < (first + (i + 1) / fps * sample_rate):
+                for packet in aus.encode(pending.pop(0)):
+                    container.mux(packet)
+        for af in pending:
+            for packet in aus.encode(af):
+                container.mux(packet)
+        for stream in (vs, aus):
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
+
+
+def stream_span(path: Path, kind: str) -> tuple[Fraction, Fraction]:
+    """``(start, end)`` in seconds of the first stream of `kind` ("audio"/"video"), from its
+    packets: the earliest pts and the latest pts + duration."""
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        starts, ends = [], []
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                t = packet.pts * packet.time_base
+                starts.append(t)
+                ends.append(t + (packet.duration or 0) * packet.time_base)
+    return min(starts), max(ends)

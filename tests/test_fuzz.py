@@ -4,23 +4,27 @@ Mutations of a small valid file (6 chunks): truncation at every byte (so at ever
 field boundary), random bit flips, random bytes in every length, count and offset field, and
 random bytes in the mask and token payloads. Length/offset and payload mutations are repeated
 with the enclosing CRC recomputed, so they get past the checksum and reach the structural
-checks and the entropy decoders behind it.
+checks and the entropy decoders behind it. A file with an audio track gets the same treatment
+over the audio section's records (blocks, directory, audio footer).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import time
 import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from infotok_codec.audio import AudioPacket, AudioReader, AudioTrack, side_writer
 from infotok_codec.container import (
     ContainerReader,
     ContainerWriter,
@@ -68,7 +72,7 @@ def make_header(coder: str, lattice_share: int) -> Header:
     )
 
 
-def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
+def make_valid_file(path: Path, coder: str, lattice_share: int, audio: bool = False) -> bytes:
     header = make_header(coder, lattice_share)
     rng = np.random.default_rng(SEED)
     with ContainerWriter(path, header) as writer:
@@ -79,7 +83,81 @@ def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
             mask = lattice_then_error(rng.random(shape), shape, count, lattice_share)
             indices = rng.integers(0, 64000, int(mask.sum())) // 7
             writer.write_chunk(encode_chunk(header, k, mask, indices, TABLES))
+        if audio:
+            writer.close(side_writer(header, *audio_track(rng)))
     return path.read_bytes()
+
+
+def audio_track(rng: np.random.Generator) -> tuple[list[AudioTrack], list[list[AudioPacket]]]:
+    """Two tracks over the 22 frames at 25 fps (0.88 s), from 0.05 s before the first frame
+    to 0.1 s after the last, in packets of 0.1 s of random bytes (the reader never decodes
+    them)."""
+    tracks = [
+        AudioTrack("aac", 48000, 2, "stereo", Fraction(1, 48000), 128000, rng.bytes(5)),
+        AudioTrack("ac3", 44100, 6, "5.1(side)", Fraction(1, 1000), 0, b""),
+    ]
+    packets = []
+    for track in tracks:
+        step = Fraction(1, 10) / track.time_base
+        times = np.arange(-0.05, 0.98, 0.1)
+        packets.append(
+            [
+                AudioPacket(
+                    round(t / track.time_base),
+                    round(step),
+                    True,
+                    rng.bytes(int(rng.integers(1, 9))),
+                )
+                for t in times
+            ]
+        )
+    return tracks, packets
+
+
+def audio_layout(path: Path) -> tuple[list[Field], list[Field]]:
+    """(length/count/offset/time fields, packet data fields) of a valid file's audio section."""
+    data = path.read_bytes()
+    with ContainerReader(path) as reader:
+        start, length = reader.side_span
+    end = start + length
+    (directory,) = struct.unpack_from("<Q", data, end - 16)
+    crc = (directory, end - 20)
+    numbers = [Field(end - 16, 8, None), Field(end - 8, 4, None), Field(end - 4, 4, None)]
+    numbers += [
+        Field(directory, 4, crc),
+        Field(directory + 4, 1, crc),
+        Field(directory + 5, 4, crc),
+    ]
+    pos = directory + 9
+    for _ in range(data[directory + 4]):
+        (codec,) = struct.unpack_from("<H", data, pos)
+        numbers.append(Field(pos, 2, crc))
+        pos += 2 + codec
+        numbers += [Field(pos + o, n, crc) for o, n in ((0, 4), (4, 2), (6, 4), (10, 4), (14, 8))]
+        pos += 22
+        (layout,) = struct.unpack_from("<H", data, pos)
+        numbers.append(Field(pos, 2, crc))
+        pos += 2 + layout
+        (extradata,) = struct.unpack_from("<I", data, pos)
+        numbers.append(Field(pos, 4, crc))
+        pos += 4 + extradata
+    count = (end - 20 - pos) // 8
+    offsets = [*struct.unpack_from(f"<{count}Q", data, pos), directory]
+    numbers += [Field(pos + 8 * b, 8, crc) for b in range(count)]
+    payloads = []
+    for lo, hi in itertools.pairwise(offsets):
+        block_crc = (lo, hi - 4)
+        (packets,) = struct.unpack_from("<I", data, lo + 9)
+        numbers += [Field(lo + o, n, block_crc) for o, n in ((0, 4), (4, 4), (8, 1), (9, 4))]
+        for i in range(packets):
+            entry = lo + 13 + 17 * i
+            numbers += [
+                Field(entry + o, n, block_crc) for o, n in ((0, 8), (8, 4), (12, 1), (13, 4))
+            ]
+        table_end = lo + 13 + 17 * packets
+        if hi - 4 > table_end:
+            payloads.append(Field(table_end, hi - 4 - table_end, block_crc))
+    return numbers, payloads
 
 
 def layout(path: Path) -> tuple[list[Field], list[Field]]:
@@ -169,12 +247,14 @@ def mutations(
     return cases
 
 
-def read_everything(path: Path) -> str:
-    """Open, read and decode every chunk; 'ok' or the section the FormatError names."""
+def read_everything(path: Path, chunks: bool = True) -> str:
+    """Open, read and decode every chunk (unless not `chunks`) and every audio block; 'ok' or
+    the section the FormatError names."""
     try:
         with ContainerReader(path) as reader:
-            for rec in reader.chunks():
+            for rec in reader.chunks() if chunks else ():
                 decode_chunk(reader.header, rec, TABLES)
+            AudioReader(reader).read_span(0, reader.header.frames)
     except FormatError as e:
         return str(e).split(":")[0].split(" ")[0]
     return "ok"
@@ -310,3 +390,40 @@ def test_damaged_token_files_raise_format_error_and_nothing_else(
         assert time.perf_counter() - start < 1.0, what
     # Faults reach the archive, the header fields and the chunks' values.
     assert {"token file", "indices", "keep", "fsq", "model"} <= {o.split("_")[0] for o in outcomes}
+
+
+def test_damaged_audio_records_raise_format_error_and_nothing_else(tmp_path: Path) -> None:
+    valid = tmp_path / "valid.itok"
+    data = make_valid_file(valid, "zstd", 256, audio=True)
+    assert read_everything(valid) == "ok"
+    with ContainerReader(valid) as reader:
+        audio_start = reader.side_span[0]
+        assert len(AudioReader(reader).tracks) == 2
+    numbers, payloads = audio_layout(valid)
+    rng = np.random.default_rng(SEED)
+    # The chunks' damage is covered above: here truncations and bit flips inside the audio
+    # section, and its fields and packet data (`mutations` adds flips anywhere: dropped).
+    cases = [(f"truncate at {n}", data[:n]) for n in range(audio_start, len(data))]
+    for _ in range(400):
+        out = bytearray(data)
+        for bit in rng.integers(8 * audio_start, 8 * len(data), rng.integers(1, 5)):
+            out[bit // 8] ^= 1 << (bit % 8)
+        cases.append(("audio bit flips", bytes(out)))
+    cases += [
+        (what, damaged)
+        for what, damaged in mutations(data, numbers, payloads, rng)
+        if what.startswith(("field", "payload"))
+    ]
+    assert len(cases) >= 1000
+    target = tmp_path / "damaged.itok"
+    outcomes: Counter[str] = Counter()
+    for what, damaged in cases:
+        target.write_bytes(damaged)
+        start = time.perf_counter()
+        try:
+            outcomes[read_everything(target, chunks=False)] += 1
+        except Exception as e:
+            raise AssertionError(f"{what}: {type(e).__name__}: {e}") from e
+        assert time.perf_counter() - start < 1.0, what
+    # The audio checks behind the CRCs are reached, not only the checksums.
+    assert outcomes["audio"] > 500
