@@ -1,15 +1,17 @@
 """The ``context`` token coder: FSQ indices predicted from their neighbours in space, in time
 and across chunks, with adaptive integer counts on a range coder.
 
-A chunk's kept tokens are coded latent frame by latent frame, row by row; the kept tokens of a
-row go to the range coder together (vectorised), so every context is built from tokens of
-earlier rows, earlier latent frames and earlier chunks only. For each token:
+A chunk's kept tokens are coded latent frame by latent frame, row by row, and in each row
+those at even ``x``, then those at odd ``x``; each such batch goes to the range coder together
+(vectorised), so every context is built from tokens of earlier batches, latent frames and
+chunks only. For each token:
 
-1. A *selection* symbol says which of six candidates it equals, or none: its *reference* (the
-   latest token kept at its position, in this chunk or the chunks before it back to the key
-   chunk, else the nearest kept token above it in its latent frame), the token right above it,
-   the latest tokens at its left and right neighbours' positions (motion), and the tokens above
-   left and above right. Candidates that are missing or repeat an earlier one are excluded.
+1. A *selection* symbol says which of eight candidates it equals, or none: its *reference*
+   (the latest token kept at its position, in this chunk or the chunks before it back to the
+   key chunk, else the nearest kept token above it in its latent frame), the token right above
+   it, its left and right neighbours (known to odd ``x``), the latest tokens at those
+   neighbours' positions (motion), and the tokens above left and above right. Candidates that
+   are missing or repeat an earlier one are excluded.
 2. For *none*, the token's FSQ digits follow, each in the context of its reference's digit,
    whether the digits so far match the reference's (and how many do not), the token's previous
    digit, and whether the kept token above changed that digit from its own reference.
@@ -48,7 +50,7 @@ FLOOR = 4
 """The least count of any symbol in a context."""
 STEP = 16
 """What one coded symbol adds to its count."""
-SLOTS = 6
+SLOTS = 8
 """Candidates per token; selection symbol ``SLOTS`` means none of them."""
 SELECT_CONTEXTS = 4
 FEATURES = 9
@@ -151,75 +153,75 @@ def _weights(counts: np.ndarray) -> np.ndarray:
     return (weights - 1).astype(np.float64)
 
 
-def _adapt(counts: np.ndarray, ctx: tuple[np.ndarray, ...], symbols: np.ndarray) -> None:
-    """Add `STEP` per coded symbol to its context, then halve every touched context whose total
-    passed `LIMIT` (``max((n + 1) >> 1, FLOOR)``) until it no longer does."""
-    level = counts.shape[-1]
-    rows = counts.reshape(-1, level)
-    flat = np.ravel_multi_index(ctx, counts.shape[:-1])
-    rows.reshape(-1)[:] += STEP * np.bincount(flat * level + symbols, minlength=rows.size)
-    touched = np.unique(flat)
-    for context in touched[rows[touched].sum(axis=1) > LIMIT]:
-        while rows[context].sum() > LIMIT:
-            rows[context] = np.maximum((rows[context] + 1) >> 1, FLOOR)
-
-
-def _shift(row: np.ndarray, xs: np.ndarray, dx: int) -> np.ndarray:
-    """``row[xs + dx]``, -1 outside the row."""
-    at = xs + dx
-    inside = (at >= 0) & (at < row.size)
-    return np.where(inside, row[np.clip(at, 0, row.size - 1)], -1)
+def _adapt(rows: np.ndarray, flat: np.ndarray, symbols: np.ndarray) -> None:
+    """Add `STEP` per coded symbol to its context's row of `rows` (``(contexts, L)``, contexts
+    `flat`), then halve every touched context whose total passed `LIMIT`
+    (``max((n + 1) >> 1, FLOOR)``) until it no longer does."""
+    np.add.at(rows, (flat, symbols), STEP)
+    full = flat[rows[flat].sum(axis=1) > LIMIT]
+    if full.size:
+        for context in np.unique(full):
+            while rows[context].sum() > LIMIT:
+                rows[context] = np.maximum((rows[context] + 1) >> 1, FLOOR)
 
 
 class _Rows:
-    """The coding order and the candidates of each row; encoder and decoder share it."""
+    """The coding order and the candidates of each batch; encoder and decoder share it."""
 
     def __init__(self, mask: np.ndarray, state: ContextState) -> None:
         self.mask, self.state = mask, state
         self.grid = np.full(mask.shape, -1, dtype=np.int64)
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-        """``(t, y, xs, candidates (n, SLOTS), above (n, 2))`` per row with kept positions;
-        ``above`` holds the nearest kept token above and its reference. The caller fills
-        ``grid[t, y, xs]`` before resuming."""
+        """``(t, y, xs, candidates (n, SLOTS), above (n, 2))`` per batch, in coding order: the
+        kept positions of a row at even ``x``, then at odd ``x`` (which see their left and right
+        neighbours); ``above`` holds the nearest kept token above and its reference. The
+        caller fills ``grid[t, y, xs]`` before resuming."""
         frames, height, width = self.mask.shape
-        latest = self.state.latest
+        # Rows padded with -1 on both sides: column x is entry x + 1, so x - 1 and x + 1 of
+        # any x in the row are entries x and x + 2.
+        latest = np.pad(self.state.latest, ((0, 0), (1, 1)), constant_values=-1)
         for t in range(frames):
             above = np.full(width, -1, dtype=np.int64)
             above_ref = np.full(width, -1, dtype=np.int64)
-            previous_row = np.full(width, -1, dtype=np.int64)
+            previous_row = np.full(width + 2, -1, dtype=np.int64)
             for y in range(height):
-                xs = np.flatnonzero(self.mask[t, y])
-                if not xs.size:
-                    previous_row = np.full(width, -1, dtype=np.int64)
-                    continue
-                earlier = latest[y, xs]
-                reference = np.where(earlier >= 0, earlier, above[xs])
-                candidates = np.stack(
-                    [
-                        reference,
-                        previous_row[xs],
-                        _shift(latest[y], xs, -1),
-                        _shift(latest[y], xs, 1),
-                        _shift(previous_row, xs, -1),
-                        _shift(previous_row, xs, 1),
-                    ],
-                    axis=1,
-                )
-                yield t, y, xs, candidates, np.stack([above[xs], above_ref[xs]], axis=1)
-                row = self.grid[t, y, xs]
-                previous_row = np.full(width, -1, dtype=np.int64)
-                previous_row[xs] = row
-                above[xs], above_ref[xs] = row, reference
-            latest = np.where(self.mask[t], self.grid[t], latest)
-        self.latest = latest
+                kept = np.flatnonzero(self.mask[t, y])
+                current = np.full(width + 2, -1, dtype=np.int64)
+                for xs in (kept[kept % 2 == 0], kept[kept % 2 == 1]):
+                    if not xs.size:
+                        continue
+                    earlier = latest[y, xs + 1]
+                    reference = np.where(earlier >= 0, earlier, above[xs])
+                    candidates = np.stack(
+                        [
+                            reference,
+                            previous_row[xs + 1],
+                            current[xs],
+                            current[xs + 2],
+                            latest[y, xs],
+                            latest[y, xs + 2],
+                            previous_row[xs],
+                            previous_row[xs + 2],
+                        ],
+                        axis=1,
+                    )
+                    yield t, y, xs, candidates, np.stack([above[xs], above_ref[xs]], axis=1)
+                    tokens = self.grid[t, y, xs]
+                    current[xs + 1] = tokens
+                    above[xs], above_ref[xs] = tokens, reference
+                previous_row = current
+            latest[:, 1:-1] = np.where(self.mask[t], self.grid[t], latest[:, 1:-1])
+        self.latest = latest[:, 1:-1]
+
+
+_EARLIER = np.tri(SLOTS, k=-1, dtype=bool)  # [j, k]: slot k comes before slot j
 
 
 def _available(candidates: np.ndarray) -> np.ndarray:
     """``(n, SLOTS + 1)`` bool: present candidates that repeat no earlier one, and *none*."""
-    available = candidates >= 0
-    for j in range(1, SLOTS):
-        available[:, j] &= ~(candidates[:, :j] == candidates[:, j : j + 1]).any(axis=1)
+    repeats = ((candidates[:, :, None] == candidates[:, None, :]) & _EARLIER).any(axis=2)
+    available = (candidates >= 0) & ~repeats
     return np.concatenate([available, np.ones((len(candidates), 1), dtype=bool)], axis=1)
 
 
@@ -271,19 +273,25 @@ def _code(
                 choice < SLOTS, candidates[np.arange(n), np.minimum(choice, SLOTS - 1)], -1
             )
         encoder.encode(choice.astype(np.int32), family, probabilities)
-        _adapt(state.select, (select_ctx,), choice)
+        _adapt(state.select, select_ctx, choice)
         rest = np.flatnonzero(choice == SLOTS)
         if rest.size:
+            known = np.concatenate(
+                [reference[rest], above[rest, 0], np.where(above[rest, 0] >= 0, above[rest, 1], -1)]
+            )
+            reference_digits, above_digits, above_reference = np.split(
+                _digit_digits(known, levels), 3
+            )
             tokens[rest] = _code_digits(
                 tables,
                 state,
-                None if decoder is None else decoder,
+                decoder,
                 encoder,
                 family,
                 tokens[rest],
-                _digit_digits(reference[rest], levels),
-                _digit_digits(above[rest, 0], levels),
-                _digit_digits(np.where(above[rest, 0] >= 0, above[rest, 1], -1), levels),
+                reference_digits,
+                above_digits,
+                above_reference,
             )
         rows.grid[t, y, xs] = tokens
     state.latest = rows.latest
@@ -315,24 +323,24 @@ def _code_digits(
     has_reference = reference[:, 0] >= 0
     matched = has_reference.copy()
     misses = np.zeros(n, dtype=np.int64)
+    # The change of the token above, per digit: 0 unknown, 1 kept its reference's, 2 changed.
+    change = np.where(above_reference[:, :1] < 0, 0, 1 + (above != above_reference))
     for i, level in enumerate(levels):
-        c = np.where(matched, 0, digits[:, i - 1]) if i else np.zeros(n, np.int64)
+        c = np.where(matched, 0, digits[:, i - 1]) if i else 0
         r = np.where(has_reference, reference[:, i], level)
-        change = np.where(
-            above_reference[:, 0] < 0, 0, np.where(above[:, i] == above_reference[:, i], 1, 2)
-        )
-        ctx = (c, r, matched.astype(np.int64), 3 * np.minimum(misses, 2) + change)
-        counts = state.digits[i]
-        probabilities = _weights(counts[ctx])
+        # Flat index of context (c, r, m, f) in counts of shape (C, level + 1, 2, FEATURES, L).
+        ctx = ((c * (level + 1) + r) * 2 + matched) * FEATURES + 3 * misses + change[:, i]
+        rows = state.digits[i].reshape(-1, level)
+        probabilities = _weights(rows[ctx])
         if decoder is not None:
             values = decoder.decode(family, probabilities).astype(np.int64)
             if values.min() < 0 or values.max() >= level:
                 raise FormatError(f"tokens: digit {i} value outside [0, {level})")
             digits[:, i] = values
         encoder.encode(digits[:, i].astype(np.int32), family, probabilities)
-        _adapt(counts, ctx, digits[:, i])
+        _adapt(rows, ctx, digits[:, i])
         missed = has_reference & (digits[:, i] != reference[:, i])
-        misses += missed
+        misses = np.minimum(misses + missed, 2)
         matched &= ~missed
     return digits_to_indices(digits, levels)
 
