@@ -48,7 +48,8 @@ from infotok_codec.lattice import lattice_count, lattice_mask, mask_is_implied
 CODERS = ("context", "adaptive", "range", "zstd")
 """Token coder names; ``context`` (`infotok_codec.context_coder`, the default) codes chunks in
 chains, so the container calls it directly and the functions here take the other three."""
-_CHUNK_CODERS = CODERS[1:]
+CHUNK_CODERS = CODERS[1:]
+"""The coders `encode_indices` and `decode_indices` take."""
 
 PRECISION_BITS = 24
 """Every frequency-table row sums to exactly ``2**PRECISION_BITS``: constriction's precision for
@@ -388,7 +389,7 @@ def check_coder(coder: str) -> None:
 
 def _check_chunk_coder(coder: str) -> None:
     check_coder(coder)
-    if coder not in _CHUNK_CODERS:
+    if coder not in CHUNK_CODERS:
         raise ValueError(f"coder {coder!r} codes chunks in chains: use infotok_codec.context_coder")
 
 

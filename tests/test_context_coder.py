@@ -137,7 +137,7 @@ def test_a_chunk_decoded_after_another_reference_is_a_format_error() -> None:
     second = code_stream(h, moving_grids(4, seed=5), keeps)
     chain = Chain()
     decode_chunk(h, second[0], TABLES, chain)
-    with pytest.raises(FormatError, match="chunk 1: tokens: .*broken reference chain"):
+    with pytest.raises(FormatError, match=r"chunk 1: tokens: .*broken reference chain"):
         decode_chunk(h, first[1], TABLES, chain)
 
 
@@ -175,3 +175,14 @@ def test_damaged_context_payloads_are_format_errors() -> None:
 def test_other_coders_refuse_a_key_interval() -> None:
     with pytest.raises(FormatError, match="key_interval 3 with coder 'adaptive'"):
         header(coder="adaptive", key_interval=3)
+
+
+def test_extreme_indices_round_trip() -> None:
+    k = TABLES.codebook_size
+    keep = np.ones((4, 6, 10), bool)
+    for grid in (np.zeros(keep.shape, np.int64), np.full(keep.shape, k - 1)):
+        data, _ = encode_tokens(grid[keep], keep, TABLES, None)
+        assert np.array_equal(decode_tokens(data, keep, TABLES, None)[0], grid[keep])
+    spread = np.arange(0, k, k // 240)[:240].reshape(keep.shape)
+    data, _ = encode_tokens(spread[keep], keep, TABLES, None)
+    assert np.array_equal(decode_tokens(data, keep, TABLES, None)[0], spread[keep])
