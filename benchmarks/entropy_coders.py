@@ -17,9 +17,14 @@ have no neighbours worth the name: ``adaptive`` sees the whole sample as one fra
 there is nothing to learn.
 
 Dev tokens (``--dev``, default ``../shared/data/dev`` when present): the real case. The shipped
-model's tokens of each dev clip (first 16 frames, short side 256, centre crop 256x256: one
-chunk), at full rate and at rate 0.5 (the ``fixed`` router's positions, encoded knowing the
-mask), coded by every coder: bytes, bits per kept token, milliseconds per chunk.
+model's tokens of each dev clip (first 32 and first 64 frames, short side 256, centre crop
+256x256: 16-frame chunks), at full rate and at rate 0.5 in every chunk (the ``fixed`` router's
+positions, encoded knowing the mask), coded chunk after chunk through the container by every
+coder (``context`` with the codec's default key interval of 2 s at the clip's frame rate):
+index and mask bytes per clip, bits per kept token, tokens per second encoding and decoding.
+Then each clip's 64-frame stream, written with ``context`` and with ``adaptive``, is decoded
+by `decode_file` (to .y4m, model on the CPU): the share of that wall time spent decoding
+tokens (`read_tokens` on the same file). A PNG beside the JSON plots the per-clip ratios.
 
 Masks: keep-masks of the paper's rule (keep the highest ``rate`` fraction of a smooth error map:
 Gaussian-blurred noise plus a little white noise), with no lattice given (the lattice part of
@@ -27,7 +32,7 @@ our routers' masks is not coded at all), bits per position of the context coder 
 run-lengths + zstd, packed bits + zstd, and the i.i.d. bound ``H(rate)``.
 
 Run: ``python benchmarks/entropy_coders.py --threads 2`` (writes
-benchmarks/results/entropy_coders.json).
+benchmarks/results/entropy_coders.json and .png).
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from importlib.metadata import version
 from pathlib import Path
 
@@ -48,8 +55,17 @@ import numpy as np
 import torch
 import zstandard
 
+from infotok_codec import context_coder
 from infotok_codec.bench import reference_frames
-from infotok_codec.codec import ChunkModel
+from infotok_codec.codec import (
+    KEY_SECONDS,
+    ChunkModel,
+    decode_file,
+    key_interval_chunks,
+    read_tokens,
+)
+from infotok_codec.container import ContainerWriter, Header, decode_chunk, encode_chunk
+from infotok_codec.context_coder import Chain
 from infotok_codec.entropy import (
     CODERS,
     ZSTD_LEVEL,
@@ -61,9 +77,9 @@ from infotok_codec.entropy import (
     encode_mask,
     indices_to_digits,
 )
-from infotok_codec.router import keep_count, select_positions
-from infotok_codec.tokenizer import load_model
-from infotok_codec.video import find_videos
+from infotok_codec.router import keep_count, lattice_share, select_positions
+from infotok_codec.tokenizer import LoadedModel, load_model
+from infotok_codec.video import find_videos, probe
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 CHUNK_SHAPE = (4, 32, 32)  # a 16-frame chunk of 256x256 video, in latent positions
@@ -151,6 +167,21 @@ def rate(fn: Callable[..., object], calls: list[tuple], symbols: int, repeats: i
     return symbols / best
 
 
+def _encode(indices: np.ndarray, coder: str, tables: FrequencyTables, mask: np.ndarray) -> bytes:
+    """One chunk by any coder; ``context`` as a key chunk."""
+    if coder == "context":
+        return context_coder.encode_tokens(indices, mask, tables, None)[0]
+    return encode_indices(indices, coder, tables, mask)
+
+
+def _decode(
+    data: bytes, count: int, coder: str, tables: FrequencyTables, mask: np.ndarray
+) -> np.ndarray:
+    if coder == "context":
+        return context_coder.decode_tokens(data, mask, tables, None)[0]
+    return decode_indices(data, count, coder, tables, mask)
+
+
 def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[TokenResult]:
     setups = [
         (
@@ -160,6 +191,7 @@ def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[Token
         ),
         ("range (conditional tables)", "range", FrequencyTables.fit(train, LEVELS)),
         ("adaptive (conditional prior)", "adaptive", FrequencyTables.fit(train, LEVELS)),
+        ("context (conditional prior)", "context", FrequencyTables.fit(train, LEVELS)),
         (f"zstd (level {ZSTD_LEVEL})", "zstd", FrequencyTables.uniform(LEVELS)),
     ]
     chunks = np.split(
@@ -171,9 +203,9 @@ def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[Token
     grid = np.ones(CHUNK_SHAPE, bool)
     results = []
     for name, coder, tables in setups:
-        data = encode_indices(test, coder, tables, row)
-        assert np.array_equal(decode_indices(data, len(test), coder, tables, row), test)
-        coded = [encode_indices(c, coder, tables, grid) for c in chunks]
+        data = _encode(test, coder, tables, row)
+        assert np.array_equal(_decode(data, len(test), coder, tables, row), test)
+        coded = [_encode(c, coder, tables, grid) for c in chunks]
         n_chunked = sum(len(c) for c in chunks)
         repeats = 1 if coder == "zstd" else 3  # level-19 zstd takes seconds per run
         results.append(
@@ -182,19 +214,19 @@ def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[Token
                 coder=name,
                 bits_per_index=8 * len(data) / len(test),
                 encode_symbols_per_s=rate(
-                    encode_indices, [(test, coder, tables, row)], len(test), repeats
+                    _encode, [(test, coder, tables, row)], len(test), repeats
                 ),
                 decode_symbols_per_s=rate(
-                    decode_indices, [(data, len(test), coder, tables, row)], len(test)
+                    _decode, [(data, len(test), coder, tables, row)], len(test)
                 ),
                 chunked_encode_symbols_per_s=rate(
-                    encode_indices,
+                    _encode,
                     [(c, coder, tables, grid) for c in chunks],
                     n_chunked,
                     repeats,
                 ),
                 chunked_decode_symbols_per_s=rate(
-                    decode_indices,
+                    _decode,
                     [(d, CHUNK_INDICES, coder, tables, grid) for d in coded],
                     n_chunked,
                 ),
@@ -204,64 +236,267 @@ def bench_tokens(source: str, train: np.ndarray, test: np.ndarray) -> list[Token
 
 
 @dataclass
-class DevTokenResult:
-    rate: float
+class DevClipResult:
+    """One dev clip's tokens (first `frames` frames) coded by one coder, chunk after chunk."""
+
+    clip: str
+    frames: int
+    """The setting: the first 32 or 64 frames."""
+    coded_frames: int
+    """Frames coded: `frames`, or fewer where the clip is shorter."""
+    budget: float
     coder: str
-    clips: int
+    key_interval: int
+    """Chunks from one key chunk to the next (the codec's default of 2 s at the clip's rate)."""
     tokens: int
-    bytes: int
+    index_bytes: int
+    mask_bytes: int
     bits_per_token: float
-    encode_ms_per_chunk: float
-    decode_ms_per_chunk: float
+    """(index + mask bytes) * 8 / kept tokens."""
+    encode_s: float
+    decode_s: float
 
 
-def dev_tokens(
-    folder: Path, engine: ChunkModel
-) -> dict[float, list[tuple[np.ndarray, np.ndarray]]]:
-    """Per rate, each dev clip's ``(kept indices, mask)``, as the codec makes them."""
-    out: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {1.0: [], 0.5: []}
+@dataclass
+class DevSummary:
+    frames: int
+    budget: float
+    coder: str
+    tokens: int
+    index_bytes: int
+    mask_bytes: int
+    bits_per_token: float
+    index_bits_per_token: float
+    mask_bits_per_token: float
+    bytes_vs_adaptive: float
+    """Index + mask bytes over ``adaptive``'s, all clips together."""
+    worst_clip_vs_adaptive: float
+    encode_tokens_per_s: float
+    decode_tokens_per_s: float
+
+
+@dataclass
+class DecodeShare:
+    """`infotok decode` of a dev clip's stream (64 frames, 256x256, to .y4m): wall time, the
+    time of its token decoding alone (`read_tokens`), and the share."""
+
+    clip: str
+    budget: float
+    coder: str
+    decode_s: float
+    tokens_s: float
+    share: float
+
+
+DEV_FRAMES = (32, 64)
+DEV_BUDGETS = (1.0, 0.5)
+CHUNK = 16
+
+
+@dataclass
+class DevClip:
+    name: str
+    fps: Fraction
+    grids: dict[float, list[np.ndarray]]
+    """Per budget, each chunk's indices ``(T', h, w)``, -1 where dropped."""
+
+
+def dev_tokens(folder: Path, engine: ChunkModel) -> list[DevClip]:
+    """Each dev clip's chunks (up to 64 frames at 256x256) as the codec makes them: full rate,
+    and rate 0.5 per chunk (the ``fixed`` router's positions, encoded knowing the mask)."""
+    clips = []
     for path in find_videos([folder]):
-        frames = reference_frames(path, 16, 256)
-        full = engine.tokens(frames)
-        out[1.0].append((full.ravel(), np.ones(full.shape, bool)))
-        error = engine.error_map(frames)
-        mask = select_positions("fixed", error, error.shape, keep_count(0.5, error.size))
-        out[0.5].append((engine.tokens(frames, mask)[mask], mask))
+        frames = reference_frames(path, max(DEV_FRAMES), 256)
+        grids: dict[float, list[np.ndarray]] = {1.0: [], 0.5: []}
+        for start in range(0, len(frames), CHUNK):
+            chunk = frames[start : start + CHUNK]
+            grids[1.0].append(engine.tokens(chunk))
+            error = engine.error_map(chunk)
+            mask = select_positions("fixed", error, error.shape, keep_count(0.5, error.size))
+            grids[0.5].append(np.where(mask, engine.tokens(chunk, mask), -1))
+        clips.append(DevClip(path.stem, probe(path).fps, grids))
+    return clips
+
+
+def _header(clip: DevClip, frames: int, budget: float, coder: str, model: LoadedModel) -> Header:
+    fps = clip.fps
+    return Header(
+        width=256,
+        height=256,
+        frames=frames,
+        fps_num=fps.numerator,
+        fps_den=fps.denominator,
+        chunk_frames=CHUNK,
+        latent_height=32,
+        latent_width=32,
+        model_name=model.name,
+        model_hash=model.sha256,
+        fsq_levels=model.tokenizer.config.levels,
+        coder=coder,
+        router="fixed",
+        budget=budget,
+        lattice_share=lattice_share("fixed"),
+        key_interval=key_interval_chunks(KEY_SECONDS, fps, CHUNK, coder),
+    )
+
+
+def code_clip(
+    clip: DevClip,
+    frames: int,
+    budget: float,
+    coder: str,
+    model: LoadedModel,
+    tables: FrequencyTables,
+) -> DevClipResult:
+    grids = clip.grids[budget][: -(-frames // CHUNK)]
+    header = _header(clip, min(frames, CHUNK * len(grids)), budget, coder, model)
+    started = time.perf_counter()
+    chain, records = Chain(), []
+    for k, grid in enumerate(grids):
+        keep = grid >= 0
+        records.append(encode_chunk(header, k, keep, grid[keep], tables, chain))
+    encode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    chain = Chain()
+    for grid, record in zip(grids, records, strict=True):
+        keep, indices = decode_chunk(header, record, tables, chain)
+        assert np.array_equal(keep, grid >= 0) and np.array_equal(indices, grid[keep])
+    decode_s = time.perf_counter() - started
+    tokens = sum(int((g >= 0).sum()) for g in grids)
+    index_bytes = sum(len(r.tokens) for r in records)
+    mask_bytes = sum(len(r.mask) for r in records)
+    return DevClipResult(
+        clip=clip.name,
+        frames=frames,
+        coded_frames=header.frames,
+        budget=budget,
+        coder=coder,
+        key_interval=header.key_interval,
+        tokens=tokens,
+        index_bytes=index_bytes,
+        mask_bytes=mask_bytes,
+        bits_per_token=8 * (index_bytes + mask_bytes) / tokens,
+        encode_s=encode_s,
+        decode_s=decode_s,
+    )
+
+
+def summarise(results: list[DevClipResult]) -> list[DevSummary]:
+    out = []
+    for frames in DEV_FRAMES:
+        for budget in DEV_BUDGETS:
+            rows = [r for r in results if r.frames == frames and r.budget == budget]
+            by_coder = {c: [r for r in rows if r.coder == c] for c in CODERS}
+            base = {r.clip: r.index_bytes + r.mask_bytes for r in by_coder["adaptive"]}
+            for coder, own in by_coder.items():
+                tokens = sum(r.tokens for r in own)
+                index = sum(r.index_bytes for r in own)
+                mask = sum(r.mask_bytes for r in own)
+                out.append(
+                    DevSummary(
+                        frames=frames,
+                        budget=budget,
+                        coder=coder,
+                        tokens=tokens,
+                        index_bytes=index,
+                        mask_bytes=mask,
+                        bits_per_token=8 * (index + mask) / tokens,
+                        index_bits_per_token=8 * index / tokens,
+                        mask_bits_per_token=8 * mask / tokens,
+                        bytes_vs_adaptive=(index + mask) / sum(base.values()),
+                        worst_clip_vs_adaptive=max(
+                            (r.index_bytes + r.mask_bytes) / base[r.clip] for r in own
+                        ),
+                        encode_tokens_per_s=tokens / sum(r.encode_s for r in own),
+                        decode_tokens_per_s=tokens / sum(r.decode_s for r in own),
+                    )
+                )
     return out
 
 
-def bench_dev_tokens(folder: Path) -> list[DevTokenResult]:
-    engine = ChunkModel(load_model(), "cpu")
-    tables = engine.tables
-    results = []
-    for keep, clips in dev_tokens(folder, engine).items():
-        for coder in CODERS:
-            coded = [encode_indices(i, coder, tables, m) for i, m in clips]
-            for data, (indices, mask) in zip(coded, clips, strict=True):
-                out = decode_indices(data, len(indices), coder, tables, mask)
-                assert np.array_equal(out, indices)
-            calls = [(i, coder, tables, m) for i, m in clips]
-            encode = rate(encode_indices, calls, len(clips))
-            decode = rate(
-                decode_indices,
-                [(d, len(i), coder, tables, m) for d, (i, m) in zip(coded, clips, strict=True)],
-                len(clips),
-            )
-            tokens = sum(len(i) for i, _ in clips)
-            size = sum(len(d) for d in coded)
-            results.append(
-                DevTokenResult(
-                    rate=keep,
-                    coder=coder,
-                    clips=len(clips),
-                    tokens=tokens,
-                    bytes=size,
-                    bits_per_token=8 * size / tokens,
-                    encode_ms_per_chunk=1000 / encode,
-                    decode_ms_per_chunk=1000 / decode,
+def decode_shares(
+    clips: list[DevClip], model: LoadedModel, tables: FrequencyTables, workdir: Path
+) -> list[DecodeShare]:
+    """Write each clip's 64-frame stream at each budget with `context` and `adaptive`, then
+    time `decode_file` (model on the CPU) against `read_tokens` on it."""
+    out = []
+    for clip in clips:
+        for budget in DEV_BUDGETS:
+            for coder in ("context", "adaptive"):
+                grids = clip.grids[budget]
+                header = _header(clip, CHUNK * len(grids), budget, coder, model)
+                path = workdir / f"{clip.name}.{coder}.itok"
+                chain = Chain()
+                with ContainerWriter(path, header) as writer:
+                    for k, grid in enumerate(grids):
+                        keep = grid >= 0
+                        writer.write_chunk(encode_chunk(header, k, keep, grid[keep], tables, chain))
+                started = time.perf_counter()
+                read_tokens(path, model)
+                tokens_s = time.perf_counter() - started
+                started = time.perf_counter()
+                decode_file(path, workdir / "out.y4m", model=model, device="cpu", force=True)
+                decode_s = time.perf_counter() - started
+                out.append(
+                    DecodeShare(clip.name, budget, coder, decode_s, tokens_s, tokens_s / decode_s)
                 )
-            )
-    return results
+    return out
+
+
+def bench_dev(folder: Path, workdir: Path) -> tuple[list[DevClipResult], list[DecodeShare]]:
+    model = load_model()
+    engine = ChunkModel(model, "cpu")
+    clips = dev_tokens(folder, engine)
+    results = [
+        code_clip(clip, frames, budget, coder, model, engine.tables)
+        for clip in clips
+        for frames in DEV_FRAMES
+        for budget in DEV_BUDGETS
+        for coder in CODERS
+    ]
+    return results, decode_shares(clips, model, engine.tables, workdir)
+
+
+def plot_dev(summary: list[DevSummary], results: list[DevClipResult], path: Path) -> None:
+    """Per clip and setting, context's index + mask bytes over adaptive's; bits per token by
+    coder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    clips = sorted({r.clip for r in results})
+    settings = [(f, b) for f in DEV_FRAMES for b in DEV_BUDGETS]
+    width = 0.8 / len(settings)
+    for j, (frames, budget) in enumerate(settings):
+        rows = {
+            (r.clip, r.coder): r.index_bytes + r.mask_bytes
+            for r in results
+            if r.budget == budget and r.frames == frames
+        }
+        ratios = [rows[clip, "context"] / rows[clip, "adaptive"] for clip in clips]
+        left.bar(
+            np.arange(len(clips)) + j * width, ratios, width, label=f"{frames} frames, {budget}"
+        )
+    left.axhline(0.85, color="k", lw=0.8, ls="--", label="0.85")
+    left.set_xticks(np.arange(len(clips)) + 0.4 - width / 2, clips, rotation=30, ha="right")
+    left.set(ylabel="context / adaptive bytes (index + mask)", ylim=(0.6, 1.0))
+    left.legend(fontsize=7)
+    for coder in CODERS:
+        points = [s for s in summary if s.coder == coder]
+        right.plot(
+            [f"{s.frames}f, {s.budget}" for s in points],
+            [s.bits_per_token for s in points],
+            "o-",
+            label=coder,
+        )
+    right.set(ylabel="bits per kept token (index + mask)", yscale="log")
+    right.legend(fontsize=8)
+    fig.suptitle("Token coders on the dev clips' tokens (shipped model, 256x256)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def blur(a: np.ndarray, sigma: float, axis: int) -> np.ndarray:
@@ -399,7 +634,21 @@ def main() -> None:
     mask_results = bench_masks(rng, args.mask_samples)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev_results = bench_dev_tokens(args.dev) if args.dev.is_dir() else []
+    dev_results: list[DevClipResult] = []
+    shares: list[DecodeShare] = []
+    if args.dev.is_dir():
+        with tempfile.TemporaryDirectory() as workdir:
+            dev_results, shares = bench_dev(args.dev, Path(workdir))
+    dev_summary = summarise(dev_results) if dev_results else []
+    share_summary = {
+        coder: {
+            "share": sum(x.tokens_s for x in own) / sum(x.decode_s for x in own),
+            "min": min(x.share for x in own),
+            "max": max(x.share for x in own),
+        }
+        for coder in ("context", "adaptive")
+        if (own := [x for x in shares if x.coder == coder])
+    }
 
     report = {
         "command": shlex.join(["python", *sys.argv]),
@@ -425,7 +674,10 @@ def main() -> None:
         "token_entropy": [asdict(e) for e in source_entropies],
         "tokens": [asdict(r) for r in token_results],
         "masks": [asdict(r) for r in mask_results],
-        "dev_tokens": [asdict(r) for r in dev_results],
+        "dev_summary": [asdict(r) for r in dev_summary],
+        "dev_clips": [asdict(r) for r in dev_results],
+        "decode_share": share_summary,
+        "decode_share_clips": [asdict(r) for r in shares],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -456,16 +708,26 @@ def main() -> None:
             f"{m.context_bits:8.3f} {m.runlength_zstd_bits:8.3f} {m.packbits_zstd_bits:9.3f} "
             f"{m.encode_ms:7.1f} {m.decode_ms:7.1f}"
         )
-    if dev_results:
+    if dev_summary:
+        plot = args.out.with_suffix(".png")
+        plot_dev(dev_summary, dev_results, plot)
         print(
-            f"\n{'dev tokens':12} {'coder':10} {'bytes':>8} {'bits/token':>10} {'enc ms':>7} "
-            f"{'dec ms':>7}   (per 16-frame 256x256 chunk)"
+            f"\n{'dev tokens':16} {'coder':9} {'bits/tok':>8} {'index':>6} {'mask':>6} "
+            f"{'vs adpt':>7} {'worst':>6} {'enc tok/s':>10} {'dec tok/s':>10}"
         )
-        for d in dev_results:
+        for d in dev_summary:
             print(
-                f"{'rate ' + str(d.rate):12} {d.coder:10} {d.bytes:8d} {d.bits_per_token:10.3f} "
-                f"{d.encode_ms_per_chunk:7.1f} {d.decode_ms_per_chunk:7.1f}"
+                f"{f'{d.frames} f, budget {d.budget}':16} {d.coder:9} {d.bits_per_token:8.3f} "
+                f"{d.index_bits_per_token:6.3f} {d.mask_bits_per_token:6.3f} "
+                f"{d.bytes_vs_adaptive:7.3f} {d.worst_clip_vs_adaptive:6.3f} "
+                f"{d.encode_tokens_per_s:10.0f} {d.decode_tokens_per_s:10.0f}"
             )
+        for coder, share in share_summary.items():
+            print(
+                f"{coder}: token decoding is {share['share']:.1%} of decode wall time "
+                f"(clips {share['min']:.1%} to {share['max']:.1%})"
+            )
+        print(f"wrote {plot}")
     print(f"\nwrote {args.out}")
 
 

@@ -141,8 +141,19 @@ def encode(
     model: ModelOption = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
     coder: Annotated[
-        str, typer.Option(help="Token coder: adaptive, range (static tables) or zstd.")
-    ] = "adaptive",
+        str,
+        typer.Option(
+            help="Token coder: context (sees the chunk before), adaptive, range (static "
+            "tables) or zstd."
+        ),
+    ] = "context",
+    key_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between key chunks, which decode alone (0: every chunk; context "
+            "coder only)."
+        ),
+    ] = 2.0,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -168,6 +179,8 @@ def encode(
         raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
     if coder not in CODERS:
         raise typer.BadParameter(f"--coder {coder!r}: choose one of {', '.join(CODERS)}")
+    if not 0.0 <= key_interval <= 3600.0:
+        raise typer.BadParameter(f"--key-interval {key_interval} outside [0, 3600] seconds")
     _set_threads(threads)
     if src.is_dir() and dst.suffix.lower() != ".itok":
         _encode_folder(
@@ -183,6 +196,7 @@ def encode(
                 threads=threads,
                 force=force,
                 audio=not no_audio,
+                key_interval=key_interval,
             ),
             as_json=as_json,
             quiet=quiet,
@@ -197,6 +211,7 @@ def encode(
             model=model,
             chunk_frames=chunk_frames,
             coder=coder,
+            key_interval=key_interval,
             device=device,
             force=force,
             audio=not no_audio,

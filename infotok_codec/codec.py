@@ -11,6 +11,7 @@ Memory stays flat however long the video is.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -27,6 +28,8 @@ from infotok_codec import router as routing
 from infotok_codec.audio import AudioReader, side_writer
 from infotok_codec.audio_io import AudioMuxer, read_source_audio
 from infotok_codec.container import (
+    CHAINING_CODERS,
+    KEY_INTERVAL_RANGE,
     ChunkRecord,
     ContainerReader,
     ContainerWriter,
@@ -34,6 +37,7 @@ from infotok_codec.container import (
     decode_chunk,
     encode_chunk,
 )
+from infotok_codec.context_coder import Chain
 from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.outputs import check_output
@@ -150,6 +154,24 @@ def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
 
 
 # -- encode ----------------------------------------------------------------------------------
+KEY_SECONDS = 2.0
+"""Default seconds between key chunks: seeking decodes at most this much extra token data."""
+
+
+def check_key_interval(seconds: float) -> None:
+    if not 0.0 <= seconds <= 3600.0:  # also rejects NaN
+        raise InfotokError(f"key interval {seconds} s outside [0, 3600]")
+
+
+def key_interval_chunks(seconds: float, fps: Fraction, chunk_frames: int, coder: str) -> int:
+    """Chunks from one key chunk to the next: ``seconds`` of video rounded to whole chunks, at
+    least 1 (0 s: every chunk a key). Coders that code every chunk alone have 1."""
+    if coder not in CHAINING_CODERS:
+        return 1
+    chunks = math.floor(Fraction(seconds) * fps / chunk_frames + Fraction(1, 2))
+    return min(max(chunks, 1), KEY_INTERVAL_RANGE[1])
+
+
 @dataclass
 class EncodeResult:
     path: Path
@@ -176,23 +198,34 @@ def encode_file(
     router: str = "elbo",
     model: LoadedModel | str | Path | None = None,
     chunk_frames: int = 16,
-    coder: str = "adaptive",
+    coder: str = "context",
+    key_interval: float = KEY_SECONDS,
     device: str = "auto",
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
 ) -> EncodeResult:
-    """Encode a video file into an `.itok` file at `budget` of the full-rate token count; with
-    `audio`, the source's audio streams are copied in as they are (`infotok_codec.audio`)."""
+    """Encode a video file into an `.itok` file at `budget` of the full-rate token count;
+    `key_interval` in seconds (`key_interval_chunks`); with `audio`, the source's audio streams
+    are copied in as they are (`infotok_codec.audio`)."""
     routing.check_router(router)
     routing.check_budget(budget)
     check_coder(coder)
+    check_key_interval(key_interval)
     check_output(Path(dst), force)
     with_error = routing.needs_error_map(router, budget)
     with Analysis(
         src, model, chunk_frames, device, with_error, Path(dst).parent, progress
     ) as pass1:
-        return pass1.write(dst, router=router, budget=budget, coder=coder, force=force, audio=audio)
+        return pass1.write(
+            dst,
+            router=router,
+            budget=budget,
+            coder=coder,
+            key_interval=key_interval,
+            force=force,
+            audio=audio,
+        )
 
 
 @dataclass
@@ -303,7 +336,8 @@ class Analysis:
         *,
         router: str = "elbo",
         budget: float = 0.8,
-        coder: str = "adaptive",
+        coder: str = "context",
+        key_interval: float = KEY_SECONDS,
         force: bool = False,
         counts: list[int] | None = None,
         audio: bool = True,
@@ -318,6 +352,7 @@ class Analysis:
         routing.check_router(router)
         routing.check_budget(budget)
         check_coder(coder)
+        check_key_interval(key_interval)
         if routing.needs_error_map(router, budget) and self._spill is None:
             raise InfotokError(f"router {router} needs an analysis with error maps")
         check_output(dst, force)
@@ -338,6 +373,7 @@ class Analysis:
             router=router,
             budget=budget,
             lattice_share=routing.lattice_share(router),
+            key_interval=key_interval_chunks(key_interval, info.fps, self.chunk_frames, coder),
         )
         started = time.perf_counter()
         positions = [c.positions for c in self.chunks]
@@ -350,6 +386,7 @@ class Analysis:
         started = time.perf_counter()
         # Demuxed before any chunk is coded, so a broken audio stream fails fast.
         side = side_writer(header, *read_source_audio(self.src)) if audio else None
+        chain = Chain()
         with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
             for k, (chunk, count, frames) in enumerate(
                 zip(self.chunks, counts, inputs, strict=True)
@@ -364,7 +401,9 @@ class Analysis:
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
                 indices = self.engine.tokens(frames, keep)
-                writer.write_chunk(encode_chunk(header, k, keep, indices[keep], self.engine.tables))
+                writer.write_chunk(
+                    encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
+                )
                 if self.progress:
                     self.progress("write", chunk.frames, info.frames)
             writer.close(side)
@@ -404,8 +443,10 @@ class DecodeResult:
     notes: list[str] = field(default_factory=list)  # what happened to the audio, one line each
 
 
-def _chunk_tokens(header: Header, rec: ChunkRecord, tables: FrequencyTables) -> ChunkTokens:
-    keep, kept = decode_chunk(header, rec, tables)
+def _chunk_tokens(
+    header: Header, rec: ChunkRecord, tables: FrequencyTables, chain: Chain
+) -> ChunkTokens:
+    keep, kept = decode_chunk(header, rec, tables, chain)
     indices = np.full(keep.shape, -1, dtype=np.int64)
     indices[keep] = kept
     return ChunkTokens(rec.index, rec.first_frame, rec.frames, indices, keep)
@@ -442,11 +483,18 @@ def parse_frame_range(
 def iter_tokens(
     reader: ContainerReader, tables: FrequencyTables, first: int = 0, stop: int | None = None
 ) -> Iterator[ChunkTokens]:
-    """Tokens of the chunks that overlap frames [first, stop), read through the seek index."""
+    """Tokens of the chunks that overlap frames [first, stop), read through the seek index.
+
+    Decoding starts at the last key chunk at or before the first of them: the chunks between
+    are decoded to tokens (their references) but not yielded."""
     header = reader.header
     stop = header.frames if stop is None else stop
-    for k in range(first // header.chunk_frames, -(-stop // header.chunk_frames)):
-        yield _chunk_tokens(header, reader.chunk(k), tables)
+    begin = first // header.chunk_frames
+    chain = Chain()
+    for k in range(header.key_before(begin), -(-stop // header.chunk_frames)):
+        chunk = _chunk_tokens(header, reader.chunk(k), tables, chain)
+        if k >= begin:
+            yield chunk
 
 
 def decode_file(

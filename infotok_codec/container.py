@@ -25,6 +25,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from infotok_codec import context_coder
+from infotok_codec.context_coder import Chain, ContextState
 from infotok_codec.entropy import (
     CODERS,
     FrequencyTables,
@@ -46,7 +48,11 @@ INDEX_TAG = b"INDX"
 VERSION = 4
 """The version this module writes; docs/FORMAT.md says when it changes."""
 READ_VERSIONS = (3, 4)
-"""The versions it reads: version 3 is version 4 without the side section."""
+"""Versions this module reads. Version 3 has no key interval (every chunk is a key chunk), no
+key flags in its index and no side section; its coders and their payloads are those of
+version 4."""
+CHAINING_CODERS = ("context",)
+"""Coders whose chunks may reference the chunk before (`Header.key_interval` above 1)."""
 
 DIM_RANGE = (1, 16384)
 FRAMES_RANGE = (1, 100_000_000)
@@ -57,6 +63,7 @@ reader allocates for one chunk whatever its payloads claim."""
 MODEL_HASH_BYTES = 32
 MAX_MODEL_NAME_BYTES = 255
 MAX_ROUTER_BYTES = 32
+KEY_INTERVAL_RANGE = (1, 65535)
 SPATIAL_STRIDE = 8
 TEMPORAL_STRIDE = 4
 
@@ -65,7 +72,11 @@ _PREAMBLE = struct.Struct("<4sHI")  # magic, version, header body length
 _HEADER_FIXED = struct.Struct("<5I3H32sdH")
 _RECORD_FIXED = struct.Struct("<4sIQIHII")  # tag, index, first_frame, frames, T', kept, mask len
 _INDEX_HEAD = struct.Struct("<4sI")  # tag, count
-_INDEX_ENTRY = np.dtype([("offset", "<u8"), ("first_frame", "<u8"), ("frames", "<u4")])
+_INDEX_ENTRY_V3 = np.dtype([("offset", "<u8"), ("first_frame", "<u8"), ("frames", "<u4")])
+_INDEX_ENTRY = np.dtype(
+    [("offset", "<u8"), ("first_frame", "<u8"), ("frames", "<u4"), ("flags", "u1")]
+)
+_KEY_FLAG = 1
 _FOOTER = struct.Struct("<QI4s")  # index offset, chunk count, magic
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
@@ -80,12 +91,13 @@ _MAX_HEADER_BODY = (
     + MAX_MODEL_NAME_BYTES
     + max(len(c) for c in CODERS)
     + MAX_ROUTER_BYTES
+    + _U16.size  # key_interval
 )
 _MIN_FILE = (
     _PREAMBLE.size
     + _U32.size
     + _INDEX_HEAD.size
-    + _INDEX_ENTRY.itemsize
+    + _INDEX_ENTRY_V3.itemsize
     + _U32.size
     + _FOOTER.size
     + _RECORD_OVERHEAD
@@ -122,6 +134,9 @@ class Header:
         lattice_share: in ``[0, 256]``: every chunk's keep-mask holds its lattice, the first
             ``lattice_count(kept, lattice_share)`` positions of the spread order
             (`infotok_codec.lattice`), which the mask payload does not code.
+        key_interval: chunk ``k`` is a *key chunk* when ``k % key_interval == 0``: it is coded
+            alone; any other chunk may reference the chunk before it (`CHAINING_CODERS` only;
+            1 for the others, and for version-3 files).
 
     Raises:
         FormatError: ``header: <field> ...`` for any value outside its range.
@@ -142,6 +157,7 @@ class Header:
     router: str
     budget: float
     lattice_share: int = 0
+    key_interval: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -207,6 +223,20 @@ class Header:
         if not 0.0 < self.budget <= 1.0:  # also rejects NaN
             raise FormatError(f"header: budget {self.budget!r} outside (0, 1]")
         _check_range("header", "lattice_share", self.lattice_share, 0, SHARE_DENOMINATOR)
+        _check_range("header", "key_interval", self.key_interval, *KEY_INTERVAL_RANGE)
+        if self.key_interval != 1 and self.coder not in CHAINING_CODERS:
+            raise FormatError(
+                f"header: key_interval {self.key_interval} with coder {self.coder!r}, "
+                "which codes every chunk alone (key_interval 1)"
+            )
+
+    def is_key(self, k: int) -> bool:
+        """Whether chunk ``k`` is a key chunk, decodable without the chunks before it."""
+        return k % self.key_interval == 0
+
+    def key_before(self, k: int) -> int:
+        """The last key chunk at or before chunk ``k``: where decoding chunk ``k`` starts."""
+        return k - k % self.key_interval
 
     @property
     def chunk_count(self) -> int:
@@ -299,6 +329,7 @@ def _encode_header(header: Header) -> bytes:
     for text in (header.model_name, header.coder, header.router):
         raw = text.encode("utf-8")
         body += _U16.pack(len(raw)) + raw
+    body += _U16.pack(header.key_interval)
     out = _PREAMBLE.pack(MAGIC, VERSION, len(body)) + bytes(body)
     return out + _U32.pack(_crc(out))
 
@@ -328,8 +359,9 @@ class _Cursor:
             raise FormatError(f"{self.section}: {field} is not UTF-8") from e
 
 
-def _decode_header(body: bytes) -> Header:
-    """Mirror of `_encode_header` for the body (between preamble and CRC)."""
+def _decode_header(body: bytes, version: int) -> Header:
+    """Mirror of `_encode_header` for the body (between preamble and CRC); a version-3 body
+    ends after ``router``."""
     cur = _Cursor(body, "header", "header")
     (
         width,
@@ -347,8 +379,13 @@ def _decode_header(body: bytes) -> Header:
     (count,) = cur.unpack(_U8, "fsq_levels count")
     levels = tuple(_U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
     model_name, coder, router = (cur.text(f) for f in ("model_name", "coder", "router"))
+    key_interval, last = 1, "router"
+    if version >= 4:
+        (key_interval,), last = cur.unpack(_U16, "key_interval"), "key_interval"
+    elif coder in CHAINING_CODERS:
+        raise FormatError(f"header: coder {coder!r} needs version 4, the file is version 3")
     if cur.pos != len(body):
-        raise FormatError(f"header: {len(body) - cur.pos} trailing bytes after router")
+        raise FormatError(f"header: {len(body) - cur.pos} trailing bytes after {last}")
     return Header(
         width=width,
         height=height,
@@ -365,6 +402,7 @@ def _decode_header(body: bytes) -> Header:
         router=router,
         budget=budget,
         lattice_share=lattice_share,
+        key_interval=key_interval,
     )
 
 
@@ -433,7 +471,7 @@ class ContainerWriter:
     def __init__(self, path: str | os.PathLike[str], header: Header) -> None:
         self.path = Path(path)
         self.header = header
-        self._entries: list[tuple[int, int, int]] = []  # offset, first_frame, frames
+        self._entries: list[tuple[int, int, int, int]] = []  # offset, first_frame, frames, flags
         self._tmp = Path(make_temp(self.path))
         self._file: BinaryIO | None = None
         try:
@@ -472,7 +510,8 @@ class ContainerWriter:
                 raise FormatError(f"chunk {rec.index}: {name} length {len(value)} exceeds u32")
         offset = file.tell()
         file.write(_encode_record(rec))
-        self._entries.append((offset, rec.first_frame, rec.frames))
+        flags = _KEY_FLAG if self.header.is_key(rec.index) else 0
+        self._entries.append((offset, rec.first_frame, rec.frames, flags))
 
     def close(self, side: Callable[[BinaryIO], None] | None = None) -> None:
         """Write the index, the side section and the footer and move the file into place.
@@ -596,7 +635,7 @@ class ContainerReader:
             raise FormatError(
                 f"header: CRC32 mismatch (stored {stored:08x}, computed {computed:08x})"
             )
-        return _decode_header(body_and_crc[:length])
+        return _decode_header(body_and_crc[:length], version)
 
     def _read_index(self) -> tuple[list[int], list[int]]:
         """Footer, then index; returns each chunk's offset and extent in bytes."""
@@ -616,7 +655,8 @@ class ContainerReader:
         expected = self.header.chunk_count
         if count != expected:
             raise FormatError(f"footer: chunk count {count}, header frames need {expected}")
-        index_size = _INDEX_HEAD.size + count * _INDEX_ENTRY.itemsize + _U32.size
+        entry = _INDEX_ENTRY if self.version >= 4 else _INDEX_ENTRY_V3
+        index_size = _INDEX_HEAD.size + count * entry.itemsize + _U32.size
         last_start = self.file_size - _FOOTER.size - index_size
         # Version 4 may hold a side section between the index and the footer; version 3 none.
         if index_offset > last_start or (self.version == 3 and index_offset != last_start):
@@ -643,7 +683,7 @@ class ContainerReader:
             raise FormatError(f"index: tag {tag!r} is not {INDEX_TAG!r}")
         if stored_count != count:
             raise FormatError(f"index: count {stored_count} is not the footer's {count}")
-        entries = np.frombuffer(data, dtype=_INDEX_ENTRY, count=count, offset=_INDEX_HEAD.size)
+        entries = np.frombuffer(data, dtype=entry, count=count, offset=_INDEX_HEAD.size)
         # Vectorized so a long video's index is checked fast; each check reports its first
         # bad chunk. Offsets are checked against the file first, so later arithmetic on them
         # cannot overflow.
@@ -674,6 +714,16 @@ class ContainerReader:
                 f"index: chunk {k} covers frames {entries['first_frame'][k]}"
                 f"+{entries['frames'][k]}, header says {first[k]}+{frames[k]}"
             )
+        if self.version >= 4:
+            keys = np.arange(count) % self.header.key_interval == 0
+            wrong = np.flatnonzero(entries["flags"] != np.where(keys, _KEY_FLAG, 0))
+            if wrong.size:
+                k = int(wrong[0])
+                raise FormatError(
+                    f"index: chunk {k} has flags {int(entries['flags'][k])}, key interval "
+                    f"{self.header.key_interval} makes it {'a key' if keys[k] else 'a non-key'}"
+                    f" chunk (flags {_KEY_FLAG if keys[k] else 0})"
+                )
         return offsets.tolist(), (ends - offsets).tolist()
 
     def read_side(self, offset: int, n: int, section: str) -> bytes:
@@ -715,18 +765,25 @@ class ContainerReader:
 
 
 def encode_chunk(
-    header: Header, k: int, mask: np.ndarray, indices: np.ndarray, tables: FrequencyTables
+    header: Header,
+    k: int,
+    mask: np.ndarray,
+    indices: np.ndarray,
+    tables: FrequencyTables,
+    chain: Chain | None = None,
 ) -> ChunkRecord:
     """Code chunk ``k`` of a video into a record.
 
     Args:
-        header: the file header (dimensions, coder, FSQ levels).
+        header: the file header (dimensions, coder, FSQ levels, key interval).
         k: chunk number; its frames follow from `Header.chunk_span`.
         mask: ``header.mask_shape(frames)`` bool, True at kept positions; it must hold its
             lattice (``header.lattice_share``).
         indices: ``(mask.sum(),)`` integers in ``[0, K)``: the kept positions' FSQ indices in
             C order of the mask.
         tables: the model's frequency tables, for ``header.fsq_levels``.
+        chain: the coder's memory (`Chain`): needed for a non-key chunk, which must follow
+            chunk ``k - 1`` in it; left holding what chunk ``k + 1`` needs.
     """
     _check_tables(header, tables)
     first, frames = header.chunk_span(k)
@@ -736,42 +793,80 @@ def encode_chunk(
             f"chunk {k}: mask {mask.shape} with {len(indices)} indices; expected "
             f"mask {shape} and one index per kept position"
         )
-    return ChunkRecord(
+    start = _chain_start(header, k, chain)
+    end: ContextState | None = None
+    if header.coder == "context":
+        tokens, end = context_coder.encode_tokens(np.asarray(indices), mask, tables, start)
+    else:
+        tokens = encode_indices(indices, header.coder, tables, mask)
+    record = ChunkRecord(
         index=k,
         first_frame=first,
         frames=frames,
         latent_frames=shape[0],
         kept=len(indices),
-        mask=encode_mask(mask, header.lattice_share),
-        tokens=encode_indices(indices, header.coder, tables, mask),
+        mask=encode_mask(mask, header.lattice_share, _previous_mask(start)),
+        tokens=tokens,
     )
+    if chain is not None:
+        chain.next_chunk, chain.state = k + 1, end
+    return record
 
 
 def decode_chunk(
-    header: Header, rec: ChunkRecord, tables: FrequencyTables
+    header: Header, rec: ChunkRecord, tables: FrequencyTables, chain: Chain | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mirror of `encode_chunk`: ``(mask, indices)``, mask ``(T', h, w)`` bool and indices
-    ``(rec.kept,)`` int64 in ``[0, K)``.
+    ``(rec.kept,)`` int64 in ``[0, K)``. A non-key chunk needs the `chain` that decoded
+    chunk ``rec.index - 1`` (decoding starts at `Header.key_before`).
 
     Raises:
-        FormatError: ``chunk k: mask ...`` / ``chunk k: tokens ...`` for a damaged payload.
+        FormatError: ``chunk k: mask ...`` / ``chunk k: tokens ...`` for a damaged payload,
+            or one coded from another state than the chain's (a broken reference chain).
         ModelError: the tables are for other FSQ levels than the stream.
     """
     _check_tables(header, tables)
+    start = _chain_start(header, rec.index, chain)
+    end: ContextState | None = None
     try:
         # The tokens' size first: it bounds `kept`, and with it the mask's lattice, before the
         # mask decoder allocates a grid (its own size check covers only the coded positions).
-        check_indices_payload(rec.tokens, rec.kept, header.coder, tables)
+        if header.coder == "context":
+            context_coder.check_payload(rec.tokens, rec.kept, start)
+        else:
+            check_indices_payload(rec.tokens, rec.kept, header.coder, tables)
         mask = decode_mask(
             rec.mask,
             header.mask_shape(rec.frames),
             kept=rec.kept,
             lattice_share=header.lattice_share,
+            previous=_previous_mask(start),
         )
-        indices = decode_indices(rec.tokens, rec.kept, header.coder, tables, mask)
+        if header.coder == "context":
+            indices, end = context_coder.decode_tokens(rec.tokens, mask, tables, start)
+        else:
+            indices = decode_indices(rec.tokens, rec.kept, header.coder, tables, mask)
     except FormatError as e:
         raise FormatError(f"chunk {rec.index}: {e}") from e
+    if chain is not None:
+        chain.next_chunk, chain.state = rec.index + 1, end
     return mask, indices
+
+
+def _chain_start(header: Header, k: int, chain: Chain | None) -> ContextState | None:
+    """The state chunk ``k`` is coded from: None for a key chunk, else the chain's."""
+    if header.is_key(k):
+        return None
+    if chain is None or chain.next_chunk != k or chain.state is None:
+        raise ValueError(
+            f"chunk {k} is not a key chunk: code chunks {header.key_before(k)} to {k - 1} "
+            "first, with the same chain"
+        )
+    return chain.state
+
+
+def _previous_mask(start: ContextState | None) -> np.ndarray | None:
+    return None if start is None else start.last_mask
 
 
 def _check_tables(header: Header, tables: FrequencyTables) -> None:

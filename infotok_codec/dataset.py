@@ -26,7 +26,13 @@ import torch
 import torch.distributed as dist
 
 from infotok_codec import router as routing
-from infotok_codec.codec import as_model, check_chunk_frames, encode_file, resolve_device
+from infotok_codec.codec import (
+    KEY_SECONDS,
+    as_model,
+    check_chunk_frames,
+    encode_file,
+    resolve_device,
+)
 from infotok_codec.container import ContainerReader
 from infotok_codec.entropy import check_coder
 from infotok_codec.errors import FormatError, InfotokError, VideoError
@@ -151,6 +157,7 @@ class EncodeSettings:
     coder: str
     chunk_frames: int
     audio: bool = True  # the sources' audio copied in (`encode --no-audio`: False)
+    key_interval: float = KEY_SECONDS  # seconds between key chunks (`encode --key-interval`)
 
 
 class _Encoder:
@@ -188,6 +195,7 @@ class _Encoder:
                     coder=self.settings.coder,
                     chunk_frames=self.settings.chunk_frames,
                     audio=self.settings.audio,
+                    key_interval=self.settings.key_interval,
                     model=self.model,
                     device=self.device,
                     force=self.force,
@@ -233,7 +241,8 @@ def encode_dataset(
     router: str = "elbo",
     model: LoadedModel | str | Path | None = None,
     chunk_frames: int = 16,
-    coder: str = "adaptive",
+    coder: str = "context",
+    key_interval: float = KEY_SECONDS,
     device: str = "auto",
     threads: int | None = None,
     force: bool = False,
@@ -276,7 +285,7 @@ def encode_dataset(
     if chosen_threads is not None:
         torch.set_num_threads(chosen_threads)
     dst.mkdir(exist_ok=True)
-    settings = EncodeSettings(budget, router, coder, chunk_frames, audio)
+    settings = EncodeSettings(budget, router, coder, chunk_frames, audio, key_interval)
     encoder = _Encoder(src, dst, settings, loaded, device, force)
     claimed: dict[Path, Path] = {}
     owners = [claimed.setdefault(rel.with_suffix(STREAM_SUFFIX), rel) for rel in files]

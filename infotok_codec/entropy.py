@@ -1,13 +1,14 @@
 """Entropy coders for FSQ token indices and keep-masks.
 
-Three coders for the indices of kept positions (`CODERS`):
+Three coders for the indices of kept positions, each coding a chunk alone (the default,
+``context``, which also sees the chunk before, is `infotok_codec.context_coder`):
 
 - ``range``: a range coder (constriction's ``queue.RangeEncoder``) driven by static integer
   frequency tables (`FrequencyTables`) that ship with the model weights. An index is split into
   its FSQ digits; digit 0 is coded with one table, digit ``i > 0`` with the table selected by the
   value of digit ``i - 1`` (conditional tables; independent tables are the special case where
   every context holds the same row).
-- ``adaptive`` (the default): the same digits on the same range coder, coded row by row of
+- ``adaptive``: the same digits on the same range coder, coded row by row of
   the chunk's latent grid, each digit in a context of the token's previous digit, its
   *reference*'s digit (the token at the same position in the last latent frame that kept it,
   else the kept token above) and whether it has matched the reference so far; the contexts
@@ -44,7 +45,11 @@ import zstandard
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.lattice import lattice_count, lattice_mask, mask_is_implied
 
-CODERS = ("adaptive", "range", "zstd")
+CODERS = ("context", "adaptive", "range", "zstd")
+"""Token coder names; ``context`` (`infotok_codec.context_coder`, the default) codes chunks in
+chains, so the container calls it directly and the functions here take the other three."""
+CHUNK_CODERS = CODERS[1:]
+"""The coders `encode_indices` and `decode_indices` take."""
 
 PRECISION_BITS = 24
 """Every frequency-table row sums to exactly ``2**PRECISION_BITS``: constriction's precision for
@@ -333,7 +338,7 @@ def _is_nested_list(value: object, depth: int) -> bool:
 
 
 @contextmanager
-def _coder_errors(what: str) -> Iterator[None]:
+def coder_errors(what: str) -> Iterator[None]:
     """Turn anything the coding library raises on a bad payload into a FormatError.
 
     constriction reports Rust panics as pyo3's ``PanicException``, which derives from
@@ -349,14 +354,14 @@ def _coder_errors(what: str) -> Iterator[None]:
         raise FormatError(f"{what}: payload does not decode ({type(e).__name__}: {e})") from e
 
 
-def _words(data: bytes, what: str) -> np.ndarray:
+def range_words(data: bytes, what: str) -> np.ndarray:
     """A range-coder payload as its ``uint32`` words (stored little-endian)."""
     if len(data) % 4:
         raise FormatError(f"{what}: range payload length {len(data)} is not a multiple of 4")
     return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
-def _check_payload_bits(data: bytes, count: int, min_bits: float, what: str) -> None:
+def check_payload_bits(data: bytes, count: int, min_bits: float, what: str) -> None:
     """Reject a payload too short to hold ``count`` symbols of at least ``min_bits`` each,
     before the decoder allocates ``count`` of anything."""
     if count * min_bits * (1 - 1e-9) > 8 * len(data) + _RANGE_SLACK_BITS:
@@ -382,6 +387,12 @@ def check_coder(coder: str) -> None:
         raise InfotokError(f"unknown coder {coder!r}: choose one of {', '.join(CODERS)}")
 
 
+def _check_chunk_coder(coder: str) -> None:
+    check_coder(coder)
+    if coder not in CHUNK_CODERS:
+        raise ValueError(f"coder {coder!r} codes chunks in chains: use infotok_codec.context_coder")
+
+
 def encode_indices(
     indices: np.ndarray, coder: str, tables: FrequencyTables, mask: np.ndarray | None = None
 ) -> bytes:
@@ -389,7 +400,7 @@ def encode_indices(
 
     Args:
         indices: ``(N,)`` integers in ``[0, K)``, ``K = tables.codebook_size``; ``N`` may be 0.
-        coder: one of `CODERS`.
+        coder: ``adaptive``, ``range`` or ``zstd``.
         tables: the model's frequency tables (``zstd`` uses only their levels).
         mask: ``(T', h, w)`` bool keep-mask with ``N`` True positions, `indices` in its C order;
             needed by ``adaptive`` (its contexts are the tokens' neighbours), ignored otherwise.
@@ -397,7 +408,7 @@ def encode_indices(
     Returns:
         The payload; ``b""`` when ``N == 0``.
     """
-    check_coder(coder)
+    _check_chunk_coder(coder)
     flat = _check_indices(indices, tables)
     if flat.size == 0:
         return b""
@@ -420,7 +431,7 @@ def decode_indices(
     Args:
         data: the payload, untrusted.
         count: the number of indices it holds (a chunk's ``kept``), >= 0.
-        coder: one of `CODERS`.
+        coder: as for `encode_indices`.
         tables: the same tables the encoder used.
         mask: as for `encode_indices` (``adaptive`` only), with `count` True positions.
 
@@ -457,7 +468,7 @@ def check_indices_payload(data: bytes, count: int, coder: str, tables: Frequency
     Raises:
         FormatError: ``tokens: ...``.
     """
-    check_coder(coder)
+    _check_chunk_coder(coder)
     if count < 0:
         raise ValueError(f"count {count} is negative")
     if count == 0:
@@ -469,7 +480,7 @@ def check_indices_payload(data: bytes, count: int, coder: str, tables: Frequency
         min_bits = (
             tables.min_bits_per_adaptive_index if coder == "adaptive" else tables.min_bits_per_index
         )
-        _check_payload_bits(data, count, min_bits, "tokens")
+        check_payload_bits(data, count, min_bits, "tokens")
 
 
 def _check_token_mask(mask: np.ndarray | None, count: int) -> np.ndarray:
@@ -515,8 +526,8 @@ def _range_decode(data: bytes, count: int, tables: FrequencyTables) -> np.ndarra
     """Mirror of `_range_encode`: ``(D, count)`` int32 digits (the payload's size already
     checked by `check_indices_payload`)."""
     columns = np.zeros((len(tables.levels), count), dtype=np.int32)
-    with _coder_errors("tokens"):
-        decoder = constriction.stream.queue.RangeDecoder(_words(data, "tokens"))
+    with coder_errors("tokens"):
+        decoder = constriction.stream.queue.RangeDecoder(range_words(data, "tokens"))
         for i, (level, models) in enumerate(zip(tables.levels, tables._models, strict=True)):
             for positions, context in _digit_groups(columns, i, len(models)):
                 values = decoder.decode(models[context], positions.size)
@@ -674,8 +685,8 @@ def _adaptive_decode(
     data: bytes, mask: np.ndarray, tables: FrequencyTables
 ) -> tuple[np.ndarray, bytes]:
     """Mirror of `_adaptive_encode`: the kept indices, and what they re-encode to."""
-    with _coder_errors("tokens"):
-        decoder = constriction.stream.queue.RangeDecoder(_words(data, "tokens"))
+    with coder_errors("tokens"):
+        decoder = constriction.stream.queue.RangeDecoder(range_words(data, "tokens"))
         return _adaptive_code(mask, tables, decoder=decoder)
 
 
@@ -695,7 +706,7 @@ def _zstd_encode(indices: np.ndarray, tables: FrequencyTables) -> bytes:
 
 def _zstd_frame_check(data: bytes, count: int, tables: FrequencyTables) -> None:
     expected = count * _zstd_width(tables)
-    with _coder_errors("tokens"):
+    with coder_errors("tokens"):
         params = zstandard.get_frame_parameters(data)
     if params.content_size != expected:
         raise FormatError(
@@ -712,7 +723,7 @@ def _zstd_decode(data: bytes, count: int, tables: FrequencyTables) -> np.ndarray
     then refuses to write more), carry a checksum, and be the whole payload."""
     width = _zstd_width(tables)
     expected = count * width
-    with _coder_errors("tokens"):
+    with coder_errors("tokens"):
         stream = zstandard.ZstdDecompressor().decompressobj()
         raw = stream.decompress(data)
         complete, unused = stream.eof, stream.unused_data
@@ -742,14 +753,25 @@ class _MaskModel:
     each wavefront and are halved while ``a0 + a1`` exceeds ``2 * _MASK_COUNT_LIMIT``.
     """
 
-    def __init__(self, shape: tuple[int, int, int], known: np.ndarray, given: np.ndarray) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        known: np.ndarray,
+        given: np.ndarray,
+        previous: np.ndarray | None = None,
+    ) -> None:
         """`known`: the grid as far as it is known before coding (the whole mask when
-        encoding, the `given` positions when decoding); `given`: positions not coded."""
+        encoding, the `given` positions when decoding); `given`: positions not coded;
+        `previous`: ``(h, w)`` bool, the mask of the latent frame before the first (the
+        chunk before's last, for a chained chunk), else all 0."""
         frames, height, width = shape
         # Padded copy, flattened: grid[t + 1, y + 1, x + 1] is position (t, y, x) and the
-        # border stays 0; positions are addressed by their flat index into `self.flat`.
+        # border stays 0 (frame 0 of it holds `previous`); positions are addressed by their
+        # flat index into `self.flat`.
         grid = np.zeros((frames + 1, height + 1, width + 2), dtype=np.int8)
         grid[1:, 1:, 1:-1] = known
+        if previous is not None:
+            grid[0, 1:, 1:-1] = previous
         coded = np.zeros(grid.shape, dtype=bool)
         coded[1:, 1:, 1:-1] = ~given
         self.flat, self.padded_shape = grid.reshape(-1), grid.shape
@@ -810,7 +832,9 @@ def _check_mask_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
-def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
+def encode_mask(
+    mask: np.ndarray, lattice_share: int = 0, previous: np.ndarray | None = None
+) -> bytes:
     """Code a keep-mask.
 
     Args:
@@ -818,6 +842,8 @@ def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
         lattice_share: the mask holds its lattice at this share (`infotok_codec.lattice`); those
             positions are not coded (the decoder computes them from the kept count) but serve
             as context.
+        previous: ``(h, w)`` bool, the last latent frame's mask of the chunk before, the
+            context of the first latent frame in a chained (non-key) chunk; None reads as 0.
 
     Returns:
         The payload; ``b""`` exactly when the kept count implies the mask
@@ -830,13 +856,19 @@ def encode_mask(mask: np.ndarray, lattice_share: int = 0) -> bytes:
     given = lattice_mask(shape, int(mask.sum()), lattice_share)
     if (given & ~mask).any():
         raise ValueError("mask drops positions of its lattice")
-    return _encode_mask(mask, given)
+    _check_previous(previous, shape)
+    return _encode_mask(mask, given, previous)
 
 
-def _encode_mask(mask: np.ndarray, given: np.ndarray) -> bytes:
+def _check_previous(previous: np.ndarray | None, shape: tuple[int, int, int]) -> None:
+    if previous is not None and (previous.dtype != np.bool_ or previous.shape != shape[1:]):
+        raise ValueError(f"previous mask must be {shape[1:]} bool")
+
+
+def _encode_mask(mask: np.ndarray, given: np.ndarray, previous: np.ndarray | None) -> bytes:
     if mask.all() or np.array_equal(mask, given):
         return b""
-    model = _MaskModel(mask.shape, mask, given)
+    model = _MaskModel(mask.shape, mask, given, previous)
     family = constriction.stream.model.Categorical(perfect=False)
     encoder = constriction.stream.queue.RangeEncoder()
     for positions, ctx in model.steps():
@@ -847,7 +879,12 @@ def _encode_mask(mask: np.ndarray, given: np.ndarray) -> bytes:
 
 
 def decode_mask(
-    data: bytes, shape: tuple[int, int, int], *, kept: int, lattice_share: int = 0
+    data: bytes,
+    shape: tuple[int, int, int],
+    *,
+    kept: int,
+    lattice_share: int = 0,
+    previous: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mirror of `encode_mask`.
 
@@ -856,6 +893,7 @@ def decode_mask(
         shape: ``(T', h, w)``, from the container header and chunk record.
         kept: the number of kept positions (chunk record), untrusted.
         lattice_share: as for `encode_mask` (header).
+        previous: as for `encode_mask`.
 
     Returns:
         ``shape`` bool with exactly `kept` True positions.
@@ -865,6 +903,7 @@ def decode_mask(
             ``shape``, `kept` and `lattice_share`.
     """
     dims = _check_mask_shape(shape)
+    _check_previous(previous, dims)
     total = math.prod(dims)
     if not 0 <= kept <= total:
         raise FormatError(f"mask: kept {kept} outside [0, {total}]")
@@ -879,12 +918,12 @@ def decode_mask(
         return lattice_mask(dims, kept, lattice_share)
     # Size check before anything of `shape` is allocated, the lattice included.
     coded = total - lattice_count(kept, lattice_share)
-    _check_payload_bits(data, coded, _MASK_MIN_BITS, "mask")
+    check_payload_bits(data, coded, _MASK_MIN_BITS, "mask")
     given = lattice_mask(dims, kept, lattice_share)
-    model = _MaskModel(dims, given, given)
+    model = _MaskModel(dims, given, given, previous)
     family = constriction.stream.model.Categorical(perfect=False)
-    with _coder_errors("mask"):
-        decoder = constriction.stream.queue.RangeDecoder(_words(data, "mask"))
+    with coder_errors("mask"):
+        decoder = constriction.stream.queue.RangeDecoder(range_words(data, "mask"))
         for positions, ctx in model.steps():
             bits = decoder.decode(family, model.table[ctx]).astype(np.int64)
             if bits.min() < 0 or bits.max() > 1:
@@ -894,6 +933,6 @@ def decode_mask(
     if int(mask.sum()) != kept:
         raise FormatError(f"mask: keeps {int(mask.sum())} positions, kept is {kept}")
     # As for indices: only a payload that re-encodes to itself is accepted.
-    if _encode_mask(mask, given) != data:
+    if _encode_mask(mask, given, previous) != data:
         raise FormatError("mask: payload is damaged (it does not re-encode to itself)")
     return mask

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from infotok_codec.codec import EncodeResult, Progress, load_tables
 from infotok_codec.container import ContainerWriter, encode_chunk
+from infotok_codec.context_coder import Chain
 from infotok_codec.errors import InfotokError
 from infotok_codec.outputs import check_output
 from infotok_codec.tokenizer import LoadedModel
@@ -48,10 +49,13 @@ def pack_file(
             )
         tables = load_tables(header, model)
         counts, positions = [], []
+        chain = Chain()  # the context coder's state, carried from chunk to chunk as encode does
         with ContainerWriter(dst, header) as writer:
             for chunk in source.chunks():
                 kept = chunk.indices[chunk.keep]
-                writer.write_chunk(encode_chunk(header, chunk.index, chunk.keep, kept, tables))
+                writer.write_chunk(
+                    encode_chunk(header, chunk.index, chunk.keep, kept, tables, chain)
+                )
                 counts.append(len(kept))
                 positions.append(chunk.keep.size)
                 if progress:

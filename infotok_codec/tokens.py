@@ -57,6 +57,10 @@ HEADER_KEYS = (
     "budget",
     "lattice_share",
 )
+OPTIONAL_KEYS = ("key_interval",)
+"""Header keys a token file may leave out: `key_interval` (chunks; default 1, every chunk a key
+chunk) is how the stream was coded, which `pack` needs to give the same bytes, not what the
+tokens are."""
 CHUNK_KEYS = ("indices", "keep", "first_frame")
 _CHUNK_KEY = re.compile(r"(indices|keep|first_frame)_(0|[1-9][0-9]{0,8})")
 
@@ -149,6 +153,7 @@ def _header_arrays(header: Header) -> dict[str, np.ndarray]:
         "router": np.array(header.router),
         "budget": np.array(header.budget, dtype=np.float64),
         "lattice_share": np.array(header.lattice_share, dtype=np.int64),
+        "key_interval": np.array(header.key_interval, dtype=np.int64),
     }
 
 
@@ -339,7 +344,7 @@ class TokenReader:
         for name in self._members:
             key = name.removesuffix(".npy")
             match = _CHUNK_KEY.fullmatch(key)
-            if name == key or (key not in HEADER_KEYS and match is None):
+            if name == key or (key not in HEADER_KEYS + OPTIONAL_KEYS and match is None):
                 raise FormatError(f"token file: unknown member {name[:60]!r}")
             keys.add(key)
             if match is not None:
@@ -444,6 +449,9 @@ class TokenReader:
             router=self._text("router"),
             budget=budget,
             lattice_share=int(self._int("lattice_share")),
+            key_interval=(
+                int(self._int("key_interval")) if "key_interval.npy" in self._members else 1
+            ),
         )
 
     @property

@@ -14,9 +14,10 @@ import av
 import numpy as np
 import pytest
 
+from infotok_codec.container import ContainerReader
 from infotok_codec.video import probe
 
-from helpers import assert_one_line_error, infotok
+from helpers import assert_one_line_error, infotok, read_all
 
 
 def only(folder: Path) -> list[str]:
@@ -115,8 +116,43 @@ def test_output_that_is_a_folder_is_refused_even_with_force(
 
 def test_unknown_coder_is_a_usage_error(tmp_path: Path, clip) -> None:
     run = infotok("encode", clip(frames=4), tmp_path / "o.itok", "--coder", "lzma")
-    assert_one_line_error(run, 2, "--coder 'lzma'", "adaptive")
+    assert_one_line_error(run, 2, "--coder 'lzma'", "context", "adaptive")
     assert not (tmp_path / "o.itok").exists()
+
+
+def test_a_negative_key_interval_is_a_usage_error(tmp_path: Path, clip) -> None:
+    run = infotok("encode", clip(frames=4), tmp_path / "o.itok", "--key-interval", "-1")
+    assert_one_line_error(run, 2, "--key-interval -1.0 outside [0, 3600]")
+    assert not (tmp_path / "o.itok").exists()
+
+
+def test_encoding_with_one_or_two_threads_writes_the_same_file(
+    tmp_path: Path, tiny_model: Path, clip
+) -> None:
+    src = clip(frames=40)  # 25 fps: the default key interval (2 s) is 3 chunks
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}.itok"
+        run = infotok("encode", src, out, "--model", tiny_model, "--threads", threads, "--quiet")
+        assert run.returncode == 0, run.stderr
+    with ContainerReader(tmp_path / "t1.itok") as reader:
+        assert reader.header.coder == "context" and reader.header.key_interval == 3
+    assert (tmp_path / "t1.itok").read_bytes() == (tmp_path / "t2.itok").read_bytes()
+
+
+def test_decoding_frames_from_a_non_key_chunk_gives_the_full_decodes_frames(
+    tmp_path: Path, tiny_model: Path, clip
+) -> None:
+    out = tmp_path / "o.itok"
+    src = clip(frames=56)  # chunks 0-3, keys 0 and 3
+    run = infotok("encode", src, out, "--model", tiny_model, "--budget", "0.6", "--quiet")
+    assert run.returncode == 0, run.stderr
+    with ContainerReader(out) as reader:
+        assert not reader.header.is_key(1) and not reader.header.is_key(2)
+    for name, frames in (("full.mkv", []), ("part.mkv", ["--frames", "20:40"])):
+        run = infotok("decode", out, tmp_path / name, "--model", tiny_model, *frames)
+        assert run.returncode == 0, run.stderr
+    full, part = read_all(tmp_path / "full.mkv"), read_all(tmp_path / "part.mkv")
+    assert part.shape[0] == 20 and np.array_equal(part, full[20:40])
 
 
 def test_outputs_get_the_permissions_of_an_ordinary_file(

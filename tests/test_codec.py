@@ -233,17 +233,18 @@ def test_shipped_model_codes_the_sample_clip(tmp_path: Path) -> None:
 
 def test_every_token_coder_carries_the_same_tokens(tmp_path: Path) -> None:
     # The coders are lossless: same tokens, same video, whatever the coder; on real video the
-    # default adaptive coder's file is the smallest (its contexts see repeated tokens).
+    # default context coder's file is the smallest (it also sees the chunk before), then
+    # adaptive's (its contexts see repeated tokens).
     sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
     sizes = {}
     tokens = {}
-    for coder in ("adaptive", "range", "zstd"):
+    for coder in ("context", "adaptive", "range", "zstd"):
         out = tmp_path / f"{coder}.itok"
         encode_file(sample, out, budget=0.5, coder=coder)
         assert file_info(out).coder == coder
         sizes[coder] = out.stat().st_size
         tokens[coder] = read_tokens(out)
-    for coder in ("range", "zstd"):
-        for a, b in zip(tokens["adaptive"], tokens[coder], strict=True):
+    for coder in ("adaptive", "range", "zstd"):
+        for a, b in zip(tokens["context"], tokens[coder], strict=True):
             assert np.array_equal(a.indices, b.indices) and np.array_equal(a.keep, b.keep)
-    assert sizes["adaptive"] < sizes["zstd"] < sizes["range"]
+    assert sizes["context"] < sizes["adaptive"] < sizes["zstd"] < sizes["range"]

@@ -21,11 +21,13 @@ from infotok_codec.container import (
     decode_chunk,
     encode_chunk,
 )
+from infotok_codec.context_coder import Chain
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import FormatError, ModelError
 from infotok_codec.lattice import mask_is_implied
 
 LEVELS = (8, 8, 8, 5, 5, 5)
+DATA = Path(__file__).parent / "data"
 
 
 def make_header(**changes: object) -> Header:
@@ -317,7 +319,7 @@ def test_tables_for_other_levels_are_a_model_error(valid) -> None:
     ("boundary", "message"),
     [
         ("header_body", "file: 10 bytes is too short"),
-        ("header_crc", "header: length 109 runs past end of file"),
+        ("header_crc", "header: length 111 runs past end of file"),
         ("chunk0", "footer: missing, the file ends 0 bytes after the header"),
         ("chunk1", "footer: magic .* \\(file truncated"),
         ("index", "footer: magic .* \\(file truncated"),
@@ -398,10 +400,10 @@ def test_index_offset_outside_the_file_is_named(valid) -> None:
     path = valid[0]
     index = sections(path)["index"]
     data = bytearray(path.read_bytes())
-    entry = index + 8 + 2 * 20
+    entry = index + 8 + 2 * 21
     data[entry : entry + 8] = struct.pack("<Q", 10**9)
-    body = bytes(data[index : index + 8 + 5 * 20])
-    data[index + 8 + 5 * 20 : index + 12 + 5 * 20] = struct.pack("<I", zlib.crc32(body))
+    body = bytes(data[index : index + 8 + 5 * 21])
+    data[index + 8 + 5 * 21 : index + 12 + 5 * 21] = struct.pack("<I", zlib.crc32(body))
     path.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="index: offset 1000000000 of chunk 2 outside the file"):
         ContainerReader(path)
@@ -429,4 +431,67 @@ def test_not_an_itok_file(tmp_path: Path) -> None:
     path = tmp_path / "x.itok"
     path.write_bytes(b"\x00" * 200)
     with pytest.raises(FormatError, match="header: magic"):
+        ContainerReader(path)
+
+
+def test_the_index_marks_key_chunks_and_a_wrong_flag_is_named(tmp_path: Path) -> None:
+    header = make_header(coder="context", key_interval=2)
+    tables = FrequencyTables.uniform(LEVELS)
+    rng = np.random.default_rng(0)
+    chain = Chain()
+    path = tmp_path / "k.itok"
+    with ContainerWriter(path, header) as writer:
+        for k in range(header.chunk_count):
+            shape = header.mask_shape(header.chunk_span(k)[1])
+            indices = rng.integers(0, tables.codebook_size, int(np.prod(shape)))
+            writer.write_chunk(
+                encode_chunk(header, k, np.ones(shape, bool), indices, tables, chain)
+            )
+    with ContainerReader(path) as reader:
+        assert reader.header.key_interval == 2
+        assert [reader.header.is_key(k) for k in range(5)] == [True, False, True, False, True]
+        assert [reader.header.key_before(k) for k in range(5)] == [0, 0, 2, 2, 4]
+    index = sections(path)["index"]
+    data = bytearray(path.read_bytes())
+    assert [data[index + 8 + 21 * k + 20] for k in range(5)] == [1, 0, 1, 0, 1]
+    data[index + 8 + 21 * 1 + 20] = 1
+    body = bytes(data[index : index + 8 + 5 * 21])
+    data[index + 8 + 5 * 21 : index + 12 + 5 * 21] = struct.pack("<I", zlib.crc32(body))
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="index: chunk 1 has flags 1, key interval 2 makes it"):
+        ContainerReader(path)
+
+
+V3_DECODED = {
+    "adaptive": "af5723e62e7b10d3e4b99f93a91b2548d8ea1a67208e117d8b5bf1fea87761f7",
+    "range": "36975df2bcd355631cafc879df29d6c18cc236616abd3f6e3b03e97ae6af613a",
+    "zstd": "aaac64c45a3726441b4eb9b840cfdfe434bfef3008f062ebd77dae8293020cf6",
+}
+
+
+@pytest.mark.parametrize("coder", sorted(V3_DECODED))
+def test_version_3_streams_still_decode_bit_identically(coder: str) -> None:
+    """tests/data/v3_*.itok were written by the version-3 code (commit 9731558); the hashes
+    are of what that code decoded from them (packed masks, then indices as int64)."""
+    tables = FrequencyTables.from_json((DATA / "v3_tables.json").read_text())
+    with ContainerReader(DATA / f"v3_{coder}.itok") as reader:
+        assert reader.version == 3 and reader.header.key_interval == 1
+        digest = hashlib.sha256()
+        for rec in reader.chunks():
+            mask, indices = decode_chunk(reader.header, rec, tables)
+            digest.update(np.packbits(mask).tobytes())
+            digest.update(indices.astype("<i8").tobytes())
+    assert digest.hexdigest() == V3_DECODED[coder]
+
+
+def test_a_version_3_header_cannot_name_the_context_coder(tmp_path: Path) -> None:
+    data = bytearray((DATA / "v3_range.itok").read_bytes())
+    (length,) = struct.unpack_from("<I", data, 6)
+    body = bytes(data[10 : 10 + length]).replace(b"\x05\x00range", b"\x07\x00context")
+    header = data[:6] + struct.pack("<I", len(body)) + body
+    new = header + struct.pack("<I", zlib.crc32(bytes(header)))
+    path = tmp_path / "v3.itok"
+    # The records follow the header; only the header is read before the fault.
+    path.write_bytes(bytes(new) + bytes(data[14 + length :]))
+    with pytest.raises(FormatError, match="coder 'context' needs version 4"):
         ContainerReader(path)

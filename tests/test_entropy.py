@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infotok_codec.entropy import (
-    CODERS,
+    CHUNK_CODERS,
     PRECISION_BITS,
     FrequencyTables,
     decode_indices,
@@ -67,7 +67,7 @@ def scattered_mask(count: int, seed: int = 0) -> np.ndarray:
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=levels_and_indices(), coder=st.sampled_from(CODERS), fitted=st.booleans())
+@given(case=levels_and_indices(), coder=st.sampled_from(CHUNK_CODERS), fitted=st.booleans())
 def test_indices_round_trip(
     case: tuple[tuple[int, ...], np.ndarray], coder: str, fitted: bool
 ) -> None:
@@ -139,7 +139,7 @@ def test_default_levels_round_trip_extremes() -> None:
         np.arange(K),
     ):
         mask = scattered_mask(len(indices))
-        for coder in CODERS:
+        for coder in CHUNK_CODERS:
             data = encode_indices(indices, coder, FITTED, mask)
             assert np.array_equal(decode_indices(data, len(indices), coder, FITTED, mask), indices)
 
@@ -343,7 +343,7 @@ def test_lattices_and_lattice_masks_are_pinned() -> None:
     assert hashlib.sha256(encode_mask(mask, 192)).hexdigest()[:16] == "a0e485a183d89df0"
 
 
-@pytest.mark.parametrize("coder", CODERS)
+@pytest.mark.parametrize("coder", CHUNK_CODERS)
 def test_garbage_payload_is_a_format_error(coder: str) -> None:
     rng = np.random.default_rng(0)
     indices = skewed_indices(500)

@@ -4,8 +4,10 @@ Mutations of a small valid file (6 chunks): truncation at every byte (so at ever
 field boundary), random bit flips, random bytes in every length, count and offset field, and
 random bytes in the mask and token payloads. Length/offset and payload mutations are repeated
 with the enclosing CRC recomputed, so they get past the checksum and reach the structural
-checks and the entropy decoders behind it. A file with an audio track gets the same treatment
-over the audio section's records (blocks, directory, audio footer).
+checks and the entropy decoders behind it. The ``context`` coder's file has key and non-key
+chunks, decoded in a chain: a damaged chunk breaks the chain of the chunks after it. A file with
+an audio track gets the same treatment over the audio section's records (blocks, directory,
+audio footer).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from infotok_codec.container import (
     decode_chunk,
     encode_chunk,
 )
+from infotok_codec.context_coder import Chain
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import FormatError
 from infotok_codec.router import lattice_then_error
@@ -52,7 +55,7 @@ class Field:
     crc: tuple[int, int] | None
 
 
-def make_header(coder: str, lattice_share: int) -> Header:
+def make_header(coder: str, lattice_share: int, key_interval: int = 1) -> Header:
     return Header(
         width=40,
         height=20,
@@ -69,12 +72,14 @@ def make_header(coder: str, lattice_share: int) -> Header:
         router="elbo",
         budget=0.6,
         lattice_share=lattice_share,
+        key_interval=key_interval,
     )
 
 
 def make_valid_file(path: Path, coder: str, lattice_share: int, audio: bool = False) -> bytes:
     header = make_header(coder, lattice_share)
     rng = np.random.default_rng(SEED)
+    chain = Chain()
     with ContainerWriter(path, header) as writer:
         for k in range(header.chunk_count):
             shape = header.mask_shape(header.chunk_span(k)[1])
@@ -82,7 +87,7 @@ def make_valid_file(path: Path, coder: str, lattice_share: int, audio: bool = Fa
             count = total if k == 2 else int(0.6 * total)
             mask = lattice_then_error(rng.random(shape), shape, count, lattice_share)
             indices = rng.integers(0, 64000, int(mask.sum())) // 7
-            writer.write_chunk(encode_chunk(header, k, mask, indices, TABLES))
+            writer.write_chunk(encode_chunk(header, k, mask, indices, TABLES, chain))
         if audio:
             writer.close(side_writer(header, *audio_track(rng)))
     return path.read_bytes()
@@ -165,7 +170,12 @@ def layout(path: Path) -> tuple[list[Field], list[Field]]:
     data = path.read_bytes()
     (header_length,) = struct.unpack_from("<I", data, 6)
     header_crc = (0, 10 + header_length)
-    numbers = [Field(6, 4, header_crc), Field(8, 4, header_crc)]  # length; width (overlaps)
+    # length; width (overlaps); key_interval, the body's last field
+    numbers = [
+        Field(6, 4, header_crc),
+        Field(8, 4, header_crc),
+        Field(8 + header_length, 2, header_crc),
+    ]
     payloads = []
     with ContainerReader(path) as reader:
         offset = 14 + header_length
@@ -188,14 +198,15 @@ def layout(path: Path) -> tuple[list[Field], list[Field]]:
                 payloads.append(Field(offset + 34 + mask_length, tokens_length, crc))
             offset += size
         count = len(reader)
-    index_crc = (offset, offset + 8 + 20 * count)
+    index_crc = (offset, offset + 8 + 21 * count)
     numbers.append(Field(offset + 4, 4, index_crc))
     for k in range(count):
-        entry = offset + 8 + 20 * k
+        entry = offset + 8 + 21 * k
         numbers += [
             Field(entry, 8, index_crc),
             Field(entry + 8, 8, index_crc),
             Field(entry + 16, 4, index_crc),
+            Field(entry + 20, 1, index_crc),  # flags: the key flag
         ]
     numbers += [Field(len(data) - 16, 8, None), Field(len(data) - 8, 4, None)]
     return numbers, payloads
@@ -252,8 +263,9 @@ def read_everything(path: Path, chunks: bool = True) -> str:
     the section the FormatError names."""
     try:
         with ContainerReader(path) as reader:
+            chain = Chain()
             for rec in reader.chunks() if chunks else ():
-                decode_chunk(reader.header, rec, TABLES)
+                decode_chunk(reader.header, rec, TABLES, chain)
             AudioReader(reader).read_span(0, reader.header.frames)
     except FormatError as e:
         return str(e).split(":")[0].split(" ")[0]
@@ -261,21 +273,23 @@ def read_everything(path: Path, chunks: bool = True) -> str:
 
 
 @pytest.mark.parametrize(
-    ("coder", "lattice_share"),
+    ("coder", "lattice_share", "key_interval"),
     [
-        ("range", 0),
-        ("zstd", 0),
-        ("range", 192),
-        ("zstd", 256),
-        ("adaptive", 192),
-        ("adaptive", 256),
+        ("range", 0, 1),
+        ("zstd", 0, 1),
+        ("range", 192, 1),
+        ("zstd", 256, 1),
+        ("adaptive", 192, 1),
+        ("adaptive", 256, 1),
+        ("context", 192, 3),  # keys 0 and 3; chunk 2 keeps everything
+        ("context", 0, 1),
     ],
 )
 def test_damaged_files_raise_format_error_and_nothing_else(
-    tmp_path: Path, coder: str, lattice_share: int
+    tmp_path: Path, coder: str, lattice_share: int, key_interval: int
 ) -> None:
     valid = tmp_path / "valid.itok"
-    data = make_valid_file(valid, coder, lattice_share)
+    data = make_valid_file(valid, coder, lattice_share, key_interval)
     assert read_everything(valid) == "ok"
     numbers, payloads = layout(valid)
     cases = mutations(data, numbers, payloads, np.random.default_rng(SEED))
