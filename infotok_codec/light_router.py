@@ -59,7 +59,7 @@ class LightRouterHead(nn.Module):
     """Features `(B, dim, T', h, w)` → predicted log error `(B, T', h, w)`.
 
     A 1×1×1 projection, a 3×3 spatial conv (a position's error depends on its neighbours'
-    texture) and a 1×1×1 output; about 50k weights at dim 256, channels 64.
+    texture) and a 1×1×1 output; 53,441 weights at dim 256, channels 64.
     """
 
     def __init__(self, dim: int, channels: int = 64) -> None:
