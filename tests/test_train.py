@@ -21,7 +21,9 @@ from infotok_codec.train import TrainOptions, init_weights, reconstruction_loss,
 from helpers import TINY
 
 
-def test_twenty_steps_lower_the_loss_and_write_a_model_with_a_light_head(clip, tmp_path: Path) -> None:
+def test_twenty_steps_lower_the_loss_and_write_a_model_with_a_light_head(
+    clip, tmp_path: Path
+) -> None:
     src = clip(frames=40, width=96, height=80, name="train.mp4")
     out = tmp_path / "m.safetensors"
     report = train(
