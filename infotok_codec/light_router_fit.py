@@ -4,8 +4,8 @@ Cheap, and the network is left alone: the conv features and `elbo` error maps of
 training windows are computed once (one full-rate encode and decode each), then only the head is
 fitted to them (Adam on the squared error of log-errors). Routing reads the ranking of positions
 within a chunk and the chunks' mean errors, so the fit reports rank correlations on windows of
-held-out clips rather than the loss. `infotok train` fits a head at the end of a run;
-`refit_model_file` (`infotok fit-router`) fits one for an existing model file.
+held-out clips rather than the loss. `refit_model_file` (`infotok fit-router`) fits one for an
+existing model file.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ One process on a CPU, or one per GPU under `torchrun` (PyTorch DDP: DistributedS
 logging and checkpoints), under bf16 autocast where the hardware runs it natively (CUDA, CPUs
 with AVX512-BF16 or AMX). The schedule is set in wall-clock minutes, because that is the budget a
 CPU run has; checkpoints are written on a timer and `--resume` continues one.
-At the end the entropy coder's frequency tables and the `light` router's head are fitted on
-training windows and stored, with the config, the recipe and a hash of the data manifest, in one
-safetensors file.
+At the end the entropy coder's frequency tables are fitted on training tokens and stored, with the
+config, the recipe and a hash of the data manifest, in one safetensors file.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from torch.utils.data.distributed import DistributedSampler
 from infotok_codec import video as video_io
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import InfotokError
-from infotok_codec.light_router_fit import fit_light_router
 from infotok_codec.outputs import atomic_file, check_output
 from infotok_codec.router import keep_count, select_positions
 from infotok_codec.tokenizer import (
@@ -533,10 +531,8 @@ def _finalize(
     device: torch.device,
     console: Console,
 ) -> None:
-    """Fit the entropy coder's tables and the `light` router's head, and write the model file."""
+    """Fit the entropy coder's tables on training tokens and write the model file."""
     tables_json = fit_tables(model, clips, device)
-    light_head = fit_light_router(model, clips, device)
-    console.log(f"light router head: {light_head[1]}")
     recipe = {
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
@@ -558,7 +554,6 @@ def _finalize(
         opts.out,
         tables_json=tables_json,
         extra={"recipe": recipe, "data_manifest_sha256": manifest_sha256(files)},
-        light_head=light_head,
     )
     console.log(f"wrote {opts.out}")
 
