@@ -3,8 +3,9 @@
 Every point is a real file: encode → file on disk → decode → metrics against the same source
 frames (first `frames` frames, short side scaled to `size`, centre-cropped square). Bits per
 pixel come from file sizes. For the tokenizer, one pass-1 analysis per clip serves every router
-and budget (as `infotok encode` would compute it for each), and every point is decoded from its
-own `.itok` file.
+and budget (as `infotok encode` would compute it for each; `light`, whose pass 1 predicts the
+map, has its own, run right after the others' on the same clip so their times are comparable),
+and every point is decoded from its own `.itok` file.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from infotok_codec import __version__, judges
 from infotok_codec import router as routing
 from infotok_codec.classical import CODECS, encode_classical
-from infotok_codec.codec import Analysis, decode_file, resolve_device
+from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics
 from infotok_codec.outputs import atomic_file
@@ -86,7 +87,7 @@ class BenchRow:
     """One point of one curve."""
 
     clip: str
-    method: str  # elbo, fixed, uniform, oracle, x264, x265, svtav1
+    method: str  # elbo, fixed, uniform, light, oracle, x264, x265, svtav1
     param: float  # budget for token methods, CRF for classical codecs
     bytes: int
     bpp: float
@@ -138,30 +139,43 @@ def bench_tokenizer(
 ) -> list[BenchRow]:
     """Rows for every router × budget (and the oracle) of one clip."""
     rows: list[BenchRow] = []
-    with Analysis(source, model, device=settings.device, with_error=True) as analysis:
-        for router in settings.routers:
-            for budget in settings.budgets:
-                itok = workdir / f"{clip}.{router}.{budget}.itok"
-                enc = analysis.write(itok, router=router, budget=budget, force=True, audio=False)
-                # `uniform` (and any budget-1.0 encode) needs no pass 1.
-                analyse_s = analysis.seconds if routing.needs_error_map(router, budget) else 0.0
-                rows.append(
-                    _token_row(
-                        clip,
-                        router,
-                        budget,
-                        itok,
-                        enc,
-                        analyse_s,
-                        score,
-                        settings,
-                        model,
-                        workdir,
-                    )
+    full_rate = [r for r in settings.routers if r != "light"]
+    if full_rate or settings.oracle:
+        with Analysis(source, model, device=settings.device, with_error=True) as analysis:
+            rows += _router_rows(clip, analysis, full_rate, score, settings, model, workdir, tick)
+            if settings.oracle:
+                rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
+    if "light" in settings.routers:
+        with Analysis(
+            source, model, device=settings.device, with_error=True, light=True
+        ) as analysis:
+            rows += _router_rows(clip, analysis, ["light"], score, settings, model, workdir, tick)
+    return rows
+
+
+def _router_rows(
+    clip: str,
+    analysis: Analysis,
+    routers: Sequence[str],
+    score: Scorer,
+    settings: BenchSettings,
+    model: LoadedModel,
+    workdir: Path,
+    tick: Tick,
+) -> list[BenchRow]:
+    rows = []
+    for router in routers:
+        for budget in settings.budgets:
+            itok = workdir / f"{clip}.{router}.{budget}.itok"
+            enc = analysis.write(itok, router=router, budget=budget, force=True, audio=False)
+            # `uniform` (and any budget-1.0 encode) needs no pass 1.
+            analyse_s = analysis.seconds if routing.needs_error_map(router, budget) else 0.0
+            rows.append(
+                _token_row(
+                    clip, router, budget, itok, enc, analyse_s, score, settings, model, workdir
                 )
-                tick(f"{clip} {router} {budget}")
-        if settings.oracle:
-            rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
+            )
+            tick(f"{clip} {router} {budget}")
     return rows
 
 
@@ -364,7 +378,9 @@ def routers_at_equal_bpp(
     router's curve is read at the shared bpp instead. Margins are paired per clip: mean, standard
     error over clips, and wins. Clips whose curves share no bpp range are left out.
     """
-    routers = [m for m in ("elbo", "fixed", "uniform") if all(by.get((c, m)) for c in clips)]
+    routers = [
+        m for m in ("elbo", "fixed", "uniform", "light") if all(by.get((c, m)) for c in clips)
+    ]
     if len(routers) < 2:
         return None
     psnr: dict[str, list[float]] = {m: [] for m in routers}
@@ -389,7 +405,13 @@ def routers_at_equal_bpp(
         "psnr": {m: round(float(np.mean(v)), 3) for m, v in psnr.items()},
         "margins_db": {
             f"{a}_minus_{b}": paired_margin(np.array(psnr[a]) - np.array(psnr[b]))
-            for a, b in (("elbo", "fixed"), ("fixed", "uniform"), ("elbo", "uniform"))
+            for a, b in (
+                ("elbo", "fixed"),
+                ("fixed", "uniform"),
+                ("elbo", "uniform"),
+                ("light", "elbo"),
+                ("light", "fixed"),
+            )
             if a in psnr and b in psnr
         },
     }
@@ -496,6 +518,14 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
             elbo_s = float(np.mean([r.seconds["encode"] for r in e]))
             plain_s = float(np.mean([r.seconds["encode"] for r in u]))
             timing["router_share_of_elbo_encode"] = round(max(elbo_s - plain_s, 0.0) / elbo_s, 3)
+    if "elbo" in methods and "light" in methods:
+        e = [r for r in rows if r.method == "elbo" and r.param < 1.0]
+        lt = [r for r in rows if r.method == "light" and r.param < 1.0]
+        if e and lt:
+            # Both analyses run on each clip one after the other, so load drifts hit both alike.
+            timing["light_encode_time_over_elbo"] = round(
+                sum(r.seconds["encode"] for r in lt) / sum(r.seconds["encode"] for r in e), 3
+            )
     summary["timing"] = timing
     if settings.oracle and "elbo" in methods:
         corr, gaps = [], []
@@ -535,7 +565,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
 
     methods = [
         m
-        for m in ("elbo", "fixed", "uniform", "oracle", "x264", "x265", "svtav1")
+        for m in ("elbo", "fixed", "uniform", "light", "oracle", "x264", "x265", "svtav1")
         if any(r.method == m and metric in r.metrics for r in rows)
     ]
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -547,7 +577,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
             for p in params
         ]
         order = np.argsort(xs)
-        style = "-o" if m in ("elbo", "fixed", "uniform", "oracle") else "--s"
+        style = "-o" if m in ("elbo", "fixed", "uniform", "light", "oracle") else "--s"
         ax.plot(np.array(xs)[order], np.array(ys)[order], style, label=m, ms=4)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (from file sizes, mean over clips)")
@@ -637,6 +667,8 @@ def run_bench(
     check_results_folder(out_dir, force)
     clips = find_videos(paths)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if "light" in settings.routers:
+        check_light_head(loaded)
     device = str(resolve_device(settings.device))
     rows: list[BenchRow] = []
     step = tick or (lambda _label: None)

@@ -137,7 +137,10 @@ def encode(
     budget: Annotated[
         float, typer.Option(help="Share of the full-rate token count, in (0, 1].")
     ] = 0.8,
-    router: Annotated[str, typer.Option(help="elbo, fixed or uniform.")] = "elbo",
+    router: Annotated[
+        str,
+        typer.Option(help="elbo, fixed, uniform, or light (elbo predicted: no decode pass)."),
+    ] = "elbo",
     model: ModelOption = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
     coder: Annotated[
@@ -412,7 +415,9 @@ def _names(text: str) -> tuple[str, ...]:
 def bench(
     paths: Annotated[list[Path], typer.Argument(help="Video files or folders of videos.")],
     budgets: Annotated[str, typer.Option(help="Token budgets.")] = "0.25,0.375,0.5,0.625,0.75,1.0",
-    routers: Annotated[str, typer.Option(help="InfoTok routers.")] = "elbo,fixed,uniform",
+    routers: Annotated[
+        str, typer.Option(help="InfoTok routers: elbo, fixed, uniform, light.")
+    ] = "elbo,fixed,uniform",
     codecs: Annotated[
         str, typer.Option(help="Classical codecs: x264,x265,svtav1 (or none).")
     ] = "x264,x265,svtav1",
@@ -450,7 +455,9 @@ def bench(
 ) -> None:
     """Bitrate-distortion curves: InfoTok routers against x264, x265 and SVT-AV1."""
     from infotok_codec.bench import BenchSettings, check_results_folder, plotted_metrics, run_bench
+    from infotok_codec.codec import check_light_head
     from infotok_codec.metrics import default_metrics
+    from infotok_codec.tokenizer import load_model
 
     _set_threads(threads)
     codec_names = tuple(c for c in _names(codecs) if c != "none")
@@ -470,6 +477,9 @@ def bench(
     from infotok_codec.video import find_videos
 
     check_results_folder(out, force)  # run_bench checks too; here it fails before the bar shows
+    loaded = load_model(model)
+    if "light" in settings.routers:
+        check_light_head(loaded)  # as run_bench does, before the bar shows
     total = settings.points(len(find_videos(paths)))
     bars = Progress(
         TextColumn("[bold]bench"),
@@ -486,7 +496,7 @@ def bench(
             paths,
             settings,
             out,
-            model=model,
+            model=loaded,
             keep_files=keep_files,
             force=force,
             tick=lambda label: bars.update(task, advance=1, description=label),
@@ -644,6 +654,34 @@ def train(
     )
     report = run_training(opts)
     err_console.print(f"wrote {report.out} after {report.steps} steps ({report.minutes:.1f} min)")
+
+
+@app.command("fit-router")
+def fit_router(
+    model: Annotated[Path, typer.Argument(help="Model file (.safetensors) to fit a head for.")],
+    data: Annotated[
+        list[Path], typer.Option("--data", help="Training videos or folders (repeatable).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Model file to write (default: MODEL itself).")
+    ] = None,
+    windows: Annotated[int, typer.Option(min=2, help="Training windows to fit on.")] = 100,
+    steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 300,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Fit the `light` router's head for an existing model file; its network is left as it is."""
+    from infotok_codec.light_router_fit import refit_model_file
+
+    _set_threads(threads)
+    dst = out if out is not None else model
+    info = refit_model_file(model, dst, data, windows=windows, steps=steps, force=force)
+    err_console.print(
+        f"wrote {dst}: light router head fitted on {info.windows} windows, Spearman on "
+        f"{info.held_out_windows} held-out: positions {info.spearman_positions}, "
+        f"window means {info.spearman_windows}",
+        soft_wrap=True,
+    )
 
 
 class Terminated(BaseException):

@@ -6,7 +6,9 @@ map, spills the map to a temporary file and keeps in memory only the chunk's mea
 router then sets every chunk's token count from those means, and pass 2 reads the input again,
 chooses each chunk's positions from its spilled map and encodes the chunk knowing its keep-mask
 (the compressor moves what dropped positions hold into kept ones), then writes the record.
-Memory stays flat however long the video is.
+Memory stays flat however long the video is. The `light` router's pass 1 runs only the conv
+encoder and the model's light-router head, and spills the conv features too, so its pass 2 runs
+only the compressor.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class ChunkModel:
         self.model = model
         self.device = resolve_device(device)
         self.tokenizer = model.tokenizer.to(self.device).eval()
+        self.light_head = (
+            model.light_head.to(self.device).eval() if model.light_head is not None else None
+        )
         self.tables = (
             FrequencyTables.from_json(model.tables_json)
             if model.tables_json
@@ -68,9 +73,15 @@ class ChunkModel:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         return x.permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
 
-    def tokens(self, frames: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    def tokens(
+        self,
+        frames: np.ndarray,
+        keep: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
-        (indices at dropped positions are meaningless)."""
+        (indices at dropped positions are meaningless). `features` `(dim, T', h, w)` float32,
+        the conv encoder's output for these frames (`light_error_map`), skips the conv encoder."""
         n, height, width = frames.shape[:3]
         indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
         for y0, y1, x0, x1 in tiles(height, width):
@@ -78,9 +89,32 @@ class ChunkModel:
             mask = None
             if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
                 mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
-            idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
+            if features is None:
+                idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
+            else:
+                tile = np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1])
+                idx = self.tokenizer.encode_features(
+                    torch.from_numpy(tile).to(self.device)[None], mask
+                )
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
+
+    @torch.no_grad()
+    def light_error_map(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The `light` router's predicted error `(T', h, w)` float32, and the conv features
+        `(dim, T', h, w)` float32 it was predicted from (for `tokens`)."""
+        check_light_head(self.model)
+        assert self.light_head is not None  # moved to the device with the model
+        n, height, width = frames.shape[:3]
+        shape = latent_shape(n, height, width)
+        error = np.zeros(shape, dtype=np.float32)
+        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=np.float32)
+        for y0, y1, x0, x1 in tiles(height, width):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
+            error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
+            features[:, :, ly0:ly1, lx0:lx1] = feats[0].float().cpu()
+        return error, features
 
     def error_map(self, frames: np.ndarray) -> np.ndarray:
         """The router's ELBO proxy `(T', h, w)` float32: full-rate error per latent position."""
@@ -109,6 +143,9 @@ class ChunkModel:
         return out
 
 
+FEATURE_SPILL_LIMIT = 2 << 30
+"""Bytes of conv features a `light` analysis spills for pass 2 to reuse (1 KiB per latent
+position: 2 GiB is 15 chunks of 16 frames at 1080p); later chunks run the conv encoder again."""
 TILE = 512  # pixels; a multiple of the compressor's 64-pixel window, so windows never straddle
 TILE_ABOVE = 1024 * 1024  # frames of more pixels than this are coded in tiles
 
@@ -151,6 +188,15 @@ def check_chunk_frames(chunk_frames: int) -> None:
 
 def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def check_light_head(model: LoadedModel) -> None:
+    """Refuse the `light` router for a model file without its head, naming the fix."""
+    if model.light_head is None:
+        raise ModelError(
+            f"model {model.name} has no light router head: fit one with "
+            "`infotok fit-router MODEL --data DIR`"
+        )
 
 
 # -- encode ----------------------------------------------------------------------------------
@@ -215,7 +261,14 @@ def encode_file(
     check_output(Path(dst), force)
     with_error = routing.needs_error_map(router, budget)
     with Analysis(
-        src, model, chunk_frames, device, with_error, Path(dst).parent, progress
+        src,
+        model,
+        chunk_frames,
+        device,
+        with_error,
+        Path(dst).parent,
+        progress,
+        light=router == "light",
     ) as pass1:
         return pass1.write(
             dst,
@@ -236,6 +289,7 @@ class _ChunkPlan:
     shape: tuple[int, int, int]
     offset: int | None  # None: no error map was computed
     mean_error: float
+    features_offset: int | None = None  # the spilled conv features (`light` analyses only)
 
     @property
     def positions(self) -> int:
@@ -248,7 +302,10 @@ class Analysis:
     Routing needs only each chunk's mean error, so that is all it keeps in memory. Routers that
     need no error map (`uniform`, or budget 1.0) skip the model here: the chunks follow from the
     frame count. One analysis can be written out at any number of routers and budgets (`write`,
-    pass 2, reads the input again); `bench` relies on that.
+    pass 2, reads the input again); `bench` relies on that. With `light`, the maps are the
+    `light` router's predictions (the model file's head on the conv features), and the features
+    are spilled too (up to `FEATURE_SPILL_LIMIT`) so that pass 2 runs only the compressor; such an
+    analysis serves `light` and `uniform` writes, the others `elbo`, `fixed` and `uniform`.
     """
 
     def __init__(
@@ -260,6 +317,7 @@ class Analysis:
         with_error: bool = True,
         spill_dir: Path | None = None,
         progress: Progress | None = None,
+        light: bool = False,
     ) -> None:
         check_chunk_frames(chunk_frames)
         self.src = Path(src)
@@ -268,6 +326,9 @@ class Analysis:
         self.engine = ChunkModel(self.loaded, device)
         self.chunk_frames = chunk_frames
         self.progress = progress
+        self.light = light
+        if light and with_error:
+            check_light_head(self.loaded)
         self._spill: BinaryIO | None = None
         started = time.perf_counter()
         if with_error:
@@ -298,12 +359,22 @@ class Analysis:
 
     def _run(self, spill: BinaryIO) -> list[_ChunkPlan]:
         chunks: list[_ChunkPlan] = []
+        spilled_features = 0
         for frames in self.read_chunks():
-            error = self.engine.error_map(frames)
+            features = None
+            if self.light:
+                error, features = self.engine.light_error_map(frames)
+            else:
+                error = self.engine.error_map(frames)
             offset = spill.tell()
             np.save(spill, error)
+            features_offset = None
+            if features is not None and spilled_features + features.nbytes <= FEATURE_SPILL_LIMIT:
+                spilled_features += features.nbytes
+                features_offset = spill.tell()
+                np.save(spill, features)
             mean = float(error.mean(dtype=np.float64))
-            chunks.append(_ChunkPlan(len(frames), error.shape, offset, mean))
+            chunks.append(_ChunkPlan(len(frames), error.shape, offset, mean, features_offset))
             if self.progress:
                 self.progress("analyse", len(frames), self.info.frames)
         return chunks
@@ -330,6 +401,13 @@ class Analysis:
         self._spill.seek(chunk.offset)
         return np.load(self._spill)
 
+    def _features(self, chunk: _ChunkPlan) -> np.ndarray | None:
+        """The chunk's spilled conv features `(dim, T', h, w)`, or None (pass 2 recomputes)."""
+        if chunk.features_offset is None or self._spill is None:
+            return None
+        self._spill.seek(chunk.features_offset)
+        return np.load(self._spill)
+
     def write(
         self,
         dst: str | Path,
@@ -353,8 +431,12 @@ class Analysis:
         routing.check_budget(budget)
         check_coder(coder)
         check_key_interval(key_interval)
-        if routing.needs_error_map(router, budget) and self._spill is None:
-            raise InfotokError(f"router {router} needs an analysis with error maps")
+        if routing.needs_error_map(router, budget):
+            if self._spill is None:
+                raise InfotokError(f"router {router} needs an analysis with error maps")
+            if (router == "light") != self.light:
+                made = "light" if self.light else "full-rate"
+                raise InfotokError(f"router {router} cannot use this analysis's {made} error maps")
         check_output(dst, force)
         info, loaded = self.info, self.loaded
         header = Header(
@@ -400,7 +482,7 @@ class Analysis:
                     self._error(chunk) if router != "uniform" and count < chunk.positions else None
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
-                indices = self.engine.tokens(frames, keep)
+                indices = self.engine.tokens(frames, keep, self._features(chunk))
                 writer.write_chunk(
                     encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
                 )

@@ -6,8 +6,9 @@ whole video keeps `budget` of its positions, and each chunk spends its tokens wh
 highest, after a coarse lattice that keeps every region in reach of a token (`select_positions`).
 `fixed` gives every chunk the budget and picks positions the same way (InfoTok's per-clip
 strategy); `uniform` gives every chunk the budget and picks positions in a fixed, data-agnostic
-order (the tail-drop family). Everything here is integer or float64 numpy on small arrays: cheap,
-and the same on every machine.
+order (the tail-drop family). `light` routes as `elbo` does, on an error map predicted from the
+conv encoder's features by a small head (`light_router.py`), so it needs no decode. Everything
+here is integer or float64 numpy on small arrays: cheap, and the same on every machine.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from infotok_codec.errors import InfotokError
 from infotok_codec.lattice import SHARE_DENOMINATOR, lattice_mask
 
-ROUTERS = ("elbo", "fixed", "uniform")
+ROUTERS = ("elbo", "fixed", "uniform", "light")
+_RATE_BY_ERROR = ("elbo", "light")  # routers whose chunk rates follow the chunks' mean errors
 MIN_RATE = 1 / 16
 ERROR_LATTICE_SHARE = 192
 """Share (in 256ths) of an `elbo`/`fixed` chunk's kept positions taken first from the lattice.
@@ -48,8 +50,9 @@ def check_router(router: str) -> None:
 
 
 def needs_error_map(router: str, budget: float) -> bool:
-    """Whether routing at `budget` reads the full-rate error map (pass 1 of an encode)."""
-    return router in ("elbo", "fixed") and budget < 1.0
+    """Whether routing at `budget` reads an error map (pass 1 of an encode): the full-rate one
+    for `elbo` and `fixed`, the predicted one for `light`."""
+    return router != "uniform" and budget < 1.0
 
 
 def keep_count(rate: float, positions: int) -> int:
@@ -60,21 +63,23 @@ def keep_count(rate: float, positions: int) -> int:
 def allocate_counts(
     router: str, budget: float, positions: Sequence[int], chunk_errors: Sequence[float] | None
 ) -> list[int]:
-    """Kept positions per chunk. `chunk_errors` (mean error per chunk) is needed for `elbo` only.
+    """Kept positions per chunk. `chunk_errors` (mean error per chunk) is needed for `elbo` and
+    `light` only.
 
-    For `elbo` the scale s in r_i = clip(s · e_i / mean(e), r_min, 1) is found by bisection so the
-    realised share Σk_i / ΣN_i is as close to the budget as integers allow (s = budget before
-    re-balancing; clipping is what moves it). r_min is 1/16, or the budget when that is lower.
+    For `elbo` (and `light`) the scale s in r_i = clip(s · e_i / mean(e), r_min, 1) is found by
+    bisection so the realised share Σk_i / ΣN_i is as close to the budget as integers allow
+    (s = budget before re-balancing; clipping is what moves it). r_min is 1/16, or the budget
+    when that is lower.
     """
     check_router(router)
     check_budget(budget)
     n = np.asarray(positions, dtype=np.int64)
     if budget >= 1.0:
         return [int(v) for v in n]
-    if router != "elbo":
+    if router not in _RATE_BY_ERROR:
         return [keep_count(budget, int(v)) for v in n]
     if chunk_errors is None or len(chunk_errors) != len(n):
-        raise InfotokError("the elbo router needs one error per chunk")
+        raise InfotokError(f"the {router} router needs one error per chunk")
     e = np.asarray(chunk_errors, dtype=np.float64)
     # Weight by positions so a short last chunk counts for what it is.
     mean = float((e * n).sum() / n.sum())
@@ -113,7 +118,7 @@ def select_positions(
     router: str, error: np.ndarray | None, shape: tuple[int, int, int], count: int
 ) -> np.ndarray:
     """Keep-mask `shape` (T', h, w) bool with `count` True positions: `lattice_then_error` at the
-    router's `lattice_share` (all lattice for `uniform`, three quarters for `elbo`/`fixed`)."""
+    router's `lattice_share` (all lattice for `uniform`, three quarters for the others)."""
     return lattice_then_error(error, shape, count, lattice_share(router))
 
 

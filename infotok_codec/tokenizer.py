@@ -26,7 +26,15 @@ from infotok_codec.compressor import WindowTransformer
 from infotok_codec.entropy import validate_levels
 from infotok_codec.errors import ModelError
 from infotok_codec.fsq import FSQ
-from infotok_codec.outputs import atomic_file
+from infotok_codec.light_router import (
+    HEAD_KEY,
+    HEAD_PREFIX,
+    HeadInfo,
+    LightRouterHead,
+    head_tensors,
+    split_head,
+)
+from infotok_codec.outputs import atomic_file, check_output
 
 TIME_FACTOR = 4
 SPACE_FACTOR = 8
@@ -150,7 +158,17 @@ class Tokenizer(nn.Module):
         With `keep`, the compressor knows which positions will be dropped; their codes are still
         returned (callers zero them).
         """
-        features = self.encoder(pad_video(video))
+        return self.codes_from_features(self.features(video), keep)
+
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, T, H, W)` → conv encoder features `(B, dim, T', h, w)` (video padded first)."""
+        return self.encoder(pad_video(video))
+
+    def codes_from_features(
+        self, features: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Conv features `(B, dim, T', h, w)` → FSQ codes `(B, T', h, w, D)`, as
+        `quantized_codes`: the compressor half, for callers that kept the features."""
         if keep is not None:
             dropped = (~keep).unsqueeze(1).to(features.dtype)
             features = features + dropped * self.will_drop.to(features.dtype)[:, None, None, None]
@@ -183,6 +201,13 @@ class Tokenizer(nn.Module):
         return self.fsq.codes_to_indices(self.quantized_codes(video, keep))
 
     @torch.no_grad()
+    def encode_features(
+        self, features: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`encode` from conv features `(B, dim, T', h, w)` → indices `(B, T', h, w)`."""
+        return self.fsq.codes_to_indices(self.codes_from_features(features, keep))
+
+    @torch.no_grad()
     def decode(
         self, indices: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
     ) -> torch.Tensor:
@@ -193,11 +218,12 @@ class Tokenizer(nn.Module):
         return self.decode_codes(codes, keep, size).clamp(-1, 1)
 
     @torch.no_grad()
-    def error_map(self, video: torch.Tensor) -> torch.Tensor:
+    def error_map(self, video: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """The router's ELBO proxy `(B, T', h, w)` float: |x − D(E(x))| at full rate, averaged
         over each position's 3×4×8×8 cell; −log p(x) up to an affine map under a Laplace
-        likelihood and a uniform prior on codes."""
-        codes = self.quantized_codes(video)
+        likelihood and a uniform prior on codes. `features` (`features(video)`) saves the conv
+        encoder when the caller has them."""
+        codes = self.codes_from_features(self.features(video) if features is None else features)
         recon = self.decode_codes(codes, None, tuple(video.shape[2:]))  # type: ignore[arg-type]
         return pooled_error(video, recon)
 
@@ -211,9 +237,15 @@ def pooled_error(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
 
 # -- the weights file ------------------------------------------------------------------------
 def save_model(
-    model: Tokenizer, path: str | Path, *, tables_json: str, extra: dict[str, Any] | None = None
+    model: Tokenizer,
+    path: str | Path,
+    *,
+    tables_json: str,
+    extra: dict[str, Any] | None = None,
+    light_head: tuple[LightRouterHead, HeadInfo] | None = None,
 ) -> None:
-    """One safetensors file: fp16 weights, metadata with config, coder tables and the recipe."""
+    """One safetensors file: fp16 weights, metadata with config, coder tables and the recipe,
+    and the `light` router's head when given."""
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": MODEL_FORMAT,
@@ -222,8 +254,36 @@ def save_model(
     }
     for key, value in (extra or {}).items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if light_head is not None:
+        tensors.update(head_tensors(light_head[0]))
+        metadata[HEAD_KEY] = light_head[1].to_json()
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def replace_light_head(
+    src: str | Path,
+    dst: str | Path,
+    head: LightRouterHead,
+    info: HeadInfo,
+    *,
+    force: bool = False,
+) -> None:
+    """Write `src`'s model file to `dst` with `head` as its `light` router head: the network's
+    tensors and every other metadata entry are copied byte for byte (any old head is replaced).
+    `dst` may be `src` only with `force`."""
+    src, dst = Path(src), Path(dst)
+    check_output(dst, force)
+    metadata, _ = read_model_metadata(src)
+    try:
+        tensors = load_file(str(src))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{src}: not a safetensors model ({exc})") from None
+    kept = {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}
+    kept.update(head_tensors(head))
+    metadata[HEAD_KEY] = info.to_json()
+    with atomic_file(dst) as tmp:
+        save_file(kept, str(tmp), metadata=metadata)
 
 
 @dataclass
@@ -234,6 +294,7 @@ class LoadedModel:
     tables_json: str
     sha256: bytes  # of the whole file: weights and tables together decide the decoded video
     metadata: dict[str, str]
+    light_head: LightRouterHead | None = None  # the `light` router's head, if the file has one
 
     @property
     def name(self) -> str:
@@ -268,6 +329,7 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     try:
         config = TokenizerConfig.from_json(metadata["config"])
         tokenizer = Tokenizer(config)
+        tensors, light_head = split_head(tensors, metadata, config.dim)
         state = {k: v.to(torch.float32) for k, v in tensors.items()}
         if metadata["format"] == "infotok-model-1" and "will_drop" not in state:
             state["will_drop"] = torch.zeros(config.dim)
@@ -283,4 +345,5 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         tables_json=metadata.get("entropy_tables", ""),
         sha256=sha256,
         metadata=metadata,
+        light_head=light_head,
     )
