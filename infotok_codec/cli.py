@@ -130,8 +130,19 @@ def encode(
     ],
     dst: Annotated[Path, typer.Argument(help="Output .itok file.")],
     budget: Annotated[
-        float, typer.Option(help="Share of the full-rate token count, in (0, 1].")
-    ] = 0.8,
+        float | None,
+        typer.Option(help="Share of the full-rate token count, in (0, 1] (default 0.8)."),
+    ] = None,
+    quality: Annotated[
+        float | None,
+        typer.Option(help="Each chunk's PSNR-RGB in dB: the fewest tokens that reach it."),
+    ] = None,
+    bitrate: Annotated[
+        str | None, typer.Option(help="Bits per second of video: 300k, 1.5M.")
+    ] = None,
+    target_size: Annotated[
+        str | None, typer.Option(help="Bytes of the whole file: 800K, 2M, 123456.")
+    ] = None,
     router: Annotated[str, typer.Option(help="elbo, fixed or uniform.")] = "elbo",
     model: ModelOption = None,
     chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
@@ -144,13 +155,23 @@ def encode(
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Encode a video into an .itok file, spending tokens where the information is."""
+    """Encode a video into an .itok file, spending tokens where the information is.
+
+    Give at most one of --budget, --quality, --bitrate and --target-size."""
     from infotok_codec.codec import encode_file
     from infotok_codec.entropy import CODERS
+    from infotok_codec.rate import choose_rate, parse_quantity
     from infotok_codec.router import ROUTERS
 
-    if not 0.0 < budget <= 1.0:
-        raise typer.BadParameter(f"--budget {budget} outside (0, 1]")
+    try:
+        rate = choose_rate(
+            budget=budget,
+            quality=quality,
+            bitrate=None if bitrate is None else parse_quantity(bitrate, "--bitrate"),
+            size=None if target_size is None else parse_quantity(target_size, "--target-size"),
+        )
+    except InfotokError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if router not in ROUTERS:
         raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
     if coder not in CODERS:
@@ -160,7 +181,7 @@ def encode(
         result = encode_file(
             src,
             dst,
-            budget=budget,
+            rate=rate,
             router=router,
             model=model,
             chunk_frames=chunk_frames,
@@ -169,12 +190,25 @@ def encode(
             force=force,
             progress=progress,
         )
+    if result.warning:
+        err_console.print(
+            f"warning: {result.warning}", markup=False, highlight=False, soft_wrap=True
+        )
     if as_json:
         _print_json(result)
     elif not quiet:
+        reached = ""
+        if result.chunk_psnr is not None:
+            reached = (
+                f"; chunks {min(result.chunk_psnr):.2f} to {max(result.chunk_psnr):.2f} dB, "
+                f"{result.unreachable_chunks} of {result.chunks} below the target at full rate"
+            )
         err_console.print(
             f"{result.path}: {result.frames} frames, {result.bytes} bytes, {result.bpp:.4f} bpp, "
-            f"rate {result.realised_rate:.3f} ({result.router}, budget {result.budget})"
+            f"rate {result.realised_rate:.3f} ({result.router}, {result.rate.describe()}){reached}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -228,6 +262,7 @@ def info(
     """Header, per-chunk rates and sizes, and bits per pixel from the real file size."""
     from infotok_codec.inspect import file_info, token_heatmap
     from infotok_codec.outputs import check_output
+    from infotok_codec.rate import RateControl
 
     if heatmap is not None:
         check_output(heatmap, force)
@@ -238,10 +273,11 @@ def info(
         _print_json(summary)
         return
     h = summary
+    asked = RateControl(h.rate_mode, h.rate_target).describe()
     console.print(
         f"[bold]{src}[/]  {h.width}×{h.height}, {h.frames} frames at {h.fps} fps, "
         f"chunks of {h.chunk_frames}\nmodel {h.model} ({h.model_hash[:12]}), router {h.router}, "
-        f"budget {h.budget}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
+        f"{asked}, budget {h.budget:.4g}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
     )
     table = Table(
         "chunk",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from infotok_codec import rate_control
 from infotok_codec import router as routing
 from infotok_codec.container import (
     ChunkRecord,
@@ -35,11 +36,15 @@ from infotok_codec.container import (
 from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.outputs import atomic_file, check_output
+from infotok_codec.rate import RateControl, choose_rate
 from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.video import VideoWriter, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
 """Called as `progress(pass_name, frames_just_done, total_frames)` after each chunk."""
+CountFeedback = Callable[[int, int], int]
+"""Called as `count(chunk, record_bytes_written_so_far)` just before chunk `chunk` is written:
+the positions it keeps."""
 
 
 # -- running the model on one chunk ----------------------------------------------------------
@@ -156,14 +161,19 @@ class EncodeResult:
     budget: float
     realised_rate: float  # kept positions / all positions, over the whole video
     chunk_rates: list[float]
+    rate: RateControl  # what the encode was asked for, as the header records it
     seconds: dict[str, float] = field(default_factory=dict)
+    chunk_psnr: list[float] | None = None  # mode quality: each chunk's PSNR-RGB (dB), measured
+    unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
+    warning: str | None = None  # a size or bitrate target out of reach, and what was written
 
 
 def encode_file(
     src: str | Path,
     dst: str | Path,
     *,
-    budget: float = 0.8,
+    budget: float | None = None,
+    rate: RateControl | None = None,
     router: str = "elbo",
     model: LoadedModel | str | Path | None = None,
     chunk_frames: int = 16,
@@ -172,16 +182,20 @@ def encode_file(
     force: bool = False,
     progress: Progress | None = None,
 ) -> EncodeResult:
-    """Encode a video file into an `.itok` file at `budget` of the full-rate token count."""
+    """Encode a video file into an `.itok` file: at `budget` of the full-rate token count, or
+    at any `rate` (quality, bitrate, file size; `infotok_codec.rate_control`). Give at most one;
+    neither is budget 0.8."""
+    if budget is not None and rate is not None:
+        raise InfotokError("give a budget or a rate, not both")
+    rate = rate or choose_rate(budget=budget)
     routing.check_router(router)
-    routing.check_budget(budget)
     check_coder(coder)
     check_output(Path(dst), force)
-    with_error = routing.needs_error_map(router, budget)
+    with_error = rate_control.needs_error_map(router, rate)
     with Analysis(
         src, model, chunk_frames, device, with_error, Path(dst).parent, progress
     ) as pass1:
-        return pass1.write(dst, router=router, budget=budget, coder=coder, force=force)
+        return rate_control.write(pass1, dst, rate, router=router, coder=coder, force=force)
 
 
 @dataclass
@@ -287,30 +301,14 @@ class Analysis:
         self._spill.seek(chunk.offset)
         return np.load(self._spill)
 
-    def write(
-        self,
-        dst: str | Path,
-        *,
-        router: str = "elbo",
-        budget: float = 0.8,
-        coder: str = "adaptive",
-        force: bool = False,
-        counts: list[int] | None = None,
-    ) -> EncodeResult:
-        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write.
-
-        `counts` (kept positions per chunk) overrides the router's allocation; positions are then
-        still chosen by `router`. Bench's oracle uses it.
-        """
-        dst = Path(dst)
-        routing.check_router(router)
-        routing.check_budget(budget)
-        check_coder(coder)
-        if routing.needs_error_map(router, budget) and self._spill is None:
-            raise InfotokError(f"router {router} needs an analysis with error maps")
-        check_output(dst, force)
+    def header(
+        self, router: str, budget: float, coder: str, rate: RateControl | None = None
+    ) -> Header:
+        """The header of this video written at `router`, `budget` (the mean rate aimed for),
+        `coder`, recording `rate` (default: mode budget)."""
         info, loaded = self.info, self.loaded
-        header = Header(
+        rate = rate or RateControl.budget(budget)
+        return Header(
             width=info.width,
             height=info.height,
             frames=info.frames,
@@ -326,20 +324,50 @@ class Analysis:
             router=router,
             budget=budget,
             lattice_share=routing.lattice_share(router),
+            rate_mode=rate.mode,
+            rate_target=rate.target,
         )
+
+    def write(
+        self,
+        dst: str | Path,
+        *,
+        router: str = "elbo",
+        budget: float = 0.8,
+        coder: str = "adaptive",
+        force: bool = False,
+        counts: Sequence[int] | CountFeedback | None = None,
+        rate: RateControl | None = None,
+    ) -> EncodeResult:
+        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write.
+
+        `counts` (kept positions per chunk) overrides the router's allocation; positions are then
+        still chosen by `router`. Bench's oracle and rate control use it; rate control's size
+        modes give a `CountFeedback`, asked for each chunk's count just before it is written.
+        `rate` is what the header records as asked for (default: mode budget at `budget`).
+        """
+        dst = Path(dst)
+        routing.check_router(router)
+        routing.check_budget(budget)
+        check_coder(coder)
+        if routing.needs_error_map(router, budget) and self._spill is None:
+            raise InfotokError(f"router {router} needs an analysis with error maps")
+        check_output(dst, force)
+        info = self.info
+        header = self.header(router, budget, coder, rate)
         started = time.perf_counter()
         positions = [c.positions for c in self.chunks]
         errors = [c.mean_error for c in self.chunks]
         if counts is None:
             counts = routing.allocate_counts(router, budget, positions, errors)
-        elif len(counts) != len(positions):
+        elif not callable(counts) and len(counts) != len(positions):
             raise InfotokError(f"{len(counts)} counts for {len(positions)} chunks")
         route_s = time.perf_counter() - started
         started = time.perf_counter()
+        written, used = 0, []
         with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
-            for k, (chunk, count, frames) in enumerate(
-                zip(self.chunks, counts, inputs, strict=True)
-            ):
+            for k, (chunk, frames) in enumerate(zip(self.chunks, inputs, strict=True)):
+                count = counts(k, written) if callable(counts) else counts[k]
                 if frames.shape[:3] != (chunk.frames, info.height, info.width):
                     raise InfotokError(
                         f"{self.src}: chunk {k} is {frames.shape[:3]} (frames, height, width), "
@@ -350,7 +378,10 @@ class Analysis:
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
                 indices = self.engine.tokens(frames, keep)
-                writer.write_chunk(encode_chunk(header, k, keep, indices[keep], self.engine.tables))
+                record = encode_chunk(header, k, keep, indices[keep], self.engine.tables)
+                writer.write_chunk(record)
+                written += record.nbytes
+                used.append(count)
                 if self.progress:
                     self.progress("write", chunk.frames, info.frames)
         write_s = time.perf_counter() - started
@@ -366,9 +397,10 @@ class Analysis:
             bpp=8 * size / (info.width * info.height * info.frames),
             router=router,
             budget=budget,
-            realised_rate=sum(counts) / sum(positions),
-            chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
+            realised_rate=sum(used) / sum(positions),
+            chunk_rates=[c / n for c, n in zip(used, positions, strict=True)],
             seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
+            rate=header.rate,
         )
 
 

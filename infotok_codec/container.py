@@ -34,13 +34,17 @@ from infotok_codec.entropy import (
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
 from infotok_codec.outputs import make_temp
+from infotok_codec.rate import RATE_MODES, RateControl
 
 MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 3
-"""The only version this module reads and writes; docs/FORMAT.md says when it changes."""
+VERSION = 4
+"""The version this module writes; docs/FORMAT.md says when it changes."""
+READ_VERSIONS = (3, 4)
+"""Versions this module reads: version 3 is version 4 without the rate mode and target (its
+mode is `budget`, its target the budget)."""
 
 DIM_RANGE = (1, 16384)
 FRAMES_RANGE = (1, 100_000_000)
@@ -64,6 +68,7 @@ _FOOTER = struct.Struct("<QI4s")  # index offset, chunk count, magic
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _U8 = struct.Struct("<B")
+_F64 = struct.Struct("<d")
 
 _RECORD_OVERHEAD = _RECORD_FIXED.size + 2 * _U32.size  # + tokens length + CRC
 _MAX_HEADER_BODY = (
@@ -74,6 +79,9 @@ _MAX_HEADER_BODY = (
     + MAX_MODEL_NAME_BYTES
     + max(len(c) for c in CODERS)
     + MAX_ROUTER_BYTES
+    + _U16.size
+    + max(len(m) for m in RATE_MODES)
+    + _F64.size
 )
 _MIN_FILE = (
     _PREAMBLE.size
@@ -116,6 +124,8 @@ class Header:
         lattice_share: in ``[0, 256]``: every chunk's keep-mask holds its lattice, the first
             ``lattice_count(kept, lattice_share)`` positions of the spread order
             (`infotok_codec.lattice`), which the mask payload does not code.
+        rate_mode, rate_target: what the encode was asked for (`infotok_codec.rate`); the
+            target of mode `budget` is the budget (None stands for it).
 
     Raises:
         FormatError: ``header: <field> ...`` for any value outside its range.
@@ -136,6 +146,8 @@ class Header:
     router: str
     budget: float
     lattice_share: int = 0
+    rate_mode: str = "budget"
+    rate_target: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -201,6 +213,21 @@ class Header:
         if not 0.0 < self.budget <= 1.0:  # also rejects NaN
             raise FormatError(f"header: budget {self.budget!r} outside (0, 1]")
         _check_range("header", "lattice_share", self.lattice_share, 0, SHARE_DENOMINATOR)
+        if self.rate_target is None and self.rate_mode == "budget":
+            object.__setattr__(self, "rate_target", self.budget)
+        if self.rate_mode == "budget" and self.rate_target != self.budget:
+            raise FormatError(
+                f"header: rate_target {self.rate_target!r} of mode budget is not the budget"
+            )
+        try:
+            RateControl(self.rate_mode, self.rate_target)  # type: ignore[arg-type]
+        except InfotokError as e:
+            raise FormatError(f"header: rate {e}") from None
+
+    @property
+    def rate(self) -> RateControl:
+        """The rate mode and target the encode was asked for."""
+        return RateControl(self.rate_mode, self.rate_target)  # type: ignore[arg-type]
 
     @property
     def chunk_count(self) -> int:
@@ -246,6 +273,17 @@ class ChunkRecord:
         """Latent positions of this chunk: ``latent_frames * h * w``."""
         return self.latent_frames * header.latent_height * header.latent_width
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the record takes in a file: framing, payloads and CRC."""
+        return _RECORD_OVERHEAD + len(self.mask) + len(self.tokens)
+
+
+def framing_bytes(header: Header) -> int:
+    """Bytes of a file with `header` outside its chunk records: header, seek index, footer."""
+    index = _INDEX_HEAD.size + header.chunk_count * _INDEX_ENTRY.itemsize + _U32.size
+    return len(_encode_header(header)) + index + _FOOTER.size
+
 
 def _check_record(header: Header, rec: ChunkRecord, k: int) -> None:
     """Everything a record must satisfy as chunk ``k`` of a file with ``header``."""
@@ -290,9 +328,10 @@ def _encode_header(header: Header) -> bytes:
     )
     body += _U8.pack(len(header.fsq_levels))
     body += b"".join(_U16.pack(level) for level in header.fsq_levels)
-    for text in (header.model_name, header.coder, header.router):
+    for text in (header.model_name, header.coder, header.router, header.rate_mode):
         raw = text.encode("utf-8")
         body += _U16.pack(len(raw)) + raw
+    body += _F64.pack(header.rate.target)
     out = _PREAMBLE.pack(MAGIC, VERSION, len(body)) + bytes(body)
     return out + _U32.pack(_crc(out))
 
@@ -322,7 +361,7 @@ class _Cursor:
             raise FormatError(f"{self.section}: {field} is not UTF-8") from e
 
 
-def _decode_header(body: bytes) -> Header:
+def _decode_header(body: bytes, version: int) -> Header:
     """Mirror of `_encode_header` for the body (between preamble and CRC)."""
     cur = _Cursor(body, "header", "header")
     (
@@ -341,8 +380,13 @@ def _decode_header(body: bytes) -> Header:
     (count,) = cur.unpack(_U8, "fsq_levels count")
     levels = tuple(_U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
     model_name, coder, router = (cur.text(f) for f in ("model_name", "coder", "router"))
+    rate_mode, rate_target = "budget", None
+    if version >= 4:
+        rate_mode = cur.text("rate_mode")
+        (rate_target,) = cur.unpack(_F64, "rate_target")
     if cur.pos != len(body):
-        raise FormatError(f"header: {len(body) - cur.pos} trailing bytes after router")
+        last = "rate_target" if version >= 4 else "router"
+        raise FormatError(f"header: {len(body) - cur.pos} trailing bytes after {last}")
     return Header(
         width=width,
         height=height,
@@ -359,6 +403,8 @@ def _decode_header(body: bytes) -> Header:
         router=router,
         budget=budget,
         lattice_share=lattice_share,
+        rate_mode=rate_mode,
+        rate_target=rate_target,
     )
 
 
@@ -566,9 +612,10 @@ class ContainerReader:
         magic, version, length = _PREAMBLE.unpack(preamble)
         if magic != MAGIC:
             raise FormatError(f"header: magic {magic!r} is not {MAGIC!r}")
-        if version != VERSION:
+        if version not in READ_VERSIONS:
             raise FormatError(
-                f"header: unsupported version {version} (this reader reads version {VERSION})"
+                f"header: unsupported version {version} (this reader reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))})"
             )
         _check_range("header", "length", length, _HEADER_FIXED.size, _MAX_HEADER_BODY)
         self._header_end = _PREAMBLE.size + length + _U32.size
@@ -581,7 +628,7 @@ class ContainerReader:
             raise FormatError(
                 f"header: CRC32 mismatch (stored {stored:08x}, computed {computed:08x})"
             )
-        return _decode_header(body_and_crc[:length])
+        return _decode_header(body_and_crc[:length], version)
 
     def _read_index(self) -> tuple[list[int], list[int]]:
         """Footer, then index; returns each chunk's offset and extent in bytes."""

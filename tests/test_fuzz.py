@@ -62,6 +62,8 @@ def make_valid_file(path: Path, coder: str, lattice_share: int) -> bytes:
         router="elbo",
         budget=0.6,
         lattice_share=lattice_share,
+        rate_mode="size",
+        rate_target=12345.0,
     )
     rng = np.random.default_rng(SEED)
     with ContainerWriter(path, header) as writer:
@@ -81,6 +83,9 @@ def layout(path: Path) -> tuple[list[Field], list[Field]]:
     (header_length,) = struct.unpack_from("<I", data, 6)
     header_crc = (0, 10 + header_length)
     numbers = [Field(6, 4, header_crc), Field(8, 4, header_crc)]  # length; width (overlaps)
+    # The body ends with rate_mode ("size": u16 length, 4 bytes) and rate_target (f64).
+    body_end = 10 + header_length
+    numbers += [Field(body_end - 14, 2, header_crc), Field(body_end - 8, 8, header_crc)]
     payloads = []
     with ContainerReader(path) as reader:
         offset = 14 + header_length
