@@ -28,11 +28,13 @@ import numpy as np
 
 from infotok_codec import __version__
 from infotok_codec import router as routing
+from infotok_codec.bench_quality import chunk_psnr, quality_landing, quality_rows
 from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import METRICS, measure
 from infotok_codec.outputs import atomic_file
+from infotok_codec.rate import RateControl
 from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
@@ -52,6 +54,7 @@ class BenchSettings:
     metrics: tuple[str, ...] = ("psnr", "ssim", "msssim")
     device: str = "auto"
     oracle: bool = False
+    qualities: tuple[float, ...] = ()  # `--quality` targets in dB, with the first router
 
     def __post_init__(self) -> None:
         """Refuse a bad setting before any work (one `InfotokError` line at the CLI)."""
@@ -67,6 +70,8 @@ class BenchSettings:
                 raise InfotokError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
         if "psnr" not in self.metrics:
             raise InfotokError("metrics must include psnr (the BD-rates and summaries use it)")
+        for q in self.qualities:
+            RateControl.quality(q)  # raises on a target outside (0, 100] dB
         if self.frames < 1 or self.size < 1:
             raise InfotokError(f"frames {self.frames} and size {self.size} must be positive")
 
@@ -77,6 +82,7 @@ class BenchSettings:
         per_clip = len(self.routers) * len(self.budgets)
         per_clip += sum(len(self.crfs_for(c)) for c in self.codecs)
         per_clip += len(self.budgets) if self.oracle else 0
+        per_clip += len(self.qualities)
         return clips * per_clip
 
 
@@ -94,6 +100,7 @@ class BenchRow:
     frames: int
     rate: float | None = None  # share of latent positions kept (token methods)
     chunk_rates: list[float] | None = None
+    chunk_psnr: list[float] | None = None  # method quality: each chunk's PSNR-RGB (dB)
 
 
 @dataclass
@@ -161,6 +168,28 @@ def bench_tokenizer(
                 tick(f"{clip} {router} {budget}")
         if settings.oracle:
             rows += _oracle_rows(clip, analysis, reference, settings, model, workdir, tick)
+        if settings.qualities:
+            router = settings.routers[0] if settings.routers else "elbo"
+
+            def row(itok: Path, enc: Any, analyse_s: float) -> BenchRow:
+                return _token_row(
+                    clip,
+                    "quality",
+                    enc.rate.target,
+                    itok,
+                    enc,
+                    analyse_s,
+                    reference,
+                    settings,
+                    model,
+                    workdir,
+                )
+
+            for q_row in quality_rows(analysis, settings.qualities, router, workdir, clip, row):
+                decoded = _decoded(workdir / f"{clip}.quality.{q_row.param}.decoded.mkv")
+                q_row.chunk_psnr = chunk_psnr(decoded, reference, analysis.chunk_frames)
+                rows.append(q_row)
+                tick(f"{clip} quality {q_row.param}")
     return rows
 
 
@@ -488,6 +517,8 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
             plain_s = float(np.mean([r.seconds["encode"] for r in u]))
             timing["router_share_of_elbo_encode"] = round(max(elbo_s - plain_s, 0.0) / elbo_s, 3)
     summary["timing"] = timing
+    if settings.qualities:
+        summary["quality"] = quality_landing(rows)
     if settings.oracle and "elbo" in methods:
         corr, gaps = [], []
         for c in clips:
@@ -518,7 +549,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
 
     methods = [
         m
-        for m in ("elbo", "fixed", "uniform", "oracle", "x264", "x265", "svtav1")
+        for m in ("elbo", "fixed", "uniform", "oracle", "quality", "x264", "x265", "svtav1")
         if any(r.method == m and metric in r.metrics for r in rows)
     ]
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -530,7 +561,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
             for p in params
         ]
         order = np.argsort(xs)
-        style = "-o" if m in ("elbo", "fixed", "uniform", "oracle") else "--s"
+        style = "-o" if m in ("elbo", "fixed", "uniform", "oracle", "quality") else "--s"
         ax.plot(np.array(xs)[order], np.array(ys)[order], style, label=m, ms=4)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (from file sizes, mean over clips)")

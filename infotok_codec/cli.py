@@ -344,6 +344,10 @@ def bench(
     oracle: Annotated[
         bool, typer.Option("--oracle", help="Add the Lagrangian oracle allocation.")
     ] = False,
+    qualities: Annotated[
+        str | None,
+        typer.Option(help="Also encode at these --quality targets (dB), with the first router."),
+    ] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
@@ -372,6 +376,7 @@ def bench(
         metrics=_names(metrics),
         device=device,
         oracle=oracle,
+        qualities=_floats(qualities, "--qualities") if qualities else (),
     )
     from infotok_codec.video import find_videos
 
@@ -445,6 +450,31 @@ def bench(
     console.print(f"timing: {report.summary['timing']}")
     if "oracle" in report.summary:
         console.print(f"oracle: {report.summary['oracle']}")
+    if "quality" in report.summary:
+        landing = Table(
+            "clip",
+            "target dB",
+            "PSNR dB",
+            "in window",
+            "unreachable",
+            "above",
+            "below",
+            "rate",
+            title="--quality: chunks in [Q, Q + 0.5] dB, kept whole below Q, above, below",
+        )
+        for clip_name, targets in report.summary["quality"].items():
+            for t in targets:
+                landing.add_row(
+                    clip_name,
+                    f"{t['target_db']:g}",
+                    f"{t['psnr']:.2f}",
+                    f"{t['in_window']}/{t['chunks']}",
+                    str(t["unreachable"]),
+                    str(t["above_window"]),
+                    str(t["below_target"]),
+                    f"{t['rate']:.3f}",
+                )
+        console.print(landing)
     console.print(f"wrote {out}/results.json, results.csv, rd_psnr.png")
 
 

@@ -21,6 +21,7 @@ map), so any router that makes error maps works here.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -82,8 +83,10 @@ def write(
         return analysis.write(
             dst, router=router, budget=rate.target, coder=coder, force=force, rate=rate
         )
+    started = time.perf_counter()
     if rate.mode == "quality":
         plan = (search or QualitySearch(analysis, router)).plan(rate.target)
+        search_s = time.perf_counter() - started
         result = analysis.write(
             dst,
             router=router,
@@ -94,9 +97,13 @@ def write(
             rate=rate,
         )
         return dataclasses.replace(
-            result, chunk_psnr=plan.psnr, unreachable_chunks=plan.unreachable
+            result,
+            chunk_psnr=plan.psnr,
+            unreachable_chunks=plan.unreachable,
+            seconds={**result.seconds, "search": search_s},
         )
     spender = ByteSpender.of(analysis, router, coder, rate, curves)
+    sample_s = time.perf_counter() - started
     target = target_bytes(analysis, rate)
     smallest, largest = spender.smallest(), spender.largest()
     reach = f"reachable {_in_mode(analysis, rate, smallest)} to {_in_mode(analysis, rate, largest)}"
@@ -109,11 +116,12 @@ def write(
         result = analysis.write(dst, router=router, budget=1.0, coder=coder, force=force, rate=rate)
         return dataclasses.replace(
             result,
+            seconds={**result.seconds, "sample": sample_s},
             warning=f"{rate.describe()} is above what this video reaches ({reach}): wrote the "
             f"largest file, {_in_mode(analysis, rate, result.bytes)}",
         )
     budget = spender.budget_for(target)
-    return analysis.write(
+    result = analysis.write(
         dst,
         router=router,
         budget=spender.planned_rate(budget),
@@ -122,6 +130,7 @@ def write(
         counts=spender.feedback(target),
         rate=rate,
     )
+    return dataclasses.replace(result, seconds={**result.seconds, "sample": sample_s})
 
 
 def target_bytes(analysis: Analysis, rate: RateControl) -> float:
