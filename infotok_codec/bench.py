@@ -29,11 +29,13 @@ import numpy as np
 
 from infotok_codec import __version__, judges
 from infotok_codec import router as routing
+from infotok_codec.bench_quality import chunk_psnr, quality_landing, quality_rows
 from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics
 from infotok_codec.outputs import atomic_file
+from infotok_codec.rate import RateControl
 from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
@@ -54,6 +56,7 @@ class BenchSettings:
     lpips_every: int = 1  # LPIPS on frames 0, k, 2k, ... (the network is the bench's costliest)
     device: str = "auto"
     oracle: bool = False
+    qualities: tuple[float, ...] = ()  # `--quality` targets in dB, with the first router
 
     def __post_init__(self) -> None:
         """Refuse a bad setting before any work (one `InfotokError` line at the CLI)."""
@@ -67,6 +70,8 @@ class BenchSettings:
         check_metrics(self.metrics)
         if "psnr" not in self.metrics:
             raise InfotokError("metrics must include psnr (the BD-rates and summaries use it)")
+        for q in self.qualities:
+            RateControl.quality(q)  # raises on a target outside (0, 100] dB
         if self.frames < 1 or self.size < 1:
             raise InfotokError(f"frames {self.frames} and size {self.size} must be positive")
         if self.lpips_every < 1:
@@ -79,6 +84,7 @@ class BenchSettings:
         per_clip = len(self.routers) * len(self.budgets)
         per_clip += sum(len(self.crfs_for(c)) for c in self.codecs)
         per_clip += len(self.budgets) if self.oracle else 0
+        per_clip += len(self.qualities)
         return clips * per_clip
 
 
@@ -96,6 +102,7 @@ class BenchRow:
     frames: int
     rate: float | None = None  # share of latent positions kept (token methods)
     chunk_rates: list[float] | None = None
+    chunk_psnr: list[float] | None = None  # method quality: each chunk's PSNR-RGB (dB)
 
 
 @dataclass
@@ -140,11 +147,13 @@ def bench_tokenizer(
     """Rows for every router × budget (and the oracle) of one clip."""
     rows: list[BenchRow] = []
     full_rate = [r for r in settings.routers if r != "light"]
-    if full_rate or settings.oracle:
+    if full_rate or settings.oracle or settings.qualities:
         with Analysis(source, model, device=settings.device, with_error=True) as analysis:
             rows += _router_rows(clip, analysis, full_rate, score, settings, model, workdir, tick)
             if settings.oracle:
                 rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
+            if settings.qualities:
+                rows += _quality_rows(clip, analysis, score, settings, model, workdir, tick)
     if "light" in settings.routers:
         with Analysis(
             source, model, device=settings.device, with_error=True, light=True
@@ -176,6 +185,32 @@ def _router_rows(
                 )
             )
             tick(f"{clip} {router} {budget}")
+    return rows
+
+
+def _quality_rows(
+    clip: str,
+    analysis: Analysis,
+    score: Scorer,
+    settings: BenchSettings,
+    model: LoadedModel,
+    workdir: Path,
+    tick: Tick,
+) -> list[BenchRow]:
+    """`--quality` encodes at each of `settings.qualities`, with each chunk's PSNR-RGB."""
+    router = settings.routers[0] if settings.routers else "elbo"
+
+    def row(itok: Path, enc: Any, analyse_s: float) -> BenchRow:
+        return _token_row(
+            clip, "quality", enc.rate.target, itok, enc, analyse_s, score, settings, model, workdir
+        )
+
+    rows = []
+    for q_row in quality_rows(analysis, settings.qualities, router, workdir, clip, row):
+        decoded = _decoded(workdir / f"{clip}.quality.{q_row.param}.decoded.mkv")
+        q_row.chunk_psnr = chunk_psnr(decoded, score.source, analysis.chunk_frames)
+        rows.append(q_row)
+        tick(f"{clip} quality {q_row.param}")
     return rows
 
 
@@ -527,6 +562,8 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
                 sum(r.seconds["encode"] for r in lt) / sum(r.seconds["encode"] for r in e), 3
             )
     summary["timing"] = timing
+    if settings.qualities:
+        summary["quality"] = quality_landing(rows)
     if settings.oracle and "elbo" in methods:
         corr, gaps = [], []
         for c in clips:
@@ -565,7 +602,17 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
 
     methods = [
         m
-        for m in ("elbo", "fixed", "uniform", "light", "oracle", "x264", "x265", "svtav1")
+        for m in (
+            "elbo",
+            "fixed",
+            "uniform",
+            "light",
+            "oracle",
+            "quality",
+            "x264",
+            "x265",
+            "svtav1",
+        )
         if any(r.method == m and metric in r.metrics for r in rows)
     ]
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -577,7 +624,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
             for p in params
         ]
         order = np.argsort(xs)
-        style = "-o" if m in ("elbo", "fixed", "uniform", "light", "oracle") else "--s"
+        style = "-o" if m in ("elbo", "fixed", "uniform", "light", "oracle", "quality") else "--s"
         ax.plot(np.array(xs)[order], np.array(ys)[order], style, label=m, ms=4)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (from file sizes, mean over clips)")

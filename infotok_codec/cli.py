@@ -135,8 +135,19 @@ def encode(
         Path, typer.Argument(help="Output .itok file; for a folder of videos, a folder.")
     ],
     budget: Annotated[
-        float, typer.Option(help="Share of the full-rate token count, in (0, 1].")
-    ] = 0.8,
+        float | None,
+        typer.Option(help="Share of the full-rate token count, in (0, 1] (default 0.8)."),
+    ] = None,
+    quality: Annotated[
+        float | None,
+        typer.Option(help="Each chunk's PSNR-RGB in dB: the fewest tokens that reach it."),
+    ] = None,
+    bitrate: Annotated[
+        str | None, typer.Option(help="Bits per second of video: 300k, 1.5M.")
+    ] = None,
+    target_size: Annotated[
+        str | None, typer.Option(help="Bytes of the whole file: 800K, 2M, 123456.")
+    ] = None,
     router: Annotated[
         str,
         typer.Option(help="elbo, fixed, uniform, or light (elbo predicted: no decode pass)."),
@@ -167,17 +178,25 @@ def encode(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Encode a video into an .itok file, spending tokens where the information is; its audio
-    is copied in as it is.
+    is copied in as it is. Give at most one of --budget, --quality, --bitrate and --target-size.
 
     A folder of videos and an output folder encode every video under it (a dataset; shards
     across ranks under torchrun) and write OUT/manifest.json.
     """
     from infotok_codec.codec import encode_file
     from infotok_codec.entropy import CODERS
+    from infotok_codec.rate import choose_rate, parse_quantity
     from infotok_codec.router import ROUTERS
 
-    if not 0.0 < budget <= 1.0:
-        raise typer.BadParameter(f"--budget {budget} outside (0, 1]")
+    try:
+        rate = choose_rate(
+            budget=budget,
+            quality=quality,
+            bitrate=None if bitrate is None else parse_quantity(bitrate, "--bitrate"),
+            size=None if target_size is None else parse_quantity(target_size, "--target-size"),
+        )
+    except InfotokError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if router not in ROUTERS:
         raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
     if coder not in CODERS:
@@ -186,11 +205,13 @@ def encode(
         raise typer.BadParameter(f"--key-interval {key_interval} outside [0, 3600] seconds")
     _set_threads(threads)
     if src.is_dir() and dst.suffix.lower() != ".itok":
+        if rate.mode != "budget":
+            raise typer.BadParameter("a folder of videos is encoded at a --budget only")
         _encode_folder(
             src,
             dst,
             dict(
-                budget=budget,
+                budget=rate.target,
                 router=router,
                 model=model,
                 chunk_frames=chunk_frames,
@@ -209,7 +230,7 @@ def encode(
         result = encode_file(
             src,
             dst,
-            budget=budget,
+            rate=rate,
             router=router,
             model=model,
             chunk_frames=chunk_frames,
@@ -220,12 +241,25 @@ def encode(
             audio=not no_audio,
             progress=progress,
         )
+    if result.warning:
+        err_console.print(
+            f"warning: {result.warning}", markup=False, highlight=False, soft_wrap=True
+        )
     if as_json:
         _print_json(result)
     elif not quiet:
+        reached = ""
+        if result.chunk_psnr is not None:
+            reached = (
+                f"; chunks {min(result.chunk_psnr):.2f} to {max(result.chunk_psnr):.2f} dB, "
+                f"{result.unreachable_chunks} of {result.chunks} below the target at full rate"
+            )
         err_console.print(
             f"{result.path}: {result.frames} frames, {result.bytes} bytes, {result.bpp:.4f} bpp, "
-            f"rate {result.realised_rate:.3f} ({result.router}, budget {result.budget})"
+            f"rate {result.realised_rate:.3f} ({result.router}, {result.rate.describe()}){reached}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -346,6 +380,7 @@ def info(
     """Header, per-chunk rates and sizes, and bits per pixel from the real file size."""
     from infotok_codec.inspect import file_info, token_heatmap
     from infotok_codec.outputs import check_output
+    from infotok_codec.rate import RateControl
 
     if heatmap is not None:
         check_output(heatmap, force)
@@ -356,10 +391,11 @@ def info(
         _print_json(summary)
         return
     h = summary
+    asked = RateControl(h.rate_mode, h.rate_target).describe()
     console.print(
         f"[bold]{src}[/]  {h.width}×{h.height}, {h.frames} frames at {h.fps} fps, "
         f"chunks of {h.chunk_frames}\nmodel {h.model} ({h.model_hash[:12]}), router {h.router}, "
-        f"budget {h.budget}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
+        f"{asked}, budget {h.budget:.4g}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
     )
     table = Table(
         "chunk",
@@ -441,6 +477,10 @@ def bench(
     oracle: Annotated[
         bool, typer.Option("--oracle", help="Add the Lagrangian oracle allocation.")
     ] = False,
+    qualities: Annotated[
+        str | None,
+        typer.Option(help="Also encode at these --quality targets (dB), with the first router."),
+    ] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
@@ -473,6 +513,7 @@ def bench(
         lpips_every=lpips_every,
         device=device,
         oracle=oracle,
+        qualities=_floats(qualities, "--qualities") if qualities else (),
     )
     from infotok_codec.video import find_videos
 
@@ -553,6 +594,31 @@ def bench(
     console.print(f"timing: {report.summary['timing']}")
     if "oracle" in report.summary:
         console.print(f"oracle: {report.summary['oracle']}")
+    if "quality" in report.summary:
+        landing = Table(
+            "clip",
+            "target dB",
+            "PSNR dB",
+            "in window",
+            "unreachable",
+            "above",
+            "below",
+            "rate",
+            title="--quality: chunks in [Q, Q + 0.5] dB, kept whole below Q, above, below",
+        )
+        for clip_name, targets in report.summary["quality"].items():
+            for t in targets:
+                landing.add_row(
+                    clip_name,
+                    f"{t['target_db']:g}",
+                    f"{t['psnr']:.2f}",
+                    f"{t['in_window']}/{t['chunks']}",
+                    str(t["unreachable"]),
+                    str(t["above_window"]),
+                    str(t["below_target"]),
+                    f"{t['rate']:.3f}",
+                )
+        console.print(landing)
     plots = ", ".join(f"rd_{m}.png" for m in plotted_metrics(report.results))
     console.print(f"wrote {out}/results.json, results.csv, {plots}")
 

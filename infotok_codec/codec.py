@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from infotok_codec import rate_control
 from infotok_codec import router as routing
 from infotok_codec.audio import AudioReader, side_writer
 from infotok_codec.audio_io import AudioMuxer, read_source_audio
@@ -43,12 +44,16 @@ from infotok_codec.context_coder import Chain
 from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.outputs import check_output
+from infotok_codec.rate import RateControl, choose_rate
 from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
 from infotok_codec.video import HOLDS_SIDE_STREAMS, VideoWriter, output_kind, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
 """Called as `progress(pass_name, frames_just_done, total_frames)` after each chunk."""
+CountFeedback = Callable[[int, int], int]
+"""Called as `count(chunk, record_bytes_written_so_far)` just before chunk `chunk` is written:
+the positions it keeps."""
 
 
 # -- running the model on one chunk ----------------------------------------------------------
@@ -233,14 +238,19 @@ class EncodeResult:
     budget: float
     realised_rate: float  # kept positions / all positions, over the whole video
     chunk_rates: list[float]
+    rate: RateControl  # what the encode was asked for, as the header records it
     seconds: dict[str, float] = field(default_factory=dict)
+    chunk_psnr: list[float] | None = None  # mode quality: each chunk's PSNR-RGB (dB), measured
+    unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
+    warning: str | None = None  # a size or bitrate target out of reach, and what was written
 
 
 def encode_file(
     src: str | Path,
     dst: str | Path,
     *,
-    budget: float = 0.8,
+    budget: float | None = None,
+    rate: RateControl | None = None,
     router: str = "elbo",
     model: LoadedModel | str | Path | None = None,
     chunk_frames: int = 16,
@@ -251,15 +261,19 @@ def encode_file(
     audio: bool = True,
     progress: Progress | None = None,
 ) -> EncodeResult:
-    """Encode a video file into an `.itok` file at `budget` of the full-rate token count;
-    `key_interval` in seconds (`key_interval_chunks`); with `audio`, the source's audio streams
-    are copied in as they are (`infotok_codec.audio`)."""
+    """Encode a video file into an `.itok` file: at `budget` of the full-rate token count, or
+    at any `rate` (quality, bitrate, file size; `infotok_codec.rate_control`). Give at most one;
+    neither is budget 0.8. Key chunks come every `key_interval` seconds
+    (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
+    (`infotok_codec.audio`)."""
+    if budget is not None and rate is not None:
+        raise InfotokError("give a budget or a rate, not both")
+    rate = rate or choose_rate(budget=budget)
     routing.check_router(router)
-    routing.check_budget(budget)
     check_coder(coder)
     check_key_interval(key_interval)
     check_output(Path(dst), force)
-    with_error = routing.needs_error_map(router, budget)
+    with_error = rate_control.needs_error_map(router, rate)
     with Analysis(
         src,
         model,
@@ -270,10 +284,11 @@ def encode_file(
         progress,
         light=router == "light",
     ) as pass1:
-        return pass1.write(
+        return rate_control.write(
+            pass1,
             dst,
+            rate,
             router=router,
-            budget=budget,
             coder=coder,
             key_interval=key_interval,
             force=force,
@@ -408,38 +423,20 @@ class Analysis:
         self._spill.seek(chunk.features_offset)
         return np.load(self._spill)
 
-    def write(
+    def header(
         self,
-        dst: str | Path,
-        *,
-        router: str = "elbo",
-        budget: float = 0.8,
-        coder: str = "context",
+        router: str,
+        budget: float,
+        coder: str,
+        rate: RateControl | None = None,
         key_interval: float = KEY_SECONDS,
-        force: bool = False,
-        counts: list[int] | None = None,
-        audio: bool = True,
-    ) -> EncodeResult:
-        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write;
-        then, with `audio`, the source's audio packets.
-
-        `counts` (kept positions per chunk) overrides the router's allocation; positions are then
-        still chosen by `router`. Bench's oracle uses it.
-        """
-        dst = Path(dst)
-        routing.check_router(router)
-        routing.check_budget(budget)
-        check_coder(coder)
-        check_key_interval(key_interval)
-        if routing.needs_error_map(router, budget):
-            if self._spill is None:
-                raise InfotokError(f"router {router} needs an analysis with error maps")
-            if (router == "light") != self.light:
-                made = "light" if self.light else "full-rate"
-                raise InfotokError(f"router {router} cannot use this analysis's {made} error maps")
-        check_output(dst, force)
+    ) -> Header:
+        """The header of this video written at `router`, `budget` (the mean rate aimed for),
+        `coder` with key chunks every `key_interval` seconds, recording `rate` (default: mode
+        budget)."""
         info, loaded = self.info, self.loaded
-        header = Header(
+        rate = rate or RateControl.budget(budget)
+        return Header(
             width=info.width,
             height=info.height,
             frames=info.frames,
@@ -456,23 +453,61 @@ class Analysis:
             budget=budget,
             lattice_share=routing.lattice_share(router),
             key_interval=key_interval_chunks(key_interval, info.fps, self.chunk_frames, coder),
+            rate_mode=rate.mode,
+            rate_target=rate.target,
         )
+
+    def write(
+        self,
+        dst: str | Path,
+        *,
+        router: str = "elbo",
+        budget: float = 0.8,
+        coder: str = "context",
+        key_interval: float = KEY_SECONDS,
+        force: bool = False,
+        counts: Sequence[int] | CountFeedback | None = None,
+        rate: RateControl | None = None,
+        audio: bool = True,
+    ) -> EncodeResult:
+        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write;
+        then, with `audio`, the source's audio packets.
+
+        `counts` (kept positions per chunk) overrides the router's allocation; positions are then
+        still chosen by `router`. Bench's oracle and rate control use it; rate control's size
+        modes give a `CountFeedback`, asked for each chunk's count just before it is written.
+        `rate` is what the header records as asked for (default: mode budget at `budget`).
+        """
+        dst = Path(dst)
+        routing.check_router(router)
+        routing.check_budget(budget)
+        check_coder(coder)
+        check_key_interval(key_interval)
+        if routing.needs_error_map(router, budget):
+            if self._spill is None:
+                raise InfotokError(f"router {router} needs an analysis with error maps")
+            if (router == "light") != self.light:
+                made = "light" if self.light else "full-rate"
+                raise InfotokError(f"router {router} cannot use this analysis's {made} error maps")
+        check_output(dst, force)
+        info = self.info
+        header = self.header(router, budget, coder, rate, key_interval)
         started = time.perf_counter()
         positions = [c.positions for c in self.chunks]
         errors = [c.mean_error for c in self.chunks]
         if counts is None:
             counts = routing.allocate_counts(router, budget, positions, errors)
-        elif len(counts) != len(positions):
+        elif not callable(counts) and len(counts) != len(positions):
             raise InfotokError(f"{len(counts)} counts for {len(positions)} chunks")
         route_s = time.perf_counter() - started
         started = time.perf_counter()
         # Demuxed before any chunk is coded, so a broken audio stream fails fast.
         side = side_writer(header, *read_source_audio(self.src)) if audio else None
         chain = Chain()
+        written, used = 0, []
         with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
-            for k, (chunk, count, frames) in enumerate(
-                zip(self.chunks, counts, inputs, strict=True)
-            ):
+            for k, (chunk, frames) in enumerate(zip(self.chunks, inputs, strict=True)):
+                count = counts(k, written) if callable(counts) else counts[k]
                 if frames.shape[:3] != (chunk.frames, info.height, info.width):
                     raise InfotokError(
                         f"{self.src}: chunk {k} is {frames.shape[:3]} (frames, height, width), "
@@ -483,9 +518,10 @@ class Analysis:
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
                 indices = self.engine.tokens(frames, keep, self._features(chunk))
-                writer.write_chunk(
-                    encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
-                )
+                record = encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
+                writer.write_chunk(record)
+                written += record.nbytes
+                used.append(count)
                 if self.progress:
                     self.progress("write", chunk.frames, info.frames)
             writer.close(side)
@@ -505,9 +541,10 @@ class Analysis:
             audio_bytes=audio_bytes,
             router=router,
             budget=budget,
-            realised_rate=sum(counts) / sum(positions),
-            chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
+            realised_rate=sum(used) / sum(positions),
+            chunk_rates=[c / n for c, n in zip(used, positions, strict=True)],
             seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
+            rate=header.rate,
         )
 
 

@@ -40,6 +40,7 @@ from infotok_codec.entropy import (
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
 from infotok_codec.outputs import make_temp
+from infotok_codec.rate import RATE_MODES, RateControl
 
 MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
@@ -49,8 +50,8 @@ VERSION = 4
 """The version this module writes; docs/FORMAT.md says when it changes."""
 READ_VERSIONS = (3, 4)
 """Versions this module reads. Version 3 has no key interval (every chunk is a key chunk), no
-key flags in its index and no side section; its coders and their payloads are those of
-version 4."""
+key flags in its index, no side section and no rate mode and target (its mode is `budget`, its
+target the budget); its coders and their payloads are those of version 4."""
 CHAINING_CODERS = ("context",)
 """Coders whose chunks may reference the chunk before (`Header.key_interval` above 1)."""
 
@@ -81,6 +82,7 @@ _FOOTER = struct.Struct("<QI4s")  # index offset, chunk count, magic
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _U8 = struct.Struct("<B")
+_F64 = struct.Struct("<d")
 
 _RECORD_OVERHEAD = _RECORD_FIXED.size + 2 * _U32.size  # + tokens length + CRC
 _MAX_HEADER_BODY = (
@@ -92,6 +94,9 @@ _MAX_HEADER_BODY = (
     + max(len(c) for c in CODERS)
     + MAX_ROUTER_BYTES
     + _U16.size  # key_interval
+    + _U16.size
+    + max(len(m) for m in RATE_MODES)
+    + _F64.size
 )
 _MIN_FILE = (
     _PREAMBLE.size
@@ -137,6 +142,8 @@ class Header:
         key_interval: chunk ``k`` is a *key chunk* when ``k % key_interval == 0``: it is coded
             alone; any other chunk may reference the chunk before it (`CHAINING_CODERS` only;
             1 for the others, and for version-3 files).
+        rate_mode, rate_target: what the encode was asked for (`infotok_codec.rate`); the
+            target of mode `budget` is the budget (None stands for it).
 
     Raises:
         FormatError: ``header: <field> ...`` for any value outside its range.
@@ -158,6 +165,8 @@ class Header:
     budget: float
     lattice_share: int = 0
     key_interval: int = 1
+    rate_mode: str = "budget"
+    rate_target: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -229,6 +238,16 @@ class Header:
                 f"header: key_interval {self.key_interval} with coder {self.coder!r}, "
                 "which codes every chunk alone (key_interval 1)"
             )
+        if self.rate_target is None and self.rate_mode == "budget":
+            object.__setattr__(self, "rate_target", self.budget)
+        if self.rate_mode == "budget" and self.rate_target != self.budget:
+            raise FormatError(
+                f"header: rate_target {self.rate_target!r} of mode budget is not the budget"
+            )
+        try:
+            RateControl(self.rate_mode, self.rate_target)  # type: ignore[arg-type]
+        except InfotokError as e:
+            raise FormatError(f"header: rate {e}") from None
 
     def is_key(self, k: int) -> bool:
         """Whether chunk ``k`` is a key chunk, decodable without the chunks before it."""
@@ -237,6 +256,11 @@ class Header:
     def key_before(self, k: int) -> int:
         """The last key chunk at or before chunk ``k``: where decoding chunk ``k`` starts."""
         return k - k % self.key_interval
+
+    @property
+    def rate(self) -> RateControl:
+        """The rate mode and target the encode was asked for."""
+        return RateControl(self.rate_mode, self.rate_target)  # type: ignore[arg-type]
 
     @property
     def chunk_count(self) -> int:
@@ -281,6 +305,17 @@ class ChunkRecord:
     def positions(self, header: Header) -> int:
         """Latent positions of this chunk: ``latent_frames * h * w``."""
         return self.latent_frames * header.latent_height * header.latent_width
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the record takes in a file: framing, payloads and CRC."""
+        return _RECORD_OVERHEAD + len(self.mask) + len(self.tokens)
+
+
+def framing_bytes(header: Header) -> int:
+    """Bytes of a file with `header` outside its chunk records: header, seek index, footer."""
+    index = _INDEX_HEAD.size + header.chunk_count * _INDEX_ENTRY.itemsize + _U32.size
+    return len(_encode_header(header)) + index + _FOOTER.size
 
 
 def _check_record(header: Header, rec: ChunkRecord, k: int) -> None:
@@ -330,6 +365,9 @@ def _encode_header(header: Header) -> bytes:
         raw = text.encode("utf-8")
         body += _U16.pack(len(raw)) + raw
     body += _U16.pack(header.key_interval)
+    mode = header.rate_mode.encode("utf-8")
+    body += _U16.pack(len(mode)) + mode
+    body += _F64.pack(header.rate.target)
     out = _PREAMBLE.pack(MAGIC, VERSION, len(body)) + bytes(body)
     return out + _U32.pack(_crc(out))
 
@@ -380,8 +418,11 @@ def _decode_header(body: bytes, version: int) -> Header:
     levels = tuple(_U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
     model_name, coder, router = (cur.text(f) for f in ("model_name", "coder", "router"))
     key_interval, last = 1, "router"
+    rate_mode, rate_target = "budget", None
     if version >= 4:
-        (key_interval,), last = cur.unpack(_U16, "key_interval"), "key_interval"
+        (key_interval,) = cur.unpack(_U16, "key_interval")
+        rate_mode = cur.text("rate_mode")
+        (rate_target,), last = cur.unpack(_F64, "rate_target"), "rate_target"
     elif coder in CHAINING_CODERS:
         raise FormatError(f"header: coder {coder!r} needs version 4, the file is version 3")
     if cur.pos != len(body):
@@ -403,6 +444,8 @@ def _decode_header(body: bytes, version: int) -> Header:
         budget=budget,
         lattice_share=lattice_share,
         key_interval=key_interval,
+        rate_mode=rate_mode,
+        rate_target=rate_target,
     )
 
 

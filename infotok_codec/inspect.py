@@ -49,6 +49,8 @@ class FileInfo:
     model_hash: str
     router: str
     budget: float
+    rate_mode: str  # what the encode was asked for: budget, quality, bitrate or size
+    rate_target: float  # the budget, dB, bits per second or bytes
     lattice_share: int  # 256ths of each mask's kept positions on the spread-order lattice
     coder: str
     fsq_levels: list[int]
@@ -108,6 +110,8 @@ def file_info(path: str | Path) -> FileInfo:
         model_hash=h.model_hash.hex(),
         router=h.router,
         budget=h.budget,
+        rate_mode=h.rate.mode,
+        rate_target=h.rate.target,
         lattice_share=h.lattice_share,
         coder=h.coder,
         fsq_levels=list(h.fsq_levels),

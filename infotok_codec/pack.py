@@ -76,4 +76,5 @@ def pack_file(
         realised_rate=sum(counts) / sum(positions),
         chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
         seconds={"pack": time.perf_counter() - started},
+        rate=header.rate,
     )

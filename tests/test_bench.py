@@ -79,6 +79,46 @@ def test_bench_reports_the_real_sizes_of_the_files_it_wrote(
     assert {"lpips", "vmaf"} <= set(csv_lines[0].split(","))
 
 
+def test_bench_qualities_reports_each_chunk_against_its_target(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    src = clip(frames=32, width=64, height=64, name="q.mp4")
+    out = tmp_path / "res"
+    run = infotok(
+        "bench",
+        src,
+        "--model",
+        tiny_model,
+        "--budgets",
+        "0.5",
+        "--routers",
+        "elbo",
+        "--codecs",
+        "none",
+        "--frames",
+        "32",
+        "--size",
+        "64",
+        "--qualities",
+        "12,60",
+        "--out",
+        out,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "--quality: chunks in [Q, Q + 0.5] dB" in run.stdout
+    report = json.loads((out / "results.json").read_text())
+    rows = {r["param"]: r for r in report["results"] if r["method"] == "quality"}
+    assert set(rows) == {12.0, 60.0}
+    landing = {t["target_db"]: t for t in report["summary"]["quality"]["q.mp4"]}
+    # Nothing reaches 60 dB: every chunk kept whole, and counted.
+    assert rows[60.0]["chunk_rates"] == [1.0, 1.0]
+    assert landing[60.0]["unreachable"] == 2 and landing[60.0]["in_window"] == 0
+    # 12 dB is below what one token gives: every chunk reaches it with few tokens.
+    assert all(p >= 12 for p in rows[12.0]["chunk_psnr"])
+    assert landing[12.0]["unreachable"] == 0 and rows[12.0]["rate"] < 1.0
+    assert landing[12.0]["below_target"] == 0
+
+
 @pytest.mark.parametrize(
     ("option", "value", "needle"),
     [
@@ -89,6 +129,7 @@ def test_bench_reports_the_real_sizes_of_the_files_it_wrote(
         ("--frames", "0", "must be positive"),
         ("--budgets", "0.5,2", "budget 2.0 outside"),
         ("--routers", "tail", "unknown router 'tail'"),
+        ("--qualities", "25,0", "quality target 0 outside"),
     ],
 )
 def test_bad_settings_are_one_line_before_any_work(

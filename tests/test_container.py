@@ -299,6 +299,10 @@ def test_writer_rejects_a_record_the_reader_would_reject(tmp_path: Path) -> None
         ),
         ({"model_hash": b"short"}, "header: model_hash is not 32 bytes"),
         ({"fps_den": 0}, "header: fps_den 0 outside"),
+        ({"rate_mode": "crf", "rate_target": 23.0}, "header: rate unknown rate mode 'crf'"),
+        ({"rate_mode": "quality", "rate_target": 0.0}, "header: rate quality target 0 outside"),
+        ({"rate_mode": "size"}, "header: rate size target None is not a number"),
+        ({"rate_target": 0.7}, "header: rate_target 0.7 of mode budget is not the budget"),
     ],
 )
 def test_header_out_of_range_names_the_field(change: dict, message: str) -> None:
@@ -319,7 +323,7 @@ def test_tables_for_other_levels_are_a_model_error(valid) -> None:
     ("boundary", "message"),
     [
         ("header_body", "file: 10 bytes is too short"),
-        ("header_crc", "header: length 111 runs past end of file"),
+        ("header_crc", "header: length 127 runs past end of file"),
         ("chunk0", "footer: missing, the file ends 0 bytes after the header"),
         ("chunk1", "footer: magic .* \\(file truncated"),
         ("index", "footer: magic .* \\(file truncated"),
@@ -495,3 +499,43 @@ def test_a_version_3_header_cannot_name_the_context_coder(tmp_path: Path) -> Non
     path.write_bytes(bytes(new) + bytes(data[14 + length :]))
     with pytest.raises(FormatError, match="coder 'context' needs version 4"):
         ContainerReader(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "target"), [("budget", 0.5), ("quality", 25.0), ("bitrate", 3e5), ("size", 8e5)]
+)
+def test_the_rate_mode_and_target_come_back(tmp_path: Path, mode: str, target: float) -> None:
+    header = make_header(rate_mode=mode, rate_target=target)
+    write_file(tmp_path / "v.itok", header, make_chunks(header))
+    with ContainerReader(tmp_path / "v.itok") as reader:
+        assert (reader.header.rate.mode, reader.header.rate.target) == (mode, target)
+        assert reader.header == header
+
+
+def as_version_3(data: bytes) -> bytes:
+    """A version-4 file of mode budget rewritten as version 3 wrote it: the header body without
+    rate_mode and rate_target, and the index's offsets moved back by what that saves."""
+    (length,) = struct.unpack_from("<I", data, 6)
+    cut = 2 + len(b"budget") + 8
+    body = data[10 : 10 + length - cut]
+    head = b"ITOK" + struct.pack("<HI", 3, len(body)) + body
+    head += struct.pack("<I", zlib.crc32(head))
+    rest = data[14 + length : -16]
+    (index_offset, count, magic) = struct.unpack("<QI4s", data[-16:])
+    records = rest[: index_offset - 14 - length]
+    index = bytearray(rest[index_offset - 14 - length : -4])
+    for k in range(count):
+        (offset,) = struct.unpack_from("<Q", index, 8 + 20 * k)
+        struct.pack_into("<Q", index, 8 + 20 * k, offset - cut)
+    index += struct.pack("<I", zlib.crc32(bytes(index)))
+    footer = struct.pack("<QI4s", index_offset - cut, count, magic)
+    return head + records + bytes(index) + footer
+
+
+def test_version_3_files_still_read_as_mode_budget(valid) -> None:
+    path, header, records = valid
+    path.write_bytes(as_version_3(path.read_bytes()))
+    with ContainerReader(path) as reader:
+        assert reader.header == header
+        assert (reader.header.rate.mode, reader.header.rate.target) == ("budget", header.budget)
+        assert [reader.chunk(k) for k in range(len(reader))] == records
