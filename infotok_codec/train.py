@@ -36,7 +36,8 @@ from torch.utils.data.distributed import DistributedSampler
 from infotok_codec import video as video_io
 from infotok_codec.averaging import WeightAverage
 from infotok_codec.entropy import FrequencyTables
-from infotok_codec.errors import InfotokError
+from infotok_codec.errors import InfotokError, ModelError
+from infotok_codec.light_router import split_head
 from infotok_codec.outputs import atomic_file, check_output
 from infotok_codec.router import keep_count, select_positions
 from infotok_codec.tokenizer import (
@@ -434,6 +435,12 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
         raise InfotokError(f"{path}: not a safetensors model ({exc})") from None
     if not _grows(saved, model.config):
         raise InfotokError(f"{path}: its model config differs from the one being trained")
+    # A light router head was fitted to the file's network; the network about to change makes
+    # it stale, so it is left out (`infotok fit-router` fits one to the trained model).
+    try:
+        tensors, _ = split_head(tensors, metadata, saved.dim)
+    except ModelError as exc:
+        raise InfotokError(f"{path}: {exc}") from None
     try:
         result = model.load_state_dict(
             {k: v.to(torch.float32) for k, v in tensors.items()}, strict=False

@@ -15,7 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infotok_codec import InfotokError
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model, save_model
+from infotok_codec.tokenizer import (
+    DEFAULT_MODEL_PATH,
+    Tokenizer,
+    TokenizerConfig,
+    load_model,
+    save_model,
+)
 from infotok_codec.train import TrainOptions, init_weights, reconstruction_loss, train
 
 from helpers import TINY
@@ -236,6 +242,14 @@ def test_a_deeper_model_starts_exactly_as_the_file_it_grows_from(
     save_model(deeper, deeper_file, tables_json=load_model(tiny_model).tables_json)
     with pytest.raises(InfotokError, match="config differs"):  # blocks are never dropped
         init_weights(Tokenizer(TINY), deeper_file)
+
+
+def test_fine_tuning_starts_from_the_shipped_file_and_leaves_its_router_head_out() -> None:
+    model = Tokenizer(TokenizerConfig())
+    assert init_weights(model, DEFAULT_MODEL_PATH) == []
+    shipped = load_model(DEFAULT_MODEL_PATH)
+    assert shipped.light_head is not None  # the shipped file carries one
+    assert torch.equal(model.to_code.weight, shipped.tokenizer.to_code.weight)
 
 
 def test_stage_two_masks_are_the_routers_own() -> None:
