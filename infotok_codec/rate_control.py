@@ -67,13 +67,14 @@ def write(
     *,
     router: str = "elbo",
     coder: str = "context",
-    key_interval: float,
+    key_interval: float | None = None,
     force: bool = False,
     audio: bool = True,
     search: QualitySearch | None = None,
     curves: list[ByteCurve] | None = None,
 ) -> EncodeResult:
-    """Pass 2 of an encode at `rate`. `search` (mode quality) and `curves` (bitrate, size) may
+    """Pass 2 of an encode at `rate`, key chunks every `key_interval` seconds (None: the
+    encoder's default). `search` (mode quality) and `curves` (bitrate, size) may
     be kept from an earlier call on the same analysis, router and coder: decodes and byte
     samples already made are not made again.
 
@@ -81,7 +82,9 @@ def write(
         InfotokError: a size or bitrate target below the smallest file this video makes
             (nothing is written).
     """
-    common = dict(coder=coder, key_interval=key_interval, force=force, rate=rate, audio=audio)
+    common: dict[str, object] = dict(coder=coder, force=force, rate=rate, audio=audio)
+    if key_interval is not None:  # else `Analysis.write`'s default
+        common["key_interval"] = key_interval
     if rate.mode == "budget":
         return analysis.write(dst, router=router, budget=rate.target, **common)  # type: ignore[arg-type]
     started = time.perf_counter()
