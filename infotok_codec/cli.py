@@ -391,11 +391,13 @@ def info(
         _print_json(summary)
         return
     h = summary
+    # In mode budget the target is the budget; other modes also say the budget they planned.
     asked = RateControl(h.rate_mode, h.rate_target).describe()
+    planned = "" if h.rate_mode == "budget" else f", budget {h.budget:.4g}"
     console.print(
         f"[bold]{src}[/]  {h.width}×{h.height}, {h.frames} frames at {h.fps} fps, "
         f"chunks of {h.chunk_frames}\nmodel {h.model} ({h.model_hash[:12]}), router {h.router}, "
-        f"{asked}, budget {h.budget:.4g}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
+        f"{asked}{planned}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
     )
     table = Table(
         "chunk",
