@@ -39,7 +39,7 @@ from infotok_codec.entropy import (
 )
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
-from infotok_codec.outputs import make_temp
+from infotok_codec.outputs import WholeOrNothing, make_temp
 from infotok_codec.rate import RATE_MODES, RateControl
 
 MAGIC = b"ITOK"
@@ -498,7 +498,7 @@ def _decode_record(data: bytes, k: int) -> ChunkRecord:
     )
 
 
-class ContainerWriter:
+class ContainerWriter(WholeOrNothing):
     """Writes an ``.itok`` file chunk by chunk.
 
     The file is written to a temporary file in the destination's directory and moved to
@@ -523,20 +523,6 @@ class ContainerWriter:
         except BaseException:
             self.abort()
             raise
-
-    def __enter__(self) -> ContainerWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def _open_file(self) -> BinaryIO:
         if self._file is None:

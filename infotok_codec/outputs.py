@@ -14,6 +14,8 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
 
 from infotok_codec.errors import InfotokError
 
@@ -81,3 +83,31 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         remove_temp(tmp)
         raise
+
+
+_W = TypeVar("_W", bound="WholeOrNothing")
+
+
+class WholeOrNothing:
+    """A writer used as a context manager: `close()` (complete the output) when the block ends
+    normally, `abort()` (leave nothing) when it raises."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

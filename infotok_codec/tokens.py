@@ -34,7 +34,7 @@ from infotok_codec.container import SPATIAL_STRIDE, Header
 from infotok_codec.entropy import MAX_LEVELS
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.lattice import lattice_mask
-from infotok_codec.outputs import make_temp
+from infotok_codec.outputs import WholeOrNothing, make_temp
 
 TOKENS_FORMAT = "infotok-tokens"
 TOKENS_VERSION = 1
@@ -157,7 +157,7 @@ def _header_arrays(header: Header) -> dict[str, np.ndarray]:
     }
 
 
-class TokenWriter:
+class TokenWriter(WholeOrNothing):
     """Writes a token file chunk by chunk (memory stays one chunk), atomically.
 
     The archive is written to a temporary file beside `path` and moved into place by a
@@ -179,20 +179,6 @@ class TokenWriter:
         except BaseException:
             self.abort()
             raise
-
-    def __enter__(self) -> TokenWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def _member(self, key: str, array: np.ndarray) -> None:
         if self._zip is None:
