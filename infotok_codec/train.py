@@ -38,6 +38,7 @@ from infotok_codec.averaging import WeightAverage
 from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.light_router import split_head
+from infotok_codec.light_router_fit import fit_light_router
 from infotok_codec.outputs import atomic_file, check_output
 from infotok_codec.router import keep_count, select_positions
 from infotok_codec.tokenizer import (
@@ -436,7 +437,7 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
     if not _grows(saved, model.config):
         raise InfotokError(f"{path}: its model config differs from the one being trained")
     # A light router head was fitted to the file's network; the network about to change makes
-    # it stale, so it is left out (`infotok fit-router` fits one to the trained model).
+    # it stale, so it is left out (the run fits a new one at its end, see `_finalize`).
     try:
         tensors, _ = split_head(tensors, metadata, saved.dim)
     except ModelError as exc:
@@ -573,8 +574,11 @@ def _finalize(
     device: torch.device,
     console: Console,
 ) -> None:
-    """Fit the entropy coder's tables on training tokens and write the model file."""
+    """Fit the entropy coder's tables and the `light` router's head on training clips (both read
+    the final network) and write the model file."""
     tables_json = fit_tables(model, clips, device)
+    light_head = fit_light_router(model, clips, device)
+    console.log(f"fitted the light router's head: {light_head[1].to_json()}")
     recipe = {
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
@@ -595,6 +599,7 @@ def _finalize(
         model,
         opts.out,
         tables_json=tables_json,
+        light_head=light_head,
         extra={"recipe": recipe, "data_manifest_sha256": manifest_sha256(files)},
     )
     console.log(f"wrote {opts.out}")

@@ -52,6 +52,10 @@ def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> 
     assert report.last_loss < 0.7 * report.first_loss
     loaded = load_model(out)
     assert loaded.tables_json and loaded.name == "tiny-test"
+    # The light router's head is fitted to the trained network at the end, like the tables.
+    assert loaded.light_head is not None
+    info = json.loads(loaded.metadata["light_router"])
+    assert info["windows"] > 0 and info["steps"] > 0
     recipe = json.loads(loaded.metadata["recipe"])
     assert recipe["steps"] == 20 and recipe["data_files"] == ["train.mp4"]
     assert len(loaded.metadata["data_manifest_sha256"]) == 64
