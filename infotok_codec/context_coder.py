@@ -25,11 +25,11 @@ docs/FORMAT.md specifies the model precisely.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import constriction
+import numba
 import numpy as np
 
 from infotok_codec.entropy import (
@@ -37,8 +37,6 @@ from infotok_codec.entropy import (
     FrequencyTables,
     check_payload_bits,
     coder_errors,
-    digits_to_indices,
-    indices_to_digits,
     range_words,
 )
 from infotok_codec.errors import FormatError
@@ -140,96 +138,202 @@ class Chain:
     state: ContextState | None = None
 
 
-def _weights(counts: np.ndarray) -> np.ndarray:
-    """Integer weights ``(n, L)``, each >= 1, summing to ``2**24`` per row, from ``(n, L)``
-    counts (>= 0, each row's sum > 0): ``1 + n * free // sum`` with ``free = 2**24 - L``, and
-    what rounding leaves over added to the first largest count. As float64 ``w - 1``, exact
-    for constriction (see `FrequencyTables._models`)."""
-    level = counts.shape[1]
+# The model's arithmetic, token by token, compiled by numba: a batch holds a dozen tokens or so,
+# too few for numpy calls to pay for themselves (the numpy version of this coder spent most of
+# its time in call overhead). Integers throughout; the float64 weights handed to constriction
+# are whole numbers below 2**24, so exact.
+_kernel = numba.njit(cache=True, nogil=True)
+
+
+@_kernel
+def _weights_into(counts: np.ndarray, out: np.ndarray) -> None:
+    """`out` = integer weights, each >= 1, summing to ``2**24``, from `counts` (>= 0, sum > 0):
+    ``1 + n * free // sum`` with ``free = 2**24 - L``, and what rounding leaves over added to
+    the first largest count; stored as float64 ``w - 1`` (see `FrequencyTables._models`)."""
+    level = counts.size
+    total = 0
+    best = 0
+    for k in range(level):
+        total += counts[k]
+        if counts[k] > counts[best]:
+            best = k
     free = _TOTAL - level
-    weights = 1 + counts * free // counts.sum(axis=1, keepdims=True)
-    rows = np.arange(len(counts))
-    weights[rows, counts.argmax(axis=1)] += _TOTAL - weights.sum(axis=1)
-    return (weights - 1).astype(np.float64)
+    given = 0
+    for k in range(level):
+        weight = 1 + counts[k] * free // total
+        given += weight
+        out[k] = weight - 1
+    out[best] += _TOTAL - given
 
 
+@_kernel
 def _adapt(rows: np.ndarray, flat: np.ndarray, symbols: np.ndarray) -> None:
     """Add `STEP` per coded symbol to its context's row of `rows` (``(contexts, L)``, contexts
     `flat`), then halve every touched context whose total passed `LIMIT`
     (``max((n + 1) >> 1, FLOOR)``) until it no longer does."""
-    np.add.at(rows, (flat, symbols), STEP)
-    full = flat[rows[flat].sum(axis=1) > LIMIT]
-    if full.size:
-        for context in np.unique(full):
-            while rows[context].sum() > LIMIT:
-                rows[context] = np.maximum((rows[context] + 1) >> 1, FLOOR)
+    for j in range(flat.size):
+        rows[flat[j], symbols[j]] += STEP
+    for j in range(flat.size):
+        row = rows[flat[j]]
+        while row.sum() > LIMIT:
+            for k in range(row.size):
+                row[k] = max((row[k] + 1) >> 1, FLOOR)
 
 
-class _Rows:
-    """The coding order and the candidates of each batch; encoder and decoder share it."""
+@_kernel
+def _select_model(
+    latest: np.ndarray,
+    above: np.ndarray,
+    previous_row: np.ndarray,
+    current: np.ndarray,
+    xs: np.ndarray,
+    select: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's candidates ``(n, SLOTS)``, availability ``(n, SLOTS + 1)`` (present, repeating
+    no earlier candidate; *none* always), selection contexts ``(n,)`` and weights.
 
-    def __init__(self, mask: np.ndarray, state: ContextState) -> None:
-        self.mask, self.state = mask, state
-        self.grid = np.full(mask.shape, -1, dtype=np.int64)
-
-    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-        """``(t, y, xs, candidates (n, SLOTS), above (n, 2))`` per batch, in coding order: the
-        kept positions of a row at even ``x``, then at odd ``x`` (which see their left and right
-        neighbours); ``above`` holds the nearest kept token above and its reference. The
-        caller fills ``grid[t, y, xs]`` before resuming."""
-        frames, height, width = self.mask.shape
-        # Rows padded with -1 on both sides: column x is entry x + 1, so x - 1 and x + 1 of
-        # any x in the row are entries x and x + 2.
-        latest = np.pad(self.state.latest, ((0, 0), (1, 1)), constant_values=-1)
-        for t in range(frames):
-            above = np.full(width, -1, dtype=np.int64)
-            above_ref = np.full(width, -1, dtype=np.int64)
-            previous_row = np.full(width + 2, -1, dtype=np.int64)
-            for y in range(height):
-                kept = np.flatnonzero(self.mask[t, y])
-                current = np.full(width + 2, -1, dtype=np.int64)
-                for xs in (kept[kept % 2 == 0], kept[kept % 2 == 1]):
-                    if not xs.size:
-                        continue
-                    earlier = latest[y, xs + 1]
-                    reference = np.where(earlier >= 0, earlier, above[xs])
-                    candidates = np.stack(
-                        [
-                            reference,
-                            previous_row[xs + 1],
-                            current[xs],
-                            current[xs + 2],
-                            latest[y, xs],
-                            latest[y, xs + 2],
-                            previous_row[xs],
-                            previous_row[xs + 2],
-                        ],
-                        axis=1,
-                    )
-                    yield t, y, xs, candidates, np.stack([above[xs], above_ref[xs]], axis=1)
-                    tokens = self.grid[t, y, xs]
-                    current[xs + 1] = tokens
-                    above[xs], above_ref[xs] = tokens, reference
-                previous_row = current
-            latest[:, 1:-1] = np.where(self.mask[t], self.grid[t], latest[:, 1:-1])
-        self.latest = latest[:, 1:-1]
-
-
-_EARLIER = np.tri(SLOTS, k=-1, dtype=bool)  # [j, k]: slot k comes before slot j
-
-
-def _available(candidates: np.ndarray) -> np.ndarray:
-    """``(n, SLOTS + 1)`` bool: present candidates that repeat no earlier one, and *none*."""
-    repeats = ((candidates[:, :, None] == candidates[:, None, :]) & _EARLIER).any(axis=2)
-    available = (candidates >= 0) & ~repeats
-    return np.concatenate([available, np.ones((len(candidates), 1), dtype=bool)], axis=1)
+    `latest`, `previous_row` and `current` are rows padded with -1 on both sides (column x is
+    entry x + 1); `above` holds the nearest kept token above each column."""
+    n = xs.size
+    candidates = np.empty((n, SLOTS), np.int64)
+    available = np.empty((n, SLOTS + 1), np.bool_)
+    contexts = np.empty(n, np.int64)
+    weights = np.empty((n, SLOTS + 1), np.float64)
+    counts = np.empty(SLOTS + 1, np.int64)
+    for j in range(n):
+        x = xs[j]
+        reference = latest[x + 1] if latest[x + 1] >= 0 else above[x]
+        candidates[j, 0] = reference
+        candidates[j, 1] = previous_row[x + 1]
+        candidates[j, 2] = current[x]
+        candidates[j, 3] = current[x + 2]
+        candidates[j, 4] = latest[x]
+        candidates[j, 5] = latest[x + 2]
+        candidates[j, 6] = previous_row[x]
+        candidates[j, 7] = previous_row[x + 2]
+        for k in range(SLOTS):
+            value = candidates[j, k]
+            ok = value >= 0
+            for m in range(k):
+                if candidates[j, m] == value:
+                    ok = False
+            available[j, k] = ok
+        available[j, SLOTS] = True
+        if reference < 0:
+            context = 0
+        elif above[x] < 0:
+            context = 3
+        else:
+            context = 2 if above[x] == reference else 1
+        contexts[j] = context
+        for k in range(SLOTS + 1):
+            counts[k] = select[context, k] if available[j, k] else 0
+        _weights_into(counts, weights[j])
+    return candidates, available, contexts, weights
 
 
-def _digit_digits(values: np.ndarray, levels: tuple[int, ...]) -> np.ndarray:
-    """FSQ digits ``(n, D)`` of `values`, -1 rows where a value is -1."""
-    digits = indices_to_digits(np.maximum(values, 0), levels)
-    digits[values < 0] = -1
+@_kernel
+def _choose(candidates: np.ndarray, available: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The encoder's selection symbols: the first available candidate equal to each token,
+    else ``SLOTS``."""
+    choice = np.full(tokens.size, SLOTS, np.int64)
+    for j in range(tokens.size):
+        for k in range(SLOTS):
+            if available[j, k] and candidates[j, k] == tokens[j]:
+                choice[j] = k
+                break
+    return choice
+
+
+@_kernel
+def _selected(candidates: np.ndarray, available: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """The decoder's tokens from its selection symbols, -1 for *none*; all -2 when a symbol
+    names a candidate that is not there (the caller's `FormatError`)."""
+    tokens = np.full(choice.size, -1, np.int64)
+    for j in range(choice.size):
+        k = choice[j]
+        if k < 0 or k > SLOTS or not available[j, k]:
+            tokens[:] = -2
+            return tokens
+        if k < SLOTS:
+            tokens[j] = candidates[j, k]
+    return tokens
+
+
+@_kernel
+def _digits_of(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """FSQ digits ``(n, D)`` of `values` (digit 0 least significant), -1 rows where a value
+    is -1."""
+    digits = np.empty((values.size, levels.size), np.int64)
+    for j in range(values.size):
+        rest = values[j]
+        for i in range(levels.size):
+            digits[j, i] = rest % levels[i] if values[j] >= 0 else -1
+            rest //= levels[i]
     return digits
+
+
+@_kernel
+def _indices_of(digits: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Inverse of `_digits_of` for rows without -1."""
+    indices = np.zeros(digits.shape[0], np.int64)
+    for j in range(digits.shape[0]):
+        for i in range(levels.size - 1, -1, -1):
+            indices[j] = indices[j] * levels[i] + digits[j, i]
+    return indices
+
+
+@_kernel
+def _digit_model(
+    rows: np.ndarray,
+    i: int,
+    digits: np.ndarray,
+    matched: np.ndarray,
+    reference: np.ndarray,
+    misses: np.ndarray,
+    change: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Contexts ``(n,)`` and weights ``(n, L)`` of FSQ digit `i` of a batch's tokens: context
+    ``(c, r, m, f)`` of counts ``(C, L + 1, 2, FEATURES, L)`` flattened, with `c` the previous
+    digit (0 for digit 0 or while the token matches its reference), `r` the reference's digit
+    (L without one), `m` the match so far and `f` ``3 * misses + change``. `digits`,
+    `reference` and `change` are ``(n, D)``."""
+    level = rows.shape[1]
+    n = matched.size
+    contexts = np.empty(n, np.int64)
+    weights = np.empty((n, level), np.float64)
+    for j in range(n):
+        c = 0 if i == 0 or matched[j] else digits[j, i - 1]
+        r = reference[j, i] if reference[j, i] >= 0 else level
+        m = 1 if matched[j] else 0
+        contexts[j] = ((c * (level + 1) + r) * 2 + m) * FEATURES + 3 * misses[j] + change[j, i]
+        _weights_into(rows[contexts[j]], weights[j])
+    return contexts, weights
+
+
+@_kernel
+def _digit_seen(
+    rows: np.ndarray,
+    contexts: np.ndarray,
+    digits: np.ndarray,
+    i: int,
+    reference: np.ndarray,
+    matched: np.ndarray,
+    misses: np.ndarray,
+) -> bool:
+    """Adapt to coded digit `i` and update the match state; False (nothing changed) when a
+    value is outside the digit's range."""
+    level = rows.shape[1]
+    values = digits[:, i].copy()
+    for j in range(values.size):
+        if values[j] < 0 or values[j] >= level:
+            return False
+    _adapt(rows, contexts, values)
+    for j in range(values.size):
+        if reference[j, i] >= 0 and values[j] != reference[j, i]:
+            misses[j] = min(misses[j] + 1, 2)
+            matched[j] = False
+    return True
 
 
 def _code(
@@ -243,65 +347,76 @@ def _code(
     """Walk the coding order once, range-encoding every symbol: the encoder's pass (`indices`
     given, C order of `mask`) or the decoder's (symbols read from `decoder`), whose
     re-encoding is the canonical check. Returns the kept indices, the encoded words and the
-    end state. `start` is not modified."""
-    levels = tables.levels
+    end state. `start` is not modified.
+
+    The order: latent frame by latent frame, row by row, the kept positions of a row at even
+    ``x``, then at odd ``x`` (which see their left and right neighbours)."""
     state = start.copy()
-    rows = _Rows(mask, state)
+    frames, height, width = mask.shape
+    grid = np.full(mask.shape, -1, dtype=np.int64)
     if indices is not None:
-        rows.grid[mask] = indices  # candidates read only earlier tokens
+        grid[mask] = indices  # candidates read only earlier tokens
     family = constriction.stream.model.Categorical(perfect=False)
     encoder = constriction.stream.queue.RangeEncoder()
-    for t, y, xs, candidates, above in rows:
-        n = xs.size
-        available = _available(candidates)
-        reference, above_token = candidates[:, 0], above[:, 0]
-        select_ctx = np.where(
-            reference < 0, 0, np.where(above_token < 0, 3, 1 + (above_token == reference))
-        )
-        probabilities = _weights(state.select[select_ctx] * available)
-        if decoder is None:
-            tokens = rows.grid[t, y, xs]
-            hit = (candidates == tokens[:, None]) & available[:, :SLOTS]
-            choice = np.where(hit.any(axis=1), hit.argmax(axis=1), SLOTS)
-        else:
-            choice = decoder.decode(family, probabilities).astype(np.int64)
-            if choice.min() < 0 or choice.max() > SLOTS:
-                raise FormatError(f"tokens: selection outside [0, {SLOTS}]")
-            if not available[np.arange(n), choice].all():
-                raise FormatError("tokens: selects a candidate that is not there")
-            tokens = np.where(
-                choice < SLOTS, candidates[np.arange(n), np.minimum(choice, SLOTS - 1)], -1
-            )
-        encoder.encode(choice.astype(np.int32), family, probabilities)
-        _adapt(state.select, select_ctx, choice)
-        rest = np.flatnonzero(choice == SLOTS)
-        if rest.size:
-            known = np.concatenate(
-                [reference[rest], above[rest, 0], np.where(above[rest, 0] >= 0, above[rest, 1], -1)]
-            )
-            reference_digits, above_digits, above_reference = np.split(
-                _digit_digits(known, levels), 3
-            )
-            tokens[rest] = _code_digits(
-                tables,
-                state,
-                decoder,
-                encoder,
-                family,
-                tokens[rest],
-                reference_digits,
-                above_digits,
-                above_reference,
-            )
-        rows.grid[t, y, xs] = tokens
-    state.latest = rows.latest
+    levels = np.asarray(tables.levels, dtype=np.int64)
+    digit_rows = [d.reshape(-1, int(level)) for d, level in zip(state.digits, levels, strict=True)]
+    # Rows padded with -1 on both sides: column x is entry x + 1.
+    latest = np.pad(state.latest, ((0, 0), (1, 1)), constant_values=-1)
+    for t in range(frames):
+        above = np.full(width, -1, dtype=np.int64)  # nearest kept token above, in this frame
+        above_ref = np.full(width, -1, dtype=np.int64)  # and its reference
+        previous_row = np.full(width + 2, -1, dtype=np.int64)
+        for y in range(height):
+            kept = np.flatnonzero(mask[t, y])
+            current = np.full(width + 2, -1, dtype=np.int64)
+            for xs in (kept[kept % 2 == 0], kept[kept % 2 == 1]):
+                if not xs.size:
+                    continue
+                candidates, available, contexts, weights = _select_model(
+                    latest[y], above, previous_row, current, xs, state.select
+                )
+                if decoder is None:
+                    tokens = grid[t, y, xs]
+                    choice = _choose(candidates, available, tokens)
+                else:
+                    choice = decoder.decode(family, weights).astype(np.int64)
+                    tokens = _selected(candidates, available, choice)
+                    if tokens.size and tokens[0] == -2:
+                        raise FormatError("tokens: selects a candidate that is not there")
+                encoder.encode(choice.astype(np.int32), family, weights)
+                _adapt(state.select, contexts, choice)
+                rest = np.flatnonzero(choice == SLOTS)
+                reference = candidates[:, 0]
+                if rest.size:
+                    near = above[xs[rest]]
+                    known = np.concatenate(
+                        [reference[rest], near, np.where(near >= 0, above_ref[xs[rest]], -1)]
+                    )
+                    known_digits = _digits_of(known, levels)
+                    tokens[rest] = _code_digits(
+                        levels,
+                        digit_rows,
+                        decoder,
+                        encoder,
+                        family,
+                        tokens[rest],
+                        known_digits[: rest.size],
+                        known_digits[rest.size : 2 * rest.size],
+                        known_digits[2 * rest.size :],
+                    )
+                grid[t, y, xs] = tokens
+                current[xs + 1] = tokens
+                above[xs], above_ref[xs] = tokens, reference
+            previous_row = current
+        latest[:, 1:-1] = np.where(mask[t], grid[t], latest[:, 1:-1])
+    state.latest = latest[:, 1:-1].copy()
     state.last_mask = mask[-1].copy()
-    return rows.grid[mask], encoder.get_compressed().astype("<u4").tobytes(), state
+    return grid[mask], encoder.get_compressed().astype("<u4").tobytes(), state
 
 
 def _code_digits(
-    tables: FrequencyTables,
-    state: ContextState,
+    levels: np.ndarray,
+    digit_rows: list[np.ndarray],
     decoder: Any,
     encoder: Any,
     family: Any,
@@ -310,39 +425,27 @@ def _code_digits(
     above: np.ndarray,
     above_reference: np.ndarray,
 ) -> np.ndarray:
-    """Code the digits of a row's tokens that no candidate gave; returns the tokens.
+    """Code the digits of a batch's tokens that no candidate gave; returns the tokens.
 
     `tokens` ``(n,)`` (ignored when decoding); `reference`, `above`, `above_reference`
     ``(n, D)`` digits, -1 rows where absent."""
-    levels = tables.levels
     n = len(tokens)
     if decoder is None:
-        digits = indices_to_digits(tokens, levels)
+        digits = _digits_of(tokens, levels)
     else:
         digits = np.zeros((n, len(levels)), dtype=np.int64)
-    has_reference = reference[:, 0] >= 0
-    matched = has_reference.copy()
+    matched = reference[:, 0] >= 0
     misses = np.zeros(n, dtype=np.int64)
     # The change of the token above, per digit: 0 unknown, 1 kept its reference's, 2 changed.
     change = np.where(above_reference[:, :1] < 0, 0, 1 + (above != above_reference))
-    for i, level in enumerate(levels):
-        c = np.where(matched, 0, digits[:, i - 1]) if i else 0
-        r = np.where(has_reference, reference[:, i], level)
-        # Flat index of context (c, r, m, f) in counts of shape (C, level + 1, 2, FEATURES, L).
-        ctx = ((c * (level + 1) + r) * 2 + matched) * FEATURES + 3 * misses + change[:, i]
-        rows = state.digits[i].reshape(-1, level)
-        probabilities = _weights(rows[ctx])
+    for i, rows in enumerate(digit_rows):
+        contexts, weights = _digit_model(rows, i, digits, matched, reference, misses, change)
         if decoder is not None:
-            values = decoder.decode(family, probabilities).astype(np.int64)
-            if values.min() < 0 or values.max() >= level:
-                raise FormatError(f"tokens: digit {i} value outside [0, {level})")
-            digits[:, i] = values
-        encoder.encode(digits[:, i].astype(np.int32), family, probabilities)
-        _adapt(rows, ctx, digits[:, i])
-        missed = has_reference & (digits[:, i] != reference[:, i])
-        misses = np.minimum(misses + missed, 2)
-        matched &= ~missed
-    return digits_to_indices(digits, levels)
+            digits[:, i] = decoder.decode(family, weights)
+        if not _digit_seen(rows, contexts, digits, i, reference, matched, misses):
+            raise FormatError(f"tokens: digit {i} value outside [0, {levels[i]})")
+        encoder.encode(digits[:, i].astype(np.int32), family, weights)
+    return _indices_of(digits, levels)
 
 
 def _start(mask: np.ndarray, tables: FrequencyTables, start: ContextState | None) -> ContextState:
