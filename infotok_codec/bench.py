@@ -29,7 +29,12 @@ import numpy as np
 
 from infotok_codec import __version__, judges
 from infotok_codec import router as routing
-from infotok_codec.bench_quality import chunk_psnr, quality_landing, quality_rows
+from infotok_codec.bench_quality import (
+    chunk_psnr,
+    quality_against_budget,
+    quality_landing,
+    quality_rows,
+)
 from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
@@ -564,6 +569,8 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
     summary["timing"] = timing
     if settings.qualities:
         summary["quality"] = quality_landing(rows)
+        router = settings.routers[0] if settings.routers else "elbo"
+        summary["quality_against_budget"] = quality_against_budget(rows, router)
     if settings.oracle and "elbo" in methods:
         corr, gaps = [], []
         for c in clips:

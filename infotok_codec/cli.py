@@ -621,6 +621,17 @@ def bench(
                     f"{t['rate']:.3f}",
                 )
         console.print(landing)
+        for t in report.summary.get("quality_against_budget", []):
+            spent = f"--quality {t['target_db']:g}: set mean {t['mean_psnr']:.2f} dB with"
+            spent += f" {t['quality']['tokens']:.3f} of the tokens"
+            if t["budget"] is None:
+                console.print(f"{spent}; no budget reaches that mean")
+                continue
+            console.print(
+                f"{spent}, one budget for every clip needs {t['budget']['tokens']:.3f}"
+                f" (budget {t['budget']['budget']:.3f}): {t['tokens_saved_percent']:+.1f}% tokens,"
+                f" {t['bits_saved_percent']:+.1f}% bits saved"
+            )
     plots = ", ".join(f"rd_{m}.png" for m in plotted_metrics(report.results))
     console.print(f"wrote {out}/results.json, results.csv, {plots}")
 

@@ -117,6 +117,8 @@ def test_bench_qualities_reports_each_chunk_against_its_target(
     assert all(p >= 12 for p in rows[12.0]["chunk_psnr"])
     assert landing[12.0]["unreachable"] == 0 and rows[12.0]["rate"] < 1.0
     assert landing[12.0]["below_target"] == 0
+    # One budget is no curve to read a --quality target's mean PSNR on.
+    assert report["summary"]["quality_against_budget"] == []
 
 
 @pytest.mark.parametrize(
@@ -207,3 +209,45 @@ def test_routers_are_compared_at_one_bpp_not_at_one_budget() -> None:
     lowest = routers_at_equal_bpp(by, ["c"], 0.25)
     assert lowest is not None and lowest["bpp"] == pytest.approx(0.05)
     assert lowest["margins_db"]["fixed_minus_uniform"]["mean"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_quality_is_compared_with_one_budget_at_the_same_mean_psnr() -> None:
+    from infotok_codec.bench import BenchRow
+    from infotok_codec.bench_quality import quality_against_budget
+
+    def row(clip: str, method: str, param: float, rate: float, psnr: float) -> BenchRow:
+        return BenchRow(
+            clip=clip,
+            method=method,
+            param=param,
+            bytes=0,
+            bpp=0.1 * rate,
+            metrics={"psnr": psnr},
+            seconds={},
+            frames=16,
+            rate=rate,
+        )
+
+    # Tokens buy the "flat" clip little (30 + 2b dB) and the "busy" one much (16 + 12b): one
+    # budget b for both gives a mean of 23 + 7b dB, 26.5 at 0.5 and 30 at 1.0.
+    rows = [row("flat", "elbo", b, b, 30 + 2 * b) for b in (0.5, 1.0)]
+    rows += [row("busy", "elbo", b, b, 16 + 12 * b) for b in (0.5, 1.0)]
+    # --quality 28: the flat clip meets it at 0.25 tokens, the busy one needs all: mean 29.25 dB
+    # with 0.625 of the tokens, where one budget needs (29.25 - 23) / 7 = 0.893 of them.
+    rows += [row("flat", "quality", 28, 0.25, 30.5), row("busy", "quality", 28, 1.0, 28.0)]
+    # --quality 40: both whole, as budget 1.0. --quality 20: a mean below the budget curve.
+    rows += [row("flat", "quality", 40, 1.0, 32.0), row("busy", "quality", 40, 1.0, 28.0)]
+    rows += [row("flat", "quality", 20, 0.25, 30.5), row("busy", "quality", 20, 0.34, 20.08)]
+    result = {t["target_db"]: t for t in quality_against_budget(rows, "elbo")}
+    assert set(result) == {20, 28, 40}
+    at28 = result[28]
+    assert at28["mean_psnr"] == pytest.approx(29.25) and at28["quality"]["tokens"] == 0.625
+    assert at28["budget"]["budget"] == pytest.approx(6.25 / 7, abs=1e-4)
+    assert at28["budget"]["tokens"] == pytest.approx(6.25 / 7, abs=1e-4)
+    assert at28["tokens_saved_percent"] == pytest.approx(30.0, abs=0.01)
+    assert at28["bits_saved_percent"] == pytest.approx(30.0, abs=0.01)
+    assert result[40]["budget"]["budget"] == 1.0 and result[40]["tokens_saved_percent"] == 0.0
+    assert result[20]["budget"] is None and result[20]["tokens_saved_percent"] is None
+    # A clip without every budget's row does not count.
+    partial = [r for r in rows if not (r.clip == "busy" and r.method == "elbo" and r.param == 0.5)]
+    assert [t["mean_psnr"] for t in quality_against_budget(partial, "elbo")] == [30.5, 30.5, 32.0]
