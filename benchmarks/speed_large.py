@@ -1,0 +1,176 @@
+"""Where `infotok encode` and `infotok decode` spend their time at a large frame size (1080p).
+
+The source is made here from real video: the first frames of a dev clip, scaled to the size
+(bicubic, PyAV) and written with x264 at CRF 16. Then, each in a fresh process:
+
+- wall time and peak resident memory of `infotok encode SRC --router light --budget 0.8` and of
+  `infotok decode` of its stream to .y4m (frames/s, MiB);
+- the same two, profiled in-process (cProfile): the time of each stage, summed over the calls
+  of the functions that do it (tiles, chunks), as a share of the whole. Profiling costs a few
+  per cent, so the shares, not these seconds, are the figures to read.
+
+Run: ``python benchmarks/speed_large.py --threads 2`` (writes
+benchmarks/results/speed_large.json and .png; about 10 minutes at 1080p on 2 idle cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import platform
+import pstats
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import av
+import torch
+from streaming_memory import peak_rss_mib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Stage → the functions (file suffix, name) whose cumulative time is the stage's. None of them
+# calls another of the same list, so the stages' times add up.
+ENCODE_STAGES = {
+    "read + scale input (PyAV)": [("video.py", "_read_frames")],
+    "probe (reads the input once more)": [("video.py", "probe")],
+    "conv encoder (pass 1, light features)": [("tokenizer.py", "features")],
+    "light head": [("light_router.py", "error_map")],
+    "compressor + FSQ (pass 2)": [("tokenizer.py", "encode_features"), ("tokenizer.py", "encode")],
+    "token + mask coding": [("container.py", "encode_chunk")],
+}
+DECODE_STAGES = {
+    "token + mask decoding": [("codec.py", "_chunk_tokens")],
+    "decoder network": [("tokenizer.py", "decode")],
+    "write video (PyAV)": [("video.py", "write")],
+}
+
+
+def make_source(src: Path, out: Path, frames: int, width: int, height: int) -> None:
+    """The first `frames` frames of `src`, scaled to `width`×`height`, as x264 CRF 16 MP4."""
+    with av.open(str(src)) as inp, av.open(str(out), "w") as dst:
+        stream = dst.add_stream("libx264", rate=inp.streams.video[0].average_rate or 25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "16", "preset": "veryfast"}
+        written = 0
+        for frame in inp.decode(video=0):
+            scaled = frame.reformat(width, height, "yuv420p", interpolation="BICUBIC")
+            scaled.pts = written
+            for packet in stream.encode(scaled):
+                dst.mux(packet)
+            written += 1
+            if written == frames:
+                break
+        for packet in stream.encode():
+            dst.mux(packet)
+    if written < frames:
+        raise SystemExit(f"{src} has only {written} frames")
+
+
+def stage_seconds(stats: pstats.Stats, stages: dict[str, list[tuple[str, str]]]) -> dict:
+    table = stats.stats  # type: ignore[attr-defined]
+    out = {}
+    for stage, functions in stages.items():
+        out[stage] = sum(
+            cumulative
+            for (path, _, name), (_, _, _, cumulative, _) in table.items()
+            for suffix, wanted in functions
+            if name == wanted and path.endswith(suffix)
+        )
+    return out
+
+
+def profiled(call: str, env: dict, stages: dict[str, list[tuple[str, str]]]) -> dict:
+    profile = cProfile.Profile()
+    profile.runctx(call, env, {})
+    stats = pstats.Stats(profile)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    seconds = stage_seconds(stats, stages)
+    seconds["other"] = max(total - sum(seconds.values()), 0.0)
+    return {
+        "total_s": round(total, 2),
+        "stages": {k: {"s": round(v, 2), "share": round(v / total, 3)} for k, v in seconds.items()},
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, key in zip(axes, ("encode_profile", "decode_profile"), strict=True):
+        stages = result[key]["stages"]
+        names = list(stages)
+        ax.barh(names, [100 * stages[n]["share"] for n in names])
+        ax.invert_yaxis()
+        ax.set_xlabel("share of wall time (%)")
+        ax.set_title(f"{key.split('_')[0]} {result['width']}×{result['height']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--clip", type=Path, default=ROOT.parent / "shared/data/dev/moviepy_sintel.mp4"
+    )
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed_large.json"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from infotok_codec.codec import decode_file, encode_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        src, itok, y4m = work / "src.mp4", work / "out.itok", work / "out.y4m"
+        make_source(args.clip, src, args.frames, args.width, args.height)
+        threads = ["--threads", str(args.threads)]
+        cli = [sys.executable, "-m", "infotok_codec"]
+        enc = [*cli, "encode", str(src), str(itok), "--router", "light", "--budget", "0.8"]
+        enc_peak, enc_s = peak_rss_mib([*enc, *threads, "--force"])
+        dec_peak, dec_s = peak_rss_mib([*cli, "decode", str(itok), str(y4m), *threads, "--force"])
+        size = itok.stat().st_size
+        env = {"encode_file": encode_file, "decode_file": decode_file, "src": src, "itok": itok}
+        env["y4m"] = y4m
+        encode_profile = profiled(
+            "encode_file(src, itok, router='light', budget=0.8, force=True)", env, ENCODE_STAGES
+        )
+        decode_profile = profiled("decode_file(itok, y4m, force=True)", env, DECODE_STAGES)
+    result = {
+        "command": "python " + shlex.join(sys.argv),
+        "machine": {"processor": platform.processor(), "threads": args.threads},
+        "clip": args.clip.name,
+        "frames": args.frames,
+        "width": args.width,
+        "height": args.height,
+        "bytes": size,
+        "encode": {
+            "seconds": round(enc_s, 2),
+            "fps": round(args.frames / enc_s, 3),
+            "peak_mib": round(enc_peak, 1),
+        },
+        "decode": {
+            "seconds": round(dec_s, 2),
+            "fps": round(args.frames / dec_s, 3),
+            "peak_mib": round(dec_peak, 1),
+        },
+        "encode_profile": encode_profile,
+        "decode_profile": decode_profile,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
