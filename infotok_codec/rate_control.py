@@ -32,6 +32,7 @@ import numpy as np
 
 from infotok_codec import router as routing
 from infotok_codec.container import encode_chunk, framing_bytes
+from infotok_codec.context_coder import Chain
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.rate import RateControl, si
@@ -104,7 +105,7 @@ def write(
             unreachable_chunks=plan.unreachable,
             seconds={**result.seconds, "search": search_s},
         )
-    spender = ByteSpender.of(analysis, router, coder, rate, curves)
+    spender = ByteSpender.of(analysis, router, coder, rate, curves, key_interval)
     sample_s = time.perf_counter() - started
     target = target_bytes(analysis, rate)
     smallest, largest = spender.smallest(), spender.largest()
@@ -344,12 +345,24 @@ class ByteCurve:
         return float(np.interp(count, self.counts, self.bytes))
 
 
-def byte_curves(analysis: Analysis, router: str, coder: str) -> list[ByteCurve]:
+def byte_curves(
+    analysis: Analysis, router: str, coder: str, key_interval: float | None = None
+) -> list[ByteCurve]:
     """Every chunk coded for real at one kept position and at each of `SIZE_SAMPLE_RATES`.
 
-    Each chunk is sampled as a key chunk (coded alone): a chained chunk costs somewhat less, and
-    the pass-2 feedback re-solves each count from the bytes actually written."""
-    header = analysis.header(router, 1.0, coder, key_interval=0)
+    Each count is sampled with the chunk coded alone, as a key chunk. A coder that chains chunks
+    (`context`) codes the others for less, so each chunk is also coded at full rate after the
+    chunks before it, as the file will code it with key chunks every `key_interval` seconds
+    (None: the encoder's default): the curve is scaled from exact at one position to exact at
+    full rate, so the largest file the spender names is the one a full-rate encode writes. The
+    pass-2 feedback re-solves each count from the bytes actually written."""
+    alone = analysis.header(router, 1.0, coder, key_interval=0)
+    chained = (
+        analysis.header(router, 1.0, coder)  # the header's default is the encoder's
+        if key_interval is None
+        else analysis.header(router, 1.0, coder, key_interval=key_interval)
+    )
+    chain = Chain()
     engine = analysis.engine
     curves = []
     with closing(analysis.read_chunks()) as inputs:
@@ -363,9 +376,13 @@ def byte_curves(analysis: Analysis, router: str, coder: str) -> list[ByteCurve]:
             for count in counts:
                 keep = routing.select_positions(router, error, chunk.shape, count)
                 indices = engine.tokens(frames, keep)
-                sizes.append(encode_chunk(header, k, keep, indices[keep], engine.tables).nbytes)
+                sizes.append(encode_chunk(alone, k, keep, indices[keep], engine.tables).nbytes)
+            # `counts` ends at every position, so `indices` and `keep` are the full rate's.
+            full = encode_chunk(chained, k, keep, indices[keep], engine.tables, chain).nbytes
+            scale = (np.asarray(counts) - 1) / max(counts[-1] - 1, 1) * (full / sizes[-1] - 1)
+            priced = np.rint(np.asarray(sizes) * (1 + scale)).astype(np.int64)
             # A larger count never prices below a smaller one, so budgets price monotonically.
-            curves.append(ByteCurve(tuple(counts), tuple(np.maximum.accumulate(sizes).tolist())))
+            curves.append(ByteCurve(tuple(counts), tuple(np.maximum.accumulate(priced).tolist())))
             if analysis.progress:
                 analysis.progress("sample", chunk.frames, analysis.info.frames)
     return curves
@@ -402,14 +419,16 @@ class ByteSpender:
         coder: str,
         rate: RateControl,
         curves: list[ByteCurve] | None = None,
+        key_interval: float | None = None,
     ) -> ByteSpender:
-        """The spender of an analysed video (its byte curves made here unless given)."""
+        """The spender of an analysed video (its byte curves made here unless given, for key
+        chunks every `key_interval` seconds: None, the encoder's default)."""
         return cls(
             router,
             [c.positions for c in analysis.chunks],
             [c.mean_error for c in analysis.chunks],
             framing_bytes(analysis.header(router, 1.0, coder, rate)),
-            curves or byte_curves(analysis, router, coder),
+            curves or byte_curves(analysis, router, coder, key_interval),
         )
 
     def counts(self, budget: float, start: int = 0) -> list[int]:

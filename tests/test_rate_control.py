@@ -191,16 +191,14 @@ def test_real_files_land_near_any_target_in_reach(
 ) -> None:
     src = clip(frames=48, width=64, height=48, name="h.mkv")
     with Analysis(src, tiny_model) as analysis:
-        curves = byte_curves(analysis, "elbo", "adaptive")
-        spender = ByteSpender.of(analysis, "elbo", "adaptive", RateControl.size(1), curves)
+        # The default coder, `context`, chains chunks (48 frames at 25 fps: one key chunk,
+        # two chained): the curves must price the largest file as a full-rate encode writes it.
+        curves = byte_curves(analysis, "elbo", "context")
+        spender = ByteSpender.of(analysis, "elbo", "context", RateControl.size(1), curves)
         smallest, largest = spender.smallest(), spender.largest()
         target = round(smallest + share * (largest - 1 - smallest))
         out = tmp_path / "h.itok"
-        # The curves are the `adaptive` coder's, so the file must be too: `context` chains
-        # chunks, which the curves (chunks coded alone) do not price.
-        result = write(
-            analysis, out, RateControl.size(target), coder="adaptive", curves=curves, force=True
-        )
+        result = write(analysis, out, RateControl.size(target), curves=curves, force=True)
     assert result.warning is None
     assert abs(result.bytes - target) <= 0.03 * target
     assert 0 < result.realised_rate <= 1
