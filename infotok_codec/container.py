@@ -35,10 +35,10 @@ from infotok_codec.entropy import (
     decode_mask,
     encode_indices,
     encode_mask,
-    validate_levels,
 )
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
+from infotok_codec.levels import validate_levels
 from infotok_codec.outputs import WholeOrNothing, make_temp
 from infotok_codec.rate import RATE_MODES, RateControl
 
@@ -132,7 +132,7 @@ class Header:
             ``ceil(height / 8)`` and ``ceil(width / 8)``.
         model_name: 1 to 255 bytes of printable UTF-8.
         model_hash: sha256 of the model weights, 32 bytes.
-        fsq_levels: FSQ levels, see `infotok_codec.entropy.validate_levels`.
+        fsq_levels: FSQ levels, see `infotok_codec.levels.validate_levels`.
         coder: the token coder, one of `CODERS`.
         router: the router that chose the keep-masks, 1 to 32 printable ASCII characters.
         budget: the mean rate the router aimed for, in ``(0, 1]``.

@@ -44,6 +44,7 @@ import zstandard
 
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.lattice import lattice_count, lattice_mask, mask_is_implied
+from infotok_codec.levels import validate_levels
 
 CODERS = ("context", "adaptive", "range", "zstd")
 """Token coder names; ``context`` (`infotok_codec.context_coder`, the default) codes chunks in
@@ -54,11 +55,6 @@ CHUNK_CODERS = CODERS[1:]
 PRECISION_BITS = 24
 """Every frequency-table row sums to exactly ``2**PRECISION_BITS``: constriction's precision for
 its default categorical models, so a row is used as the coder's fixed-point model unchanged."""
-
-MAX_LEVELS = 16
-LEVEL_RANGE = (2, 256)
-MAX_CODEBOOK = 2**32
-"""Largest codebook ``K = prod(levels)``: indices must fit the ``uint32`` packing of ``zstd``."""
 
 ZSTD_LEVEL = 19
 
@@ -82,31 +78,6 @@ _ADAPTIVE_FLOOR = 4
 _RANGE_SLACK_BITS = 64
 """A range coder's output is never shorter than the message's information content minus one
 32-bit word; this margin is twice that."""
-
-
-def validate_levels(levels: Sequence[int]) -> tuple[int, ...]:
-    """Check FSQ levels and return them as a tuple.
-
-    Args:
-        levels: the FSQ levels, 1 to `MAX_LEVELS` integers each in `LEVEL_RANGE`, with
-            ``prod(levels) <= MAX_CODEBOOK``.
-
-    Raises:
-        ValueError: with a message naming the fault (the container prefixes it with the field).
-    """
-    out = tuple(levels)
-    if not 1 <= len(out) <= MAX_LEVELS:
-        raise ValueError(f"fsq_levels count {len(out)} outside [1, {MAX_LEVELS}]")
-    lo, hi = LEVEL_RANGE
-    for level in out:
-        if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
-            raise ValueError(f"fsq level {level!r} is not an integer")
-        if not lo <= level <= hi:
-            raise ValueError(f"fsq level {level} outside [{lo}, {hi}]")
-    size = math.prod(int(level) for level in out)
-    if size > MAX_CODEBOOK:
-        raise ValueError(f"fsq_levels product {size} exceeds {MAX_CODEBOOK}")
-    return tuple(int(level) for level in out)
 
 
 def indices_to_digits(indices: np.ndarray, levels: Sequence[int]) -> np.ndarray:

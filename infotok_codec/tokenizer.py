@@ -23,9 +23,9 @@ from torch import nn
 
 from infotok_codec.autoencoder import ConvDecoder, ConvEncoder
 from infotok_codec.compressor import WindowTransformer
-from infotok_codec.entropy import validate_levels
 from infotok_codec.errors import ModelError
 from infotok_codec.fsq import FSQ
+from infotok_codec.levels import validate_levels
 from infotok_codec.light_router import (
     HEAD_KEY,
     HEAD_PREFIX,

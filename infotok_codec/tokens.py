@@ -31,9 +31,9 @@ from typing import IO, BinaryIO
 import numpy as np
 
 from infotok_codec.container import SPATIAL_STRIDE, Header
-from infotok_codec.entropy import MAX_LEVELS
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.lattice import lattice_mask
+from infotok_codec.levels import MAX_LEVELS
 from infotok_codec.outputs import WholeOrNothing, make_temp
 
 TOKENS_FORMAT = "infotok-tokens"
