@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig
+from infotok_codec.model import Tokenizer, TokenizerConfig
 from infotok_codec.train import (
     TrainOptions,
     _validate,

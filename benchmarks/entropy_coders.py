@@ -77,8 +77,8 @@ from infotok_codec.entropy import (
     encode_mask,
     indices_to_digits,
 )
+from infotok_codec.model import LoadedModel, load_model
 from infotok_codec.router import keep_count, lattice_share, select_positions
-from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import find_videos, probe
 
 LEVELS = (8, 8, 8, 5, 5, 5)

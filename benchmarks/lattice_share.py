@@ -32,7 +32,7 @@ from infotok_codec.codec import ChunkModel
 from infotok_codec.entropy import encode_indices, encode_mask
 from infotok_codec.lattice import SHARE_DENOMINATOR
 from infotok_codec.metrics import psnr_pooled
-from infotok_codec.tokenizer import latent_shape, load_model
+from infotok_codec.model import latent_shape, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0, 64, 128, 192, 224, 256)

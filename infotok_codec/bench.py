@@ -39,9 +39,9 @@ from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics
+from infotok_codec.model import LoadedModel, load_model
 from infotok_codec.outputs import atomic_file
 from infotok_codec.rate import RateControl
-from infotok_codec.tokenizer import LoadedModel, load_model
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
 ORACLE_RATES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)

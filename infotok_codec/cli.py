@@ -499,7 +499,7 @@ def bench(
     from infotok_codec.bench import BenchSettings, check_results_folder, plotted_metrics, run_bench
     from infotok_codec.codec import check_light_head
     from infotok_codec.metrics import default_metrics
-    from infotok_codec.tokenizer import load_model
+    from infotok_codec.model import load_model
 
     _set_threads(threads)
     codec_names = tuple(c for c in _names(codecs) if c != "none")
@@ -699,7 +699,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a tokenizer; runs under `torchrun` for several GPUs."""
-    from infotok_codec.tokenizer import TokenizerConfig
+    from infotok_codec.model import TokenizerConfig
     from infotok_codec.train import TrainOptions
     from infotok_codec.train import train as run_training
 

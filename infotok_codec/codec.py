@@ -43,9 +43,9 @@ from infotok_codec.container import (
 from infotok_codec.context_coder import Chain
 from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
+from infotok_codec.model import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.outputs import check_output
 from infotok_codec.rate import RateControl, choose_rate
-from infotok_codec.tokenizer import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
 from infotok_codec.video import HOLDS_SIDE_STREAMS, VideoWriter, output_kind, probe, read_frames
 
@@ -721,7 +721,7 @@ def load_tables(header: Header, model: LoadedModel | str | Path | None) -> Frequ
         check_model_matches(header, model)
         tables_json = model.tables_json
     else:
-        from infotok_codec.tokenizer import read_model_metadata
+        from infotok_codec.model import read_model_metadata
 
         meta, sha = read_model_metadata(model)
         if sha != header.model_hash:

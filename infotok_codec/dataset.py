@@ -36,8 +36,8 @@ from infotok_codec.codec import (
 from infotok_codec.container import ContainerReader
 from infotok_codec.entropy import check_coder
 from infotok_codec.errors import FormatError, InfotokError, VideoError
+from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file
-from infotok_codec.tokenizer import LoadedModel
 from infotok_codec.video import VIDEO_SUFFIXES
 
 MANIFEST = "manifest.json"

@@ -10,8 +10,8 @@ import numpy as np
 
 from infotok_codec.audio import AudioReader, summarize
 from infotok_codec.container import ContainerReader
+from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file
-from infotok_codec.tokenizer import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from infotok_codec import video as video_io
 from infotok_codec.errors import ModelError
-from infotok_codec.light_router import LOG_FLOOR, HeadInfo, LightRouterHead
+from infotok_codec.model.light_router import LOG_FLOOR, HeadInfo, LightRouterHead
+from infotok_codec.model.tokenizer import Tokenizer, load_model, replace_light_head
 from infotok_codec.outputs import check_output
-from infotok_codec.tokenizer import Tokenizer, load_model, replace_light_head
 
 
 def sample_windows(

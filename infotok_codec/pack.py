@@ -16,8 +16,8 @@ from infotok_codec.codec import EncodeResult, Progress, load_tables
 from infotok_codec.container import ContainerWriter, encode_chunk
 from infotok_codec.context_coder import Chain
 from infotok_codec.errors import InfotokError
+from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import check_output
-from infotok_codec.tokenizer import LoadedModel
 from infotok_codec.tokens import TokenReader
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from infotok_codec.entropy import FrequencyTables
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, save_model
+from infotok_codec.model import Tokenizer, TokenizerConfig, save_model
 from infotok_codec.video import read_frames
 
 NTSC_FILM = Fraction(24000, 1001)

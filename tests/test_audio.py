@@ -16,7 +16,7 @@ from infotok_codec.audio import AudioReader
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.container import ContainerReader
 from infotok_codec.errors import FormatError
-from infotok_codec.tokenizer import read_model_metadata
+from infotok_codec.model import read_model_metadata
 
 from helpers import (
     assert_one_line_error,

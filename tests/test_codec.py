@@ -115,7 +115,7 @@ def test_read_tokens_matches_the_tokens_file_and_the_mask(
 
 def test_kept_tokens_are_encoded_knowing_the_mask(clip, tiny_model: Path, tmp_path: Path) -> None:
     from infotok_codec.codec import ChunkModel
-    from infotok_codec.tokenizer import load_model
+    from infotok_codec.model import load_model
 
     src = clip(frames=16, width=64, height=64)
     encode_file(src, tmp_path / "o.itok", budget=0.5, router="fixed", model=tiny_model)
@@ -193,7 +193,7 @@ def test_tiled_frames_encode_each_tile_with_its_part_of_the_mask(
     import torch
 
     from infotok_codec import codec
-    from infotok_codec.tokenizer import load_model
+    from infotok_codec.model import load_model
 
     # Tiles of 64 px above 4,096 px: a 100×150 clip is 2×3 tiles, ragged at the right and bottom.
     monkeypatch.setattr(codec, "TILE", 64)

@@ -11,9 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infotok_codec import ModelError
-from infotok_codec.compressor import WindowTransformer
-from infotok_codec.fsq import FSQ
-from infotok_codec.tokenizer import Tokenizer, TokenizerConfig, load_model
+from infotok_codec.model import FSQ, Tokenizer, TokenizerConfig, load_model
+from infotok_codec.model.compressor import WindowTransformer
 
 from helpers import TINY
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infotok_codec import InfotokError
-from infotok_codec.tokenizer import (
+from infotok_codec.model.tokenizer import (
     DEFAULT_MODEL_PATH,
     Tokenizer,
     TokenizerConfig,

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infotok_codec.autoencoder import SpatialConv
 from infotok_codec.errors import ModelError
+from infotok_codec.model.autoencoder import SpatialConv
 
 HEAD_PREFIX = "light_router."
 HEAD_KEY = "light_router"

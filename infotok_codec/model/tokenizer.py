@@ -21,12 +21,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from infotok_codec.autoencoder import ConvDecoder, ConvEncoder
-from infotok_codec.compressor import WindowTransformer
 from infotok_codec.errors import ModelError
-from infotok_codec.fsq import FSQ
 from infotok_codec.levels import validate_levels
-from infotok_codec.light_router import (
+from infotok_codec.model.autoencoder import ConvDecoder, ConvEncoder
+from infotok_codec.model.compressor import WindowTransformer
+from infotok_codec.model.fsq import FSQ
+from infotok_codec.model.light_router import (
     HEAD_KEY,
     HEAD_PREFIX,
     HeadInfo,
@@ -42,7 +42,7 @@ MODEL_FORMAT = "infotok-model-2"
 # Format 1 predates the mask-aware encoder; its files load with `will_drop` = 0, which is exactly
 # the encoder they were trained as, so streams written with them still decode.
 MODEL_FORMATS = (MODEL_FORMAT, "infotok-model-1")
-DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "infotok-s.safetensors"
+DEFAULT_MODEL_PATH = Path(__file__).parents[1] / "models" / "infotok-s.safetensors"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,32 @@
+"""The network and its file: conv autoencoder, compressor, FSQ, the light router's head, and the
+safetensors model file that carries their weights, config, coder tables and head.
+
+Nothing here imports the stream format or its coders: the coder tables travel in the model file
+as JSON text (`LoadedModel.tables_json`), parsed only where tokens are coded.
+"""
+
+from infotok_codec.model.averaging import WeightAverage
+from infotok_codec.model.fsq import FSQ
+from infotok_codec.model.tokenizer import (
+    SPACE_FACTOR,
+    LoadedModel,
+    Tokenizer,
+    TokenizerConfig,
+    latent_shape,
+    load_model,
+    read_model_metadata,
+    save_model,
+)
+
+__all__ = [
+    "FSQ",
+    "SPACE_FACTOR",
+    "LoadedModel",
+    "Tokenizer",
+    "TokenizerConfig",
+    "WeightAverage",
+    "latent_shape",
+    "load_model",
+    "read_model_metadata",
+    "save_model",
+]
