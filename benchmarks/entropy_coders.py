@@ -1,4 +1,4 @@
-"""Benchmark the token and keep-mask coders of `infotok_codec.entropy`.
+"""Benchmark the token and keep-mask coders of `infotok_codec.bitstream.entropy`.
 
 Tokens: two synthetic sources of FSQ indices (levels [8,8,8,5,5,5]), each with tables fitted on
 one sample and measured on another (held out):
@@ -55,18 +55,16 @@ import numpy as np
 import torch
 import zstandard
 
-from infotok_codec import context_coder
 from infotok_codec.bench import reference_frames
-from infotok_codec.codec import (
-    KEY_SECONDS,
-    ChunkModel,
-    decode_file,
-    key_interval_chunks,
-    read_tokens,
+from infotok_codec.bitstream import (
+    Chain,
+    ContainerWriter,
+    Header,
+    context_coder,
+    decode_chunk,
+    encode_chunk,
 )
-from infotok_codec.container import ContainerWriter, Header, decode_chunk, encode_chunk
-from infotok_codec.context_coder import Chain
-from infotok_codec.entropy import (
+from infotok_codec.bitstream.entropy import (
     CODERS,
     ZSTD_LEVEL,
     FrequencyTables,
@@ -76,6 +74,13 @@ from infotok_codec.entropy import (
     encode_indices,
     encode_mask,
     indices_to_digits,
+)
+from infotok_codec.codec import (
+    KEY_SECONDS,
+    ChunkModel,
+    decode_file,
+    key_interval_chunks,
+    read_tokens,
 )
 from infotok_codec.model import LoadedModel, load_model
 from infotok_codec.router import keep_count, lattice_share, select_positions

@@ -28,9 +28,9 @@ import torch
 
 from infotok_codec import router as routing
 from infotok_codec.bench import paired_margin, quality_at, reference_frames
+from infotok_codec.bitstream.entropy import encode_indices, encode_mask
+from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR
 from infotok_codec.codec import ChunkModel
-from infotok_codec.entropy import encode_indices, encode_mask
-from infotok_codec.lattice import SHARE_DENOMINATOR
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.model import latent_shape, load_model
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 import av
 from av.audio.codeccontext import AudioCodecContext
 
-from infotok_codec.audio import MAX_TRACKS, AudioPacket, AudioTrack
+from infotok_codec.bitstream.audio import MAX_TRACKS, AudioPacket, AudioTrack
 from infotok_codec.errors import VideoError
 
 TRANSCODE_CODEC = "aac"

@@ -47,7 +47,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary."
 def _print_version(value: bool) -> None:
     if value:
         from infotok_codec import __version__
-        from infotok_codec.container import VERSION
+        from infotok_codec.bitstream import VERSION
 
         console.print(f"infotok {__version__} (.itok format version {VERSION})", highlight=False)
         raise typer.Exit()
@@ -183,8 +183,8 @@ def encode(
     A folder of videos and an output folder encode every video under it (a dataset; shards
     across ranks under torchrun) and write OUT/manifest.json.
     """
+    from infotok_codec.bitstream import CODERS
     from infotok_codec.codec import encode_file
-    from infotok_codec.entropy import CODERS
     from infotok_codec.rate import choose_rate, parse_quantity
     from infotok_codec.router import ROUTERS
 

@@ -28,9 +28,18 @@ import torch
 
 from infotok_codec import rate_control
 from infotok_codec import router as routing
-from infotok_codec.audio import AudioReader, side_writer
 from infotok_codec.audio_io import AudioMuxer, read_source_audio
-from infotok_codec.container import (
+from infotok_codec.bitstream import (
+    AudioReader,
+    Chain,
+    ChunkTokens,
+    FrequencyTables,
+    TokenReader,
+    TokenWriter,
+    check_coder,
+    side_writer,
+)
+from infotok_codec.bitstream.container import (
     CHAINING_CODERS,
     KEY_INTERVAL_RANGE,
     ChunkRecord,
@@ -40,13 +49,10 @@ from infotok_codec.container import (
     decode_chunk,
     encode_chunk,
 )
-from infotok_codec.context_coder import Chain
-from infotok_codec.entropy import FrequencyTables, check_coder
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.outputs import check_output
 from infotok_codec.rate import RateControl, choose_rate
-from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
 from infotok_codec.video import HOLDS_SIDE_STREAMS, VideoWriter, output_kind, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
@@ -265,7 +271,7 @@ def encode_file(
     at any `rate` (quality, bitrate, file size; `infotok_codec.rate_control`). Give at most one;
     neither is budget 0.8. Key chunks come every `key_interval` seconds
     (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
-    (`infotok_codec.audio`)."""
+    (`infotok_codec.bitstream.audio`)."""
     if budget is not None and rate is not None:
         raise InfotokError("give a budget or a rate, not both")
     rate = rate or choose_rate(budget=budget)
@@ -628,8 +634,8 @@ def decode_file(
     audio: bool = True,
     progress: Progress | None = None,
 ) -> DecodeResult:
-    """Decode an `.itok` file, or a token file (`.npz`, `infotok_codec.tokens`), to a video
-    (format by extension) and/or a token file.
+    """Decode an `.itok` file, or a token file (`.npz`, `infotok_codec.bitstream.tokens`), to a
+    video (format by extension) and/or a token file.
 
     With `audio`, an `.itok` file's audio track goes into `.mkv` and `.mp4` outputs, cut to the
     decoded frames (`AudioReader.read_span`); `DecodeResult.notes` says where it could not.

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from infotok_codec import router as routing
+from infotok_codec.bitstream import ContainerReader, check_coder
 from infotok_codec.codec import (
     KEY_SECONDS,
     as_model,
@@ -33,8 +34,6 @@ from infotok_codec.codec import (
     encode_file,
     resolve_device,
 )
-from infotok_codec.container import ContainerReader
-from infotok_codec.entropy import check_coder
 from infotok_codec.errors import FormatError, InfotokError, VideoError
 from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file

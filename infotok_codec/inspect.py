@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infotok_codec.audio import AudioReader, summarize
-from infotok_codec.container import ContainerReader
+from infotok_codec.bitstream import ContainerReader
+from infotok_codec.bitstream.audio import AudioReader, summarize
 from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file
 

@@ -1,4 +1,4 @@
-"""`pack`: a token file (`infotok_codec.tokens`) entropy-coded into an `.itok` stream.
+"""`pack`: a token file (`infotok_codec.bitstream.tokens`) entropy-coded into an `.itok` stream.
 
 The stream's header comes from the token file and each chunk is coded as an encode codes it
 (`encode_chunk` with the model's tables), so packing the tokens `decode --tokens` wrote gives
@@ -12,13 +12,11 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from infotok_codec.bitstream import Chain, ContainerWriter, TokenReader, encode_chunk
 from infotok_codec.codec import EncodeResult, Progress, load_tables
-from infotok_codec.container import ContainerWriter, encode_chunk
-from infotok_codec.context_coder import Chain
 from infotok_codec.errors import InfotokError
 from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import check_output
-from infotok_codec.tokens import TokenReader
 
 
 def pack_file(

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR, lattice_mask
 from infotok_codec.errors import InfotokError
-from infotok_codec.lattice import SHARE_DENOMINATOR, lattice_mask
 
 ROUTERS = ("elbo", "fixed", "uniform", "light")
 _RATE_BY_ERROR = ("elbo", "light")  # routers whose chunk rates follow the chunks' mean errors
@@ -109,7 +109,7 @@ def allocate_counts(
 
 
 def lattice_share(router: str) -> int:
-    """The lattice share (256ths, `infotok_codec.lattice`) of the masks `router` makes."""
+    """The lattice share (256ths, `infotok_codec.bitstream.lattice`) of the masks `router` makes."""
     check_router(router)
     return SHARE_DENOMINATOR if router == "uniform" else ERROR_LATTICE_SHARE
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from infotok_codec import video as video_io
-from infotok_codec.entropy import FrequencyTables
+from infotok_codec.bitstream import FrequencyTables
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.light_router_fit import fit_light_router
 from infotok_codec.model import WeightAverage

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import torch
 
-from infotok_codec.entropy import FrequencyTables
+from infotok_codec.bitstream import FrequencyTables
 from infotok_codec.model import Tokenizer, TokenizerConfig, save_model
 from infotok_codec.video import read_frames
 

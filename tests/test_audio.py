@@ -12,9 +12,8 @@ import av
 import numpy as np
 import pytest
 
-from infotok_codec.audio import AudioReader
+from infotok_codec.bitstream import AudioReader, ContainerReader
 from infotok_codec.codec import decode_file, encode_file, read_tokens
-from infotok_codec.container import ContainerReader
 from infotok_codec.errors import FormatError
 from infotok_codec.model import read_model_metadata
 

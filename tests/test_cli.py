@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from infotok_codec.container import ContainerReader
+from infotok_codec.bitstream import ContainerReader
 from infotok_codec.video import probe
 
 from helpers import assert_one_line_error, infotok, read_all
@@ -352,7 +352,7 @@ def test_3840x2160_works(tmp_path: Path, tiny_model: Path, clip) -> None:
 
 def test_version_and_bare_command() -> None:
     from infotok_codec import __version__
-    from infotok_codec.container import VERSION
+    from infotok_codec.bitstream import VERSION
 
     run = infotok("--version")
     assert run.returncode == 0 and run.stdout.strip() == (

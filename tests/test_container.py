@@ -13,18 +13,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infotok_codec.container import (
+from infotok_codec.bitstream import (
+    Chain,
     ChunkRecord,
     ContainerReader,
     ContainerWriter,
+    FrequencyTables,
     Header,
     decode_chunk,
     encode_chunk,
 )
-from infotok_codec.context_coder import Chain
-from infotok_codec.entropy import FrequencyTables
+from infotok_codec.bitstream.lattice import mask_is_implied
 from infotok_codec.errors import FormatError, ModelError
-from infotok_codec.lattice import mask_is_implied
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 DATA = Path(__file__).parent / "data"
@@ -174,7 +174,7 @@ def test_chunks_decode_to_the_masks_and_indices_that_were_encoded(tmp_path: Path
 
 @pytest.mark.parametrize("router", ["fixed", "uniform"])
 def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str) -> None:
-    from infotok_codec.lattice import spread_order
+    from infotok_codec.bitstream.lattice import spread_order
     from infotok_codec.router import lattice_share, select_positions
 
     share = lattice_share(router)

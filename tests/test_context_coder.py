@@ -8,9 +8,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from infotok_codec.container import Header, decode_chunk, encode_chunk
-from infotok_codec.context_coder import Chain, ContextState, decode_tokens, encode_tokens
-from infotok_codec.entropy import FrequencyTables, encode_indices
+from infotok_codec.bitstream import Header, decode_chunk, encode_chunk
+from infotok_codec.bitstream.context_coder import Chain, ContextState, decode_tokens, encode_tokens
+from infotok_codec.bitstream.entropy import FrequencyTables, encode_indices
 from infotok_codec.errors import FormatError
 from infotok_codec.router import lattice_then_error
 

@@ -12,7 +12,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infotok_codec.entropy import (
+from infotok_codec.bitstream.entropy import (
     CHUNK_CODERS,
     PRECISION_BITS,
     FrequencyTables,
@@ -23,8 +23,8 @@ from infotok_codec.entropy import (
     encode_mask,
     indices_to_digits,
 )
+from infotok_codec.bitstream.lattice import lattice_mask, mask_is_implied
 from infotok_codec.errors import FormatError, InfotokError
-from infotok_codec.lattice import lattice_mask, mask_is_implied
 from infotok_codec.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
@@ -334,7 +334,7 @@ def test_range_bitstreams_are_pinned() -> None:
 
 def test_lattices_and_lattice_masks_are_pinned() -> None:
     # The spread order decides which positions a mask leaves uncoded: it is part of the format.
-    from infotok_codec.lattice import spread_order
+    from infotok_codec.bitstream.lattice import spread_order
 
     order = spread_order((3, 7, 9)).astype("<i8").tobytes()
     assert hashlib.sha256(order).hexdigest()[:16] == "f1a81fcff3fd55ec"

@@ -26,19 +26,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infotok_codec.audio import AudioPacket, AudioReader, AudioTrack, side_writer
-from infotok_codec.container import (
+from infotok_codec.bitstream import (
+    AudioPacket,
+    AudioReader,
+    AudioTrack,
+    Chain,
+    ChunkTokens,
     ContainerReader,
     ContainerWriter,
+    FrequencyTables,
     Header,
+    TokenReader,
+    TokenWriter,
     decode_chunk,
     encode_chunk,
+    side_writer,
 )
-from infotok_codec.context_coder import Chain
-from infotok_codec.entropy import FrequencyTables
 from infotok_codec.errors import FormatError
 from infotok_codec.router import lattice_then_error
-from infotok_codec.tokens import ChunkTokens, TokenReader, TokenWriter
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 SEED = 20240617

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infotok_codec import lattice
 from infotok_codec import router as routing
+from infotok_codec.bitstream import lattice
 
 SHAPE = (4, 8, 8)
 

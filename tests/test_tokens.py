@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infotok_codec.bitstream import TokenReader
+from infotok_codec.bitstream.lattice import lattice_count, spread_order
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.errors import FormatError, InfotokError
-from infotok_codec.lattice import lattice_count, spread_order
 from infotok_codec.pack import pack_file
-from infotok_codec.tokens import TokenReader
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern, read_all
 

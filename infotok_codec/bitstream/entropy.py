@@ -1,7 +1,7 @@
 """Entropy coders for FSQ token indices and keep-masks.
 
 Three coders for the indices of kept positions, each coding a chunk alone (the default,
-``context``, which also sees the chunk before, is `infotok_codec.context_coder`):
+``context``, which also sees the chunk before, is `infotok_codec.bitstream.context_coder`):
 
 - ``range``: a range coder (constriction's ``queue.RangeEncoder``) driven by static integer
   frequency tables (`FrequencyTables`) that ship with the model weights. An index is split into
@@ -42,13 +42,14 @@ import constriction
 import numpy as np
 import zstandard
 
+from infotok_codec.bitstream.lattice import lattice_count, lattice_mask, mask_is_implied
 from infotok_codec.errors import FormatError, InfotokError
-from infotok_codec.lattice import lattice_count, lattice_mask, mask_is_implied
 from infotok_codec.levels import validate_levels
 
 CODERS = ("context", "adaptive", "range", "zstd")
-"""Token coder names; ``context`` (`infotok_codec.context_coder`, the default) codes chunks in
-chains, so the container calls it directly and the functions here take the other three."""
+"""Token coder names; ``context`` (`infotok_codec.bitstream.context_coder`, the default) codes
+chunks in chains, so the container calls it directly and the functions here take the other
+three."""
 CHUNK_CODERS = CODERS[1:]
 """The coders `encode_indices` and `decode_indices` take."""
 
@@ -361,7 +362,9 @@ def check_coder(coder: str) -> None:
 def _check_chunk_coder(coder: str) -> None:
     check_coder(coder)
     if coder not in CHUNK_CODERS:
-        raise ValueError(f"coder {coder!r} codes chunks in chains: use infotok_codec.context_coder")
+        raise ValueError(
+            f"coder {coder!r} codes chunks in chains: use infotok_codec.bitstream.context_coder"
+        )
 
 
 def encode_indices(
@@ -810,9 +813,9 @@ def encode_mask(
 
     Args:
         mask: ``(T', h, w)`` bool, True where the position's index is stored.
-        lattice_share: the mask holds its lattice at this share (`infotok_codec.lattice`); those
-            positions are not coded (the decoder computes them from the kept count) but serve
-            as context.
+        lattice_share: the mask holds its lattice at this share
+            (`infotok_codec.bitstream.lattice`); those positions are not coded (the decoder
+            computes them from the kept count) but serve as context.
         previous: ``(h, w)`` bool, the last latent frame's mask of the chunk before, the
             context of the first latent frame in a chained (non-key) chunk; None reads as 0.
 

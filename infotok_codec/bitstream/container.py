@@ -8,7 +8,7 @@ is allocated, and every fault raises `FormatError` with a one-line message that 
 section (``header``, ``chunk K``, ``index``, ``footer``) and the field.
 
 Version 4 adds an optional side section between the seek index and the footer, which holds
-the audio track (`infotok_codec.audio` reads and writes its records); this module only
+the audio track (`infotok_codec.bitstream.audio` reads and writes its records); this module only
 locates it (`ContainerReader.side_span`) and lets the writer fill it (`ContainerWriter.close`).
 """
 
@@ -25,9 +25,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from infotok_codec import context_coder
-from infotok_codec.context_coder import Chain, ContextState
-from infotok_codec.entropy import (
+from infotok_codec.bitstream import context_coder
+from infotok_codec.bitstream.context_coder import Chain, ContextState
+from infotok_codec.bitstream.entropy import (
     CODERS,
     FrequencyTables,
     check_indices_payload,
@@ -36,8 +36,8 @@ from infotok_codec.entropy import (
     encode_indices,
     encode_mask,
 )
+from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR, mask_is_implied
 from infotok_codec.errors import FormatError, InfotokError, ModelError
-from infotok_codec.lattice import SHARE_DENOMINATOR, mask_is_implied
 from infotok_codec.levels import validate_levels
 from infotok_codec.outputs import WholeOrNothing, make_temp
 from infotok_codec.rate import RATE_MODES, RateControl
@@ -138,7 +138,7 @@ class Header:
         budget: the mean rate the router aimed for, in ``(0, 1]``.
         lattice_share: in ``[0, 256]``: every chunk's keep-mask holds its lattice, the first
             ``lattice_count(kept, lattice_share)`` positions of the spread order
-            (`infotok_codec.lattice`), which the mask payload does not code.
+            (`infotok_codec.bitstream.lattice`), which the mask payload does not code.
         key_interval: chunk ``k`` is a *key chunk* when ``k % key_interval == 0``: it is coded
             alone; any other chunk may reference the chunk before it (`CHAINING_CODERS` only;
             1 for the others, and for version-3 files).
@@ -288,10 +288,10 @@ class ChunkRecord:
         first_frame, frames: the frames it covers (see `Header.chunk_span`).
         latent_frames: ``T' = ceil(frames / 4)``.
         kept: number of stored indices, in ``[0, positions(header)]``.
-        mask: coded keep-mask (`infotok_codec.entropy.encode_mask`); ``b""`` exactly when
+        mask: coded keep-mask (`infotok_codec.bitstream.entropy.encode_mask`); ``b""`` exactly when
             `kept` implies the mask (all kept, or only the lattice).
         tokens: coded indices of the kept positions in C order
-            (`infotok_codec.entropy.encode_indices`).
+            (`infotok_codec.bitstream.entropy.encode_indices`).
     """
 
     index: int
@@ -547,7 +547,7 @@ class ContainerWriter(WholeOrNothing):
         Closing twice is a no-op.
 
         Args:
-            side: writes the side section (the audio track, `infotok_codec.audio`) at the
+            side: writes the side section (the audio track, `infotok_codec.bitstream.audio`) at the
                 file's position, right after the index; None leaves it empty.
 
         Raises:

@@ -32,7 +32,7 @@ import constriction
 import numba
 import numpy as np
 
-from infotok_codec.entropy import (
+from infotok_codec.bitstream.entropy import (
     PRECISION_BITS,
     FrequencyTables,
     check_payload_bits,

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from infotok_codec.container import ContainerReader, Header
+from infotok_codec.bitstream.container import ContainerReader, Header
 from infotok_codec.errors import FormatError
 
 BLOCK_TAG = b"AUDB"

@@ -30,9 +30,9 @@ from typing import IO, BinaryIO
 
 import numpy as np
 
-from infotok_codec.container import SPATIAL_STRIDE, Header
+from infotok_codec.bitstream.container import SPATIAL_STRIDE, Header
+from infotok_codec.bitstream.lattice import lattice_mask
 from infotok_codec.errors import FormatError, InfotokError
-from infotok_codec.lattice import lattice_mask
 from infotok_codec.levels import MAX_LEVELS
 from infotok_codec.outputs import WholeOrNothing, make_temp
 

@@ -1,0 +1,40 @@
+"""The `.itok` format and its token coders: container, chunk coders, token files, audio records.
+
+Layout in docs/FORMAT.md. Everything here is integer arithmetic on bytes and numpy arrays (no
+torch), so every machine writes and accepts the same bytes.
+"""
+
+from infotok_codec.bitstream.audio import AudioPacket, AudioReader, AudioTrack, side_writer
+from infotok_codec.bitstream.container import (
+    VERSION,
+    ChunkRecord,
+    ContainerReader,
+    ContainerWriter,
+    Header,
+    decode_chunk,
+    encode_chunk,
+)
+from infotok_codec.bitstream.context_coder import Chain
+from infotok_codec.bitstream.entropy import CODERS, FrequencyTables, check_coder
+from infotok_codec.bitstream.tokens import ChunkTokens, TokenReader, TokenWriter
+
+__all__ = [
+    "CODERS",
+    "VERSION",
+    "AudioPacket",
+    "AudioReader",
+    "AudioTrack",
+    "Chain",
+    "ChunkRecord",
+    "ChunkTokens",
+    "ContainerReader",
+    "ContainerWriter",
+    "FrequencyTables",
+    "Header",
+    "TokenReader",
+    "TokenWriter",
+    "check_coder",
+    "decode_chunk",
+    "encode_chunk",
+    "side_writer",
+]
