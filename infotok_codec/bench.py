@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from infotok_codec import __version__, judges
+from infotok_codec import __version__
 from infotok_codec import router as routing
 from infotok_codec.bench_quality import (
     chunk_psnr,
@@ -38,7 +38,7 @@ from infotok_codec.bench_quality import (
 from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
-from infotok_codec.metrics import Scorer, check_metrics, default_metrics
+from infotok_codec.metrics import Scorer, check_metrics, default_metrics, judges
 from infotok_codec.model import LoadedModel, load_model
 from infotok_codec.outputs import atomic_file
 from infotok_codec.rate import RateControl

@@ -15,10 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infotok_codec import judges
 from infotok_codec.bench import reference_frames
 from infotok_codec.classical import CODECS, encode_classical
-from infotok_codec.metrics import Scorer, default_metrics
+from infotok_codec.metrics import Scorer, default_metrics, judges
 
 from helpers import DEV, assert_one_line_error, make_clip, pattern, read_all
 

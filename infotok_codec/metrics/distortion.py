@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
-from infotok_codec import judges
 from infotok_codec.errors import InfotokError
+from infotok_codec.metrics import judges
 
 METRICS = ("psnr", "ssim", "msssim", "lpips", "vmaf")
 # MS-SSIM's five scales with an 11-tap window need a short side above (11 - 1) · 2^4 = 160.
