@@ -83,7 +83,7 @@ from infotok_codec.codec import (
     read_tokens,
 )
 from infotok_codec.model import LoadedModel, load_model
-from infotok_codec.router import keep_count, lattice_share, select_positions
+from infotok_codec.routing.router import keep_count, lattice_share, select_positions
 from infotok_codec.video import find_videos, probe
 
 LEVELS = (8, 8, 8, 5, 5, 5)

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from infotok_codec import router as routing
 from infotok_codec.bench import paired_margin, quality_at, reference_frames
 from infotok_codec.bitstream.entropy import encode_indices, encode_mask
 from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR
 from infotok_codec.codec import ChunkModel
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.model import latent_shape, load_model
+from infotok_codec.routing import router as routing
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0, 64, 128, 192, 224, 256)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infotok_codec import router as routing
 from infotok_codec.bench import reference_frames
 from infotok_codec.codec import ChunkModel
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.model import latent_shape, load_model
+from infotok_codec.routing import router as routing
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKS = ("full", "elbo_0.75", "elbo", "error", "spread", "raster")

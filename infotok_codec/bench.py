@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from infotok_codec import __version__
-from infotok_codec import router as routing
 from infotok_codec.bench_quality import (
     chunk_psnr,
     quality_against_budget,
@@ -42,6 +41,7 @@ from infotok_codec.metrics import Scorer, check_metrics, default_metrics, judges
 from infotok_codec.model import LoadedModel, load_model
 from infotok_codec.outputs import atomic_file
 from infotok_codec.rate import RateControl
+from infotok_codec.routing import router as routing
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
 ORACLE_RATES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infotok_codec import rate_control
 from infotok_codec.codec import KEY_SECONDS
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.rate import RateControl
+from infotok_codec.routing import rate_control
 
 if TYPE_CHECKING:
     from infotok_codec.bench import BenchRow

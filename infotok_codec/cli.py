@@ -186,7 +186,7 @@ def encode(
     from infotok_codec.bitstream import CODERS
     from infotok_codec.codec import encode_file
     from infotok_codec.rate import choose_rate, parse_quantity
-    from infotok_codec.router import ROUTERS
+    from infotok_codec.routing import ROUTERS
 
     try:
         rate = choose_rate(
@@ -750,7 +750,7 @@ def fit_router(
     force: ForceOption = False,
 ) -> None:
     """Fit the `light` router's head for an existing model file; its network is left as it is."""
-    from infotok_codec.light_router_fit import refit_model_file
+    from infotok_codec.routing import refit_model_file
 
     _set_threads(threads)
     dst = out if out is not None else model

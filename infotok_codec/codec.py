@@ -26,8 +26,6 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from infotok_codec import rate_control
-from infotok_codec import router as routing
 from infotok_codec.audio_io import AudioMuxer, read_source_audio
 from infotok_codec.bitstream import (
     AudioReader,
@@ -53,6 +51,8 @@ from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.outputs import check_output
 from infotok_codec.rate import RateControl, choose_rate
+from infotok_codec.routing import rate_control
+from infotok_codec.routing import router as routing
 from infotok_codec.video import HOLDS_SIDE_STREAMS, VideoWriter, output_kind, probe, read_frames
 
 Progress = Callable[[str, int, int], None]
@@ -268,8 +268,8 @@ def encode_file(
     progress: Progress | None = None,
 ) -> EncodeResult:
     """Encode a video file into an `.itok` file: at `budget` of the full-rate token count, or
-    at any `rate` (quality, bitrate, file size; `infotok_codec.rate_control`). Give at most one;
-    neither is budget 0.8. Key chunks come every `key_interval` seconds
+    at any `rate` (quality, bitrate, file size; `infotok_codec.routing.rate_control`). Give at
+    most one; neither is budget 0.8. Key chunks come every `key_interval` seconds
     (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
     (`infotok_codec.bitstream.audio`)."""
     if budget is not None and rate is not None:

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from infotok_codec import router as routing
 from infotok_codec.bitstream import ContainerReader, check_coder
 from infotok_codec.codec import (
     KEY_SECONDS,
@@ -37,6 +36,7 @@ from infotok_codec.codec import (
 from infotok_codec.errors import FormatError, InfotokError, VideoError
 from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file
+from infotok_codec.routing import router as routing
 from infotok_codec.video import VIDEO_SUFFIXES
 
 MANIFEST = "manifest.json"

@@ -2,7 +2,7 @@
 
 `RateControl` is the typed face of `infotok encode`'s four exclusive options and of
 `encode_file(rate=...)`; the header of an `.itok` file records it (mode and target). How each
-mode is met is `infotok_codec.rate_control`.
+mode is met is `infotok_codec.routing.rate_control`.
 """
 
 from __future__ import annotations

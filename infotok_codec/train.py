@@ -36,7 +36,6 @@ from torch.utils.data.distributed import DistributedSampler
 from infotok_codec import video as video_io
 from infotok_codec.bitstream import FrequencyTables
 from infotok_codec.errors import InfotokError, ModelError
-from infotok_codec.light_router_fit import fit_light_router
 from infotok_codec.model import WeightAverage
 from infotok_codec.model.light_router import split_head
 from infotok_codec.model.tokenizer import (
@@ -47,7 +46,7 @@ from infotok_codec.model.tokenizer import (
     save_model,
 )
 from infotok_codec.outputs import atomic_file, check_output
-from infotok_codec.router import keep_count, select_positions
+from infotok_codec.routing import fit_light_router, keep_count, select_positions
 from infotok_codec.video import find_videos
 
 # Stage-2 rate sampler: r = clip(b · L(x) / EMA(L), 1/16, 1), b drawn from these (InfoTok §3.3).

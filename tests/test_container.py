@@ -175,7 +175,7 @@ def test_chunks_decode_to_the_masks_and_indices_that_were_encoded(tmp_path: Path
 @pytest.mark.parametrize("router", ["fixed", "uniform"])
 def test_a_masks_lattice_is_not_coded_and_comes_back(tmp_path: Path, router: str) -> None:
     from infotok_codec.bitstream.lattice import spread_order
-    from infotok_codec.router import lattice_share, select_positions
+    from infotok_codec.routing.router import lattice_share, select_positions
 
     share = lattice_share(router)
     header = make_header(width=128, height=96, frames=16, chunk_frames=16, lattice_share=share)

@@ -12,7 +12,7 @@ from infotok_codec.bitstream import Header, decode_chunk, encode_chunk
 from infotok_codec.bitstream.context_coder import Chain, ContextState, decode_tokens, encode_tokens
 from infotok_codec.bitstream.entropy import FrequencyTables, encode_indices
 from infotok_codec.errors import FormatError
-from infotok_codec.router import lattice_then_error
+from infotok_codec.routing.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 TABLES = FrequencyTables.fit(np.random.default_rng(1).integers(0, 64000, 5000) // 7, LEVELS)

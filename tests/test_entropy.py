@@ -25,7 +25,7 @@ from infotok_codec.bitstream.entropy import (
 )
 from infotok_codec.bitstream.lattice import lattice_mask, mask_is_implied
 from infotok_codec.errors import FormatError, InfotokError
-from infotok_codec.router import lattice_then_error
+from infotok_codec.routing.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 K = 64000

@@ -43,7 +43,7 @@ from infotok_codec.bitstream import (
     side_writer,
 )
 from infotok_codec.errors import FormatError
-from infotok_codec.router import lattice_then_error
+from infotok_codec.routing.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 SEED = 20240617

@@ -22,7 +22,7 @@ from infotok_codec.codec import Analysis, ChunkModel, decode_file, encode_file, 
 from infotok_codec.inspect import file_info
 from infotok_codec.model import load_model
 from infotok_codec.model.light_router import HEAD_KEY, HEAD_PREFIX
-from infotok_codec.router import allocate_counts
+from infotok_codec.routing import allocate_counts
 from infotok_codec.video import probe, read_frames
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infotok_codec import router as routing
 from infotok_codec.bitstream import lattice
+from infotok_codec.routing import router as routing
 
 SHAPE = (4, 8, 8)
 

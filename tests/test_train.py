@@ -257,7 +257,7 @@ def test_fine_tuning_starts_from_the_shipped_file_and_leaves_its_router_head_out
 
 
 def test_stage_two_masks_are_the_routers_own() -> None:
-    from infotok_codec import router as routing
+    from infotok_codec.routing import router as routing
     from infotok_codec.train import _sample_keep_masks
 
     random.seed(0)

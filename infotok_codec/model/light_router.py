@@ -7,7 +7,7 @@ once, the head, and the masked compressor. Its weights travel in the model file 
 `HEAD_PREFIX`, with `HeadInfo` as JSON under the metadata key `HEAD_KEY`; a file without them still
 loads and simply cannot route `light`.
 
-Fitting it is `light_router_fit.py`.
+Fitting it is `routing/light_router_fit.py`.
 """
 
 from __future__ import annotations

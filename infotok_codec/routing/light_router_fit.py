@@ -1,4 +1,4 @@
-"""Fitting the `light` router's head (`light_router.py`) to a tokenizer, on training clips.
+"""Fitting the `light` router's head (`model/light_router.py`) to a tokenizer, on training clips.
 
 Cheap, and the network is left alone: the conv features and `elbo` error maps of a few hundred
 training windows are computed once (one full-rate encode and decode each), then only the head is

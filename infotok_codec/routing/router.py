@@ -7,7 +7,7 @@ highest, after a coarse lattice that keeps every region in reach of a token (`se
 `fixed` gives every chunk the budget and picks positions the same way (InfoTok's per-clip
 strategy); `uniform` gives every chunk the budget and picks positions in a fixed, data-agnostic
 order (the tail-drop family). `light` routes as `elbo` does, on an error map predicted from the
-conv encoder's features by a small head (`light_router.py`), so it needs no decode. Everything
+conv encoder's features by a small head (`model/light_router.py`), so it needs no decode. Everything
 here is integer or float64 numpy on small arrays: cheap, and the same on every machine.
 """
 

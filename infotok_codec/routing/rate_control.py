@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from infotok_codec import router as routing
 from infotok_codec.bitstream.container import encode_chunk, framing_bytes
 from infotok_codec.bitstream.context_coder import Chain
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.rate import RateControl, si
+from infotok_codec.routing import router as routing
 
 if TYPE_CHECKING:
     from infotok_codec.codec import Analysis, CountFeedback, EncodeResult
