@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from infotok_codec.bench import BenchSettings, prepare_source
+from infotok_codec.bench.runner import BenchSettings, prepare_source
 from infotok_codec.codec import KEY_SECONDS, Analysis, decode_file
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import psnr_pooled

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infotok_codec.bench import bd_rate, lagrangian_allocation
+from infotok_codec.bench.runner import bd_rate, lagrangian_allocation
 
 from helpers import assert_one_line_error, infotok
 
@@ -179,7 +179,7 @@ def test_lagrangian_allocation_spends_where_distortion_falls_most() -> None:
 def test_routers_are_compared_at_one_bpp_not_at_one_budget() -> None:
     import math
 
-    from infotok_codec.bench import BenchRow, routers_at_equal_bpp
+    from infotok_codec.bench.runner import BenchRow, routers_at_equal_bpp
 
     def curve(method: str, bits_per_budget: float, offset_db: float) -> list[BenchRow]:
         # PSNR linear in log bpp, so reading the curve between its points is exact.
@@ -213,7 +213,7 @@ def test_routers_are_compared_at_one_bpp_not_at_one_budget() -> None:
 
 def test_quality_is_compared_with_one_budget_at_the_same_mean_psnr() -> None:
     from infotok_codec.bench import BenchRow
-    from infotok_codec.bench_quality import quality_against_budget
+    from infotok_codec.bench.quality import quality_against_budget
 
     def row(clip: str, method: str, param: float, rate: float, psnr: float) -> BenchRow:
         return BenchRow(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from infotok_codec.bench import reference_frames
-from infotok_codec.classical import CODECS, encode_classical
+from infotok_codec.bench.classical import CODECS, encode_classical
 from infotok_codec.metrics import Scorer, default_metrics, judges
 
 from helpers import DEV, assert_one_line_error, make_clip, pattern, read_all

@@ -18,7 +18,7 @@ from infotok_codec.rate import RateControl
 from infotok_codec.routing import rate_control
 
 if TYPE_CHECKING:
-    from infotok_codec.bench import BenchRow
+    from infotok_codec.bench.runner import BenchRow
     from infotok_codec.codec import Analysis, EncodeResult
 
 WINDOW_DB = 0.5

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from infotok_codec import __version__
-from infotok_codec.bench_quality import (
+from infotok_codec.bench.classical import CODECS, encode_classical
+from infotok_codec.bench.quality import (
     chunk_psnr,
     quality_against_budget,
     quality_landing,
     quality_rows,
 )
-from infotok_codec.classical import CODECS, encode_classical
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics, judges
