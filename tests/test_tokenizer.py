@@ -42,7 +42,7 @@ def test_codes_and_indices_are_inverse() -> None:
 
 def test_compressor_attention_is_block_causal_in_time() -> None:
     # The conv stack's temporal kernels are causal too, but its GroupNorm statistics span the
-    # whole chunk (see autoencoder.py), so causality is asserted where it holds exactly.
+    # whole chunk (see model/autoencoder.py), so causality is asserted where it holds exactly.
     transformer = WindowTransformer(32, 2, 2, 8).eval()
     features = torch.randn(1, 32, 4, 8, 8)
     changed = features.clone()
