@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from infotok_codec.bench.runner import paired_margin, quality_at, reference_frames
+from infotok_codec.bench import reference_frames
+from infotok_codec.bench.report import paired_margin, quality_at
 from infotok_codec.bitstream.entropy import encode_indices, encode_mask
 from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR
 from infotok_codec.codec import ChunkModel

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infotok_codec.bench.runner import bd_rate, lagrangian_allocation
+from infotok_codec.bench import bd_rate
+from infotok_codec.bench.runner import lagrangian_allocation
 
 from helpers import assert_one_line_error, infotok
 
@@ -179,7 +180,8 @@ def test_lagrangian_allocation_spends_where_distortion_falls_most() -> None:
 def test_routers_are_compared_at_one_bpp_not_at_one_budget() -> None:
     import math
 
-    from infotok_codec.bench.runner import BenchRow, routers_at_equal_bpp
+    from infotok_codec.bench import BenchRow
+    from infotok_codec.bench.report import routers_at_equal_bpp
 
     def curve(method: str, bits_per_budget: float, offset_db: float) -> list[BenchRow]:
         # PSNR linear in log bpp, so reading the curve between its points is exact.
