@@ -69,12 +69,11 @@ from infotok_codec.bitstream.entropy import (
     ZSTD_LEVEL,
     FrequencyTables,
     decode_indices,
-    decode_mask,
     digits_to_indices,
     encode_indices,
-    encode_mask,
     indices_to_digits,
 )
+from infotok_codec.bitstream.mask_coder import decode_mask, encode_mask
 from infotok_codec.codec import (
     KEY_SECONDS,
     ChunkModel,

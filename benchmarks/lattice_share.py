@@ -28,8 +28,9 @@ import torch
 
 from infotok_codec.bench import reference_frames
 from infotok_codec.bench.report import paired_margin, quality_at
-from infotok_codec.bitstream.entropy import encode_indices, encode_mask
+from infotok_codec.bitstream.entropy import encode_indices
 from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR
+from infotok_codec.bitstream.mask_coder import encode_mask
 from infotok_codec.codec import ChunkModel
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.model import latent_shape, load_model

@@ -17,13 +17,12 @@ from infotok_codec.bitstream.entropy import (
     PRECISION_BITS,
     FrequencyTables,
     decode_indices,
-    decode_mask,
     digits_to_indices,
     encode_indices,
-    encode_mask,
     indices_to_digits,
 )
 from infotok_codec.bitstream.lattice import lattice_mask, mask_is_implied
+from infotok_codec.bitstream.mask_coder import decode_mask, encode_mask
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.routing.router import lattice_then_error
 

@@ -32,11 +32,10 @@ from infotok_codec.bitstream.entropy import (
     FrequencyTables,
     check_indices_payload,
     decode_indices,
-    decode_mask,
     encode_indices,
-    encode_mask,
 )
 from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR, mask_is_implied
+from infotok_codec.bitstream.mask_coder import decode_mask, encode_mask
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.levels import validate_levels
 from infotok_codec.outputs import WholeOrNothing, make_temp
@@ -288,8 +287,8 @@ class ChunkRecord:
         first_frame, frames: the frames it covers (see `Header.chunk_span`).
         latent_frames: ``T' = ceil(frames / 4)``.
         kept: number of stored indices, in ``[0, positions(header)]``.
-        mask: coded keep-mask (`infotok_codec.bitstream.entropy.encode_mask`); ``b""`` exactly when
-            `kept` implies the mask (all kept, or only the lattice).
+        mask: coded keep-mask (`infotok_codec.bitstream.mask_coder.encode_mask`); ``b""``
+            exactly when `kept` implies the mask (all kept, or only the lattice).
         tokens: coded indices of the kept positions in C order
             (`infotok_codec.bitstream.entropy.encode_indices`).
     """
