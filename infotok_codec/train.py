@@ -76,7 +76,7 @@ class TrainOptions:
     # green; run 5, with this term at 10, lifted the dev set's full-rate PSNR by 1.8 dB).
     mse_weight: float = 10.0
     # Decay of an average of the weights kept beside them (0: none). With it, validation,
-    # checkpoints' shippable weights and the model file are the average's (see averaging.py).
+    # checkpoints' shippable weights and the model file are the average's (see model/averaging.py).
     weight_average: float = 0.0
     batch: int = 8
     frames: int = 16
