@@ -22,7 +22,6 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import av
@@ -30,7 +29,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from infotok_codec.errors import VideoError
-from infotok_codec.outputs import make_temp, remove_temp
+from infotok_codec.outputs import WholeOrNothing, make_temp, remove_temp
 
 __all__ = ["SideStreams", "VideoInfo", "VideoWriter", "output_size", "probe", "read_frames"]
 
@@ -419,7 +418,7 @@ class SideStreams(Protocol):
         """Mux the rest (called before the container is closed)."""
 
 
-class VideoWriter:
+class VideoWriter(WholeOrNothing):
     """Write RGB frames to a video file or a folder of PNGs, atomically.
 
     The format follows the extension:
@@ -565,7 +564,7 @@ class VideoWriter:
             for rgb in frames:
                 self._write_one(rgb)
         except (av.FFmpegError, OSError) as err:
-            self._abort()
+            self.abort()
             raise VideoError(f"{self.path}: cannot write frame ({_describe(err)})") from None
 
     def _write_one(self, rgb: np.ndarray) -> None:
@@ -614,7 +613,7 @@ class VideoWriter:
         if self._closed:
             return
         if self.frames_written == 0:
-            self._abort()
+            self.abort()
             raise VideoError(f"{self.path}: no frames written")
         try:
             if self._container is not None:
@@ -625,10 +624,10 @@ class VideoWriter:
                 self._container.close()
             self._publish()
         except VideoError:
-            self._abort()
+            self.abort()
             raise
         except (av.FFmpegError, OSError) as err:
-            self._abort()
+            self.abort()
             raise VideoError(f"{self.path}: cannot finish output ({_describe(err)})") from None
         self._closed = True
         self._cleanup.detach()
@@ -653,27 +652,13 @@ class VideoWriter:
             raise
         shutil.rmtree(aside, ignore_errors=True)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Drop the temporary output; ``path`` is never touched."""
         self._closed = True
         if self._container is not None:
             with contextlib.suppress(av.FFmpegError, OSError):
                 self._container.close()
         self._cleanup()
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._abort()
 
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".264", ".h264", ".y4m"})
