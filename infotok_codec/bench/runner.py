@@ -198,13 +198,21 @@ def _quality_rows(
 
     def row(itok: Path, enc: Any, analyse_s: float) -> BenchRow:
         return _token_row(
-            clip, "quality", enc.rate.target, itok, enc, analyse_s, score, settings, model, workdir
+            clip,
+            "quality",
+            enc.rate.target,
+            itok,
+            enc,
+            analyse_s,
+            score,
+            settings,
+            model,
+            workdir,
+            chunk_frames=analysis.chunk_frames,
         )
 
     rows = []
     for q_row in quality_rows(analysis, settings.qualities, router, workdir, clip, row):
-        decoded = _decoded(workdir / f"{clip}.quality.{q_row.param}.decoded.mkv")
-        q_row.chunk_psnr = chunk_psnr(decoded, score.source, analysis.chunk_frames)
         rows.append(q_row)
         tick(f"{clip} quality {q_row.param}")
     return rows
@@ -221,7 +229,9 @@ def _token_row(
     settings: BenchSettings,
     model: LoadedModel,
     workdir: Path,
+    chunk_frames: int | None = None,
 ) -> BenchRow:
+    """Decode `itok` once and score it; with `chunk_frames`, also each chunk's PSNR-RGB."""
     decoded_path = workdir / f"{itok.stem}.decoded.mkv"
     started = time.perf_counter()
     decode_file(itok, decoded_path, model=model, device=settings.device, force=True)
@@ -245,6 +255,9 @@ def _token_row(
         frames=len(score.source),
         rate=enc.realised_rate,
         chunk_rates=enc.chunk_rates,
+        chunk_psnr=None
+        if chunk_frames is None
+        else chunk_psnr(decoded, score.source, chunk_frames),
     )
 
 
