@@ -23,6 +23,7 @@ from infotok_codec.train import (
     _validate,
     _validation_batch,
     load_clip,
+    validation_files,
 )
 from infotok_codec.video import find_videos
 
@@ -36,10 +37,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    files = find_videos([Path(args.data)])
-    n_val = min(TrainOptions.val_files, max(len(files) - 1, 0))
-    val_set = sorted(set(files[:: max(len(files) // n_val, 1)][:n_val]))
-    val_clips = [load_clip(f, TrainOptions.short_side, 32) for f in val_set]
+    held_out = validation_files(find_videos([Path(args.data)]), TrainOptions.val_files)
+    val_clips = [load_clip(f, TrainOptions.short_side, 32) for f in sorted(held_out)]
     batch = _validation_batch(val_clips, args.frames, args.crop)
     for path in args.checkpoints:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)

@@ -280,9 +280,7 @@ def train(opts: TrainOptions) -> TrainReport:
             console.log(f"initialised from {opts.init}{added}")
         average = _weight_average(opts, model)
     files = find_videos(opts.data)
-    n_val = min(opts.val_files, max(len(files) - 1, 0))
-    # Split by file, deterministically: every n-th file (by name) is held out.
-    val_set = set(files[:: max(len(files) // n_val, 1)][:n_val]) if n_val else set()
+    val_set = set(validation_files(files, opts.val_files))
     train_files = [f for f in files if f not in val_set]
     console.log(f"{len(train_files)} training files, {len(val_set)} validation files")
     started = time.time()
@@ -483,6 +481,13 @@ def _sample_keep_masks(
     rates[whole.to(rates.device)] = 1.0
     routers = ["uniform" if random.random() < spread_share else "fixed" for _ in range(len(x))]
     return stage2_keep_masks(error, rates, routers), err_ema
+
+
+def validation_files(files: list[Path], count: int) -> list[Path]:
+    """The files a run holds out (at most `count`, always leaving one to train on): split by
+    file, deterministically, every n-th of `files` (by name)."""
+    n_val = min(count, max(len(files) - 1, 0))
+    return files[:: max(len(files) // n_val, 1)][:n_val] if n_val else []
 
 
 def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
