@@ -149,7 +149,8 @@ class ChunkModel:
             idx = torch.from_numpy(tile_idx).to(self.device)[None]
             mask = None if tile_keep.all() else torch.from_numpy(tile_keep).to(self.device)[None]
             video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))
-            pixels = ((video[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            # In place: at a 512×512 tile each float copy of the video is 50 MB.
+            pixels = video[0].add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
             out[:, y0:y1, x0:x1] = pixels.permute(1, 2, 3, 0).cpu().numpy()
         return out
 

@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infotok_codec import ModelError
-from infotok_codec.model import FSQ, Tokenizer, TokenizerConfig, load_model
+from infotok_codec.model import FSQ, Tokenizer, TokenizerConfig, compressor, load_model
+from infotok_codec.model.autoencoder import BY_FRAME_ABOVE, ResBlock, SpatialConv, by_frame
 from infotok_codec.model.compressor import WindowTransformer
 
 from helpers import TINY
@@ -151,3 +152,37 @@ def test_model_hash_covers_weights_and_tables(tiny_model: Path, tmp_path: Path) 
         tiny_model, tmp_path / "t.safetensors", metadata={"entropy_tables": tables + " "}
     )
     assert load_model(changed).sha256 != load_model(tiny_model).sha256
+
+
+def test_large_activations_run_by_frame_as_the_batched_block_computes() -> None:
+    # A clip activation of at least BY_FRAME_ABOVE values runs a frame at a time without
+    # autograd (and adds into its input); it must compute what the batched training form does.
+    torch.manual_seed(0)
+    block = ResBlock(16)
+    torch.nn.init.normal_(block.temporal.conv.weight, std=0.1)  # not the identity it starts as
+    x = torch.randn(1, 16, 8, 192, 192)
+    assert x[0].numel() >= BY_FRAME_ABOVE
+    with torch.enable_grad():
+        batched = block(x).detach()
+    with torch.no_grad():
+        assert by_frame(x)
+        by_frames = block(x.clone())
+    torch.testing.assert_close(by_frames, batched, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        conv = SpatialConv(16, 8)
+        torch.testing.assert_close(conv(x), conv.conv(x.transpose(1, 2)[0]).transpose(0, 1)[None])
+
+
+def test_windows_in_groups_compute_what_one_pass_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    net = WindowTransformer(dim=32, depth=2, heads=4, window=4, max_latent_frames=4).eval()
+    x = torch.randn(1, 32, 2, 20, 12)  # 15 windows, the last row and column padded
+    with torch.no_grad():
+        grouped = net(x)
+        monkeypatch.setattr(compressor, "WINDOW_GROUP", 4)
+        assert compressor.WINDOW_GROUP < 15
+        regrouped = net(x)
+        monkeypatch.setattr(compressor, "WINDOW_GROUP", 1000)
+        whole = net(x)
+    torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(regrouped, whole, rtol=1e-5, atol=1e-5)

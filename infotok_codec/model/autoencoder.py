@@ -33,6 +33,17 @@ def space_time_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
     return x.reshape(b, c0, tt * t, h * s, w * s)
 
 
+BY_FRAME_ABOVE = 1 << 22
+"""Activations of at least this many values per clip (16 MB; a 512×512 tile's, not a 256×256
+chunk's) run a frame at a time when there is no autograd: the per-frame working set stays in
+cache and two whole activations are held instead of five. Measured on 2 cores: 512×512 tiles
+decode 1.45× and encode 1.5× faster that way; 256×256 chunks 17% slower, so they stay batched."""
+
+
+def by_frame(x: torch.Tensor) -> bool:
+    return not torch.is_grad_enabled() and x[0].numel() >= BY_FRAME_ABOVE
+
+
 class SpatialConv(nn.Module):
     """3×3 conv applied to every frame independently, as a Conv2d."""
 
@@ -42,8 +53,14 @@ class SpatialConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        y = self.conv(x.transpose(1, 2).reshape(b * t, c, h, w))
-        return y.reshape(b, t, -1, h, w).transpose(1, 2)
+        if not by_frame(x):
+            y = self.conv(x.transpose(1, 2).reshape(b * t, c, h, w))
+            return y.reshape(b, t, -1, h, w).transpose(1, 2)
+        # Straight into a (B, C, T, H, W) tensor: no copy into frame order and back.
+        y = x.new_empty(b, self.conv.out_channels, t, h, w)
+        for i in range(t):
+            y[:, :, i] = self.conv(x[:, :, i])
+        return y
 
 
 class CausalTemporalConv(nn.Module):
@@ -55,6 +72,18 @@ class CausalTemporalConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 0, 0, 0, 2, 0), mode="replicate"))
+
+
+def group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm(x)` as a per-channel `x * scale + shift` (each `(B, C, 1, 1)`), so that it can be
+    applied to one frame of `x` `(B, C, T, H, W)` at a time."""
+    b, c = x.shape[:2]
+    groups = norm.num_groups
+    var, mean = torch.var_mean(x.reshape(b, groups, -1), dim=2, correction=0)
+    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(c // groups, dim=1)
+    scale = rstd * norm.weight
+    shift = norm.bias - mean.repeat_interleave(c // groups, dim=1) * scale
+    return scale[:, :, None, None], shift[:, :, None, None]
 
 
 class ResBlock(nn.Module):
@@ -72,9 +101,28 @@ class ResBlock(nn.Module):
             nn.init.zeros_(self.temporal.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if by_frame(x):
+            return self._forward_by_frame(x)
         h = self.spatial(F.silu(self.norm1(x)))
         h = self.temporal(F.silu(self.norm2(h)))
         return x + h
+
+    def _forward_by_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block without autograd, a frame at a time from the norms' whole-chunk
+        statistics, adding into `x` in place (which it returns): it holds `x` and the spatial
+        conv's output where the batched form holds five activations (`BY_FRAME_ABOVE`)."""
+        scale, shift = group_norm_affine(self.norm1, x)
+        h = torch.empty_like(x)
+        for i in range(x.shape[2]):
+            h[:, :, i] = self.spatial.conv(F.silu(x[:, :, i] * scale + shift, inplace=True))
+        scale, shift = group_norm_affine(self.norm2, h)
+        normed: dict[int, torch.Tensor] = {}
+        for i in range(x.shape[2]):
+            normed[i] = F.silu(h[:, :, i] * scale + shift, inplace=True)
+            normed.pop(i - 3, None)
+            past = torch.stack([normed[max(i - 2, 0)], normed[max(i - 1, 0)], normed[i]], dim=2)
+            x[:, :, i : i + 1] += self.temporal.conv(past)
+        return x
 
 
 class ConvEncoder(nn.Module):

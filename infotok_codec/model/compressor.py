@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+WINDOW_GROUP = 16  # windows per pass through the blocks (a 512×512 tile has 64)
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
@@ -78,9 +80,15 @@ class WindowTransformer(nn.Module):
         frame = torch.arange(t, device=x.device).repeat_interleave(win * win)
         causal = frame[:, None] >= frame[None, :]
         mask = causal[None, None] & key_valid
-        for block in self.blocks:
-            seq = block(seq, mask)
-        seq = self.norm(seq)
+        # Windows are independent, so they run in groups: the blocks' working memory (the MLP's
+        # hidden layer is 4× the sequence) stays that of WINDOW_GROUP windows at any frame size.
+        parts = []
+        for first in range(0, seq.shape[0], WINDOW_GROUP):
+            part, part_mask = seq[first : first + WINDOW_GROUP], mask[first : first + WINDOW_GROUP]
+            for block in self.blocks:
+                part = block(part, part_mask)
+            parts.append(self.norm(part))
+        seq = torch.cat(parts) if len(parts) > 1 else parts[0]
         y = seq.reshape(b, nh, nw, t, win, win, d).permute(0, 6, 3, 1, 4, 2, 5)
         y = y.reshape(b, d, t, nh * win, nw * win)
         return y[:, :, :, :h, :w]

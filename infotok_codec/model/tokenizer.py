@@ -215,7 +215,7 @@ class Tokenizer(nn.Module):
         codes = self.fsq.indices_to_codes(indices)
         if keep is not None:
             codes = codes * keep.unsqueeze(-1).to(codes.dtype)
-        return self.decode_codes(codes, keep, size).clamp(-1, 1)
+        return self.decode_codes(codes, keep, size).clamp_(-1, 1)  # in place: a whole copy less
 
     @torch.no_grad()
     def error_map(self, video: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
