@@ -51,6 +51,8 @@ BITRATES = (5e3, 10e3, 20e3, 30e3)
 CHUNK = 16
 POSITIONS = CHUNK // 4 * (256 // 8) ** 2  # latent positions of a full chunk at 256×256
 
+CODER = "context"  # the encoder's default coder: the one the files are written with
+
 
 def chunk_psnr(decoded: np.ndarray, reference: np.ndarray) -> list[float]:
     return [
@@ -108,9 +110,10 @@ def clip_rows(
             print(json.dumps({"clip": path.name, **out["quality"][-1]}), file=sys.stderr)
         if "size" not in modes:
             return out
-        curves = rate_control.byte_curves(analysis, "elbo", "adaptive")
+        # The curves must be the coder's that writes the files (the encoder's default).
+        curves = rate_control.byte_curves(analysis, "elbo", CODER, KEY_SECONDS)
         probe = rate_control.ByteSpender.of(
-            analysis, "elbo", "adaptive", RateControl.size(1), curves
+            analysis, "elbo", CODER, RateControl.size(1), curves, KEY_SECONDS
         )
         smallest, largest = probe.smallest(), probe.largest()
         targets = [
@@ -122,7 +125,13 @@ def clip_rows(
             goal = rate_control.target_bytes(analysis, rate)
             try:
                 enc = rate_control.write(
-                    analysis, itok, rate, key_interval=KEY_SECONDS, curves=curves, force=True
+                    analysis,
+                    itok,
+                    rate,
+                    coder=CODER,
+                    key_interval=KEY_SECONDS,
+                    curves=curves,
+                    force=True,
                 )
             except InfotokError as exc:
                 out["size"].append({"mode": rate.mode, "target": rate.target, "error": str(exc)})
