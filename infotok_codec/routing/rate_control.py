@@ -202,6 +202,10 @@ def _mse(psnr_db: float) -> float:
     return 255.0**2 / 10 ** (psnr_db / 10)
 
 
+def _psnr_db(mse: float) -> float:
+    return 10 * math.log10(255.0**2 / mse)
+
+
 class QualitySearch:
     """Per chunk, the PSNR-RGB of real decodes at the counts tried, kept so that one search
     serves several targets (`bench --qualities`)."""
@@ -281,16 +285,22 @@ class QualitySearch:
     ) -> int:
         """The count in (lo, hi) where the model puts the goal's squared error.
 
-        With a failing count `lo` measured, the model is the line through the two bracket ends
-        (in dropped error); without one, the line from full rate through `hi`, or the previous
-        chunk's slope; with no slope at all, half of `hi`.
+        With a failing count `lo` measured, PSNR is taken as linear in the log of the count
+        between the two bracket ends (dev chunks gain 3-4 dB per doubling, while squared error
+        against dropped error bends sharply at low counts); without one, squared error is the
+        line in dropped error from full rate through `hi`, or the previous chunk's slope; with
+        no slope at all, half of `hi`.
         """
         tried = self.measured[k]
-        mse_hi, s_hi = _mse(tried[hi]), dropped.at(hi)
         if lo > 0:
-            mse_lo, s_lo = _mse(tried[lo]), dropped.at(lo)
-            slope = (mse_lo - mse_hi) / (s_lo - s_hi) if s_lo > s_hi else None
-        elif hi < dropped.positions and s_hi > 0 and mse_hi > _mse(tried[dropped.positions]):
+            rise = tried[hi] - tried[lo]
+            if rise <= 0:
+                return min(max(round(math.sqrt(lo * hi)), lo + 1), hi - 1)
+            aim = _psnr_db(goal) - tried[lo]
+            count = lo * (hi / lo) ** (aim / rise)
+            return min(max(round(count), lo + 1), hi - 1)
+        mse_hi, s_hi = _mse(tried[hi]), dropped.at(hi)
+        if hi < dropped.positions and s_hi > 0 and mse_hi > _mse(tried[dropped.positions]):
             slope = (mse_hi - _mse(tried[dropped.positions])) / s_hi
         else:
             slope = scale
