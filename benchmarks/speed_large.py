@@ -5,6 +5,8 @@ The source is made here from real video: the first frames of a dev clip, scaled 
 
 - wall time and peak resident memory of `infotok encode SRC --router light --budget 0.8` and of
   `infotok decode` of its stream to .y4m (frames/s, MiB);
+- the roofline: the network's GFLOP per frame (counted on the codec's tiles), this machine's
+  float32 matmul rate, and the frames/s that rate allows, beside the measured frames/s;
 - the same two, profiled in-process (cProfile): the time of each stage, summed over the calls
   of the functions that do it (tiles, chunks), as a share of the whole. Profiling costs a few
   per cent, so the shares, not these seconds, are the figures to read.
@@ -46,6 +48,63 @@ DECODE_STAGES = {
     "decoder network": [("tokenizer.py", "decode")],
     "write video (PyAV)": [("video.py", "write")],
 }
+
+
+def network_gflop_per_frame(width: int, height: int, chunk_frames: int = 16) -> dict[str, float]:
+    """The shipped network's arithmetic per frame at this size, counted (FLOPs of every conv,
+    matmul and attention, `torch.utils.flop_counter`) on the tiles the codec runs, on the meta
+    device, so nothing is computed: `encode` is the conv encoder + compressor (a `light` encode's
+    network work), `decode` the de-compressor + conv decoder."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from infotok_codec.codec import tiles
+    from infotok_codec.model import latent_shape, load_model
+
+    model = copy.deepcopy(load_model().tokenizer).to("meta").eval()
+    flops = {"encode": 0, "decode": 0}
+    with torch.no_grad():
+        for y0, y1, x0, x1 in tiles(height, width):
+            size = (chunk_frames, y1 - y0, x1 - x0)
+            with FlopCounterMode(display=False) as count:
+                model.encode_features(model.features(torch.zeros(1, 3, *size, device="meta")))
+            flops["encode"] += count.get_total_flops()
+            indices = torch.zeros(1, *latent_shape(*size), dtype=torch.int64, device="meta")
+            with FlopCounterMode(display=False) as count:
+                model.decode(indices, None, size)
+            flops["decode"] += count.get_total_flops()
+    return {k: v / chunk_frames / 1e9 for k, v in flops.items()}
+
+
+def matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s): the ceiling for the network,
+    whose time is almost all convolutions and matmuls."""
+    import time
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def roofline(width: int, height: int, threads: int, measured: dict[str, float]) -> dict:
+    """The frames/s the network's arithmetic allows at the machine's matmul rate, beside the
+    measured frames/s and the share of that rate the whole command reached."""
+    gflop = network_gflop_per_frame(width, height)
+    peak = matmul_gflops(threads)
+    out: dict = {"matmul_gflops": round(peak, 1)}
+    for stage, per_frame in gflop.items():
+        out[stage] = {
+            "network_gflop_per_frame": round(per_frame, 2),
+            "fps_bound": round(peak / per_frame, 3),
+            "fps_measured": measured[stage],
+            "share_of_matmul_rate": round(measured[stage] * per_frame / peak, 3),
+        }
+    return out
 
 
 def make_source(src: Path, out: Path, frames: int, width: int, height: int) -> None:
@@ -163,6 +222,12 @@ def main() -> None:
             "fps": round(args.frames / dec_s, 3),
             "peak_mib": round(dec_peak, 1),
         },
+        "roofline": roofline(
+            args.width,
+            args.height,
+            args.threads,
+            {"encode": round(args.frames / enc_s, 3), "decode": round(args.frames / dec_s, 3)},
+        ),
         "encode_profile": encode_profile,
         "decode_profile": decode_profile,
     }

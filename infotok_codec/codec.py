@@ -82,7 +82,7 @@ class ChunkModel:
     def _video(self, frames: np.ndarray) -> torch.Tensor:
         """`(n, H, W, 3)` uint8 → `(1, 3, n, H, W)` float in [-1, 1] on the device."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        return x.permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+        return x.permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)  # one float copy, not two
 
     def tokens(
         self,
