@@ -206,6 +206,11 @@ def _psnr_db(mse: float) -> float:
     return 10 * math.log10(255.0**2 / mse)
 
 
+def _geometric_middle(lo: int, hi: int) -> int:
+    """The count nearest the geometric mean of `lo` and `hi`, kept within [lo + 1, hi - 1]."""
+    return min(max(round(math.sqrt(lo * hi)), lo + 1), hi - 1)
+
+
 class QualitySearch:
     """Per chunk, the PSNR-RGB of real decodes at the counts tried, kept so that one search
     serves several targets (`bench --qualities`)."""
@@ -270,7 +275,7 @@ class QualitySearch:
                 # The same end moved twice: the model is bent there, and the line through the
                 # bracket ends would creep along one side (regula falsi's stall). Halve the
                 # bracket instead, geometrically, since counts span orders of magnitude.
-                guess = min(max(round(math.sqrt(max(lo, 1) * hi)), lo + 1), hi - 1)
+                guess = _geometric_middle(max(lo, 1), hi)
             else:
                 guess = self._guess(k, dropped, goal, lo, hi, scale)
             moved.append(self._psnr(k, frames, dropped, guess) >= target)
@@ -295,11 +300,12 @@ class QualitySearch:
         if lo > 0:
             rise = tried[hi] - tried[lo]
             if rise <= 0:
-                return min(max(round(math.sqrt(lo * hi)), lo + 1), hi - 1)
+                return _geometric_middle(lo, hi)
             aim = _psnr_db(goal) - tried[lo]
             count = lo * (hi / lo) ** (aim / rise)
             return min(max(round(count), lo + 1), hi - 1)
         mse_hi, s_hi = _mse(tried[hi]), dropped.at(hi)
+        slope: float | None
         if hi < dropped.positions and s_hi > 0 and mse_hi > _mse(tried[dropped.positions]):
             slope = (mse_hi - _mse(tried[dropped.positions])) / s_hi
         else:
