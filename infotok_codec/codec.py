@@ -47,6 +47,7 @@ from infotok_codec.bitstream.container import (
     decode_chunk,
     encode_chunk,
 )
+from infotok_codec.closing import Closing
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import SPACE_FACTOR, LoadedModel, latent_shape, load_model
 from infotok_codec.outputs import check_output
@@ -318,7 +319,7 @@ class _ChunkPlan:
         return self.shape[0] * self.shape[1] * self.shape[2]
 
 
-class Analysis:
+class Analysis(Closing):
     """Pass 1 of an encode: every chunk's full-rate error map, spilled to disk.
 
     Routing needs only each chunk's mean error, so that is all it keeps in memory. Routers that
@@ -364,10 +365,8 @@ class Analysis:
             self.chunks = self._plan()
         self.seconds = time.perf_counter() - started
 
-    def __enter__(self) -> Analysis:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Remove the spill file (the analysis is then no longer usable for pass 2)."""
         if self._spill is not None:
             self._spill.close()
 

@@ -15,8 +15,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
 
+from infotok_codec.closing import Closing
 from infotok_codec.errors import InfotokError
 
 
@@ -85,21 +85,12 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-_W = TypeVar("_W", bound="WholeOrNothing")
-
-
-class WholeOrNothing:
+class WholeOrNothing(Closing):
     """A writer used as a context manager: `close()` (complete the output) when the block ends
     normally, `abort()` (leave nothing) when it raises."""
 
-    def close(self) -> None:
-        raise NotImplementedError
-
     def abort(self) -> None:
         raise NotImplementedError
-
-    def __enter__(self: _W) -> _W:
-        return self
 
     def __exit__(
         self,

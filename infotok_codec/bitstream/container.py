@@ -20,7 +20,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO
 
 import numpy as np
@@ -36,6 +35,7 @@ from infotok_codec.bitstream.entropy import (
 )
 from infotok_codec.bitstream.lattice import SHARE_DENOMINATOR, mask_is_implied
 from infotok_codec.bitstream.mask_coder import decode_mask, encode_mask
+from infotok_codec.closing import Closing
 from infotok_codec.errors import FormatError, InfotokError, ModelError
 from infotok_codec.levels import validate_levels
 from infotok_codec.outputs import WholeOrNothing, make_temp
@@ -586,7 +586,7 @@ class ContainerWriter(WholeOrNothing):
         self._tmp.unlink(missing_ok=True)
 
 
-class ContainerReader:
+class ContainerReader(Closing):
     """Reads an ``.itok`` file: header and index eagerly (validated), chunks on demand.
 
     Args:
@@ -612,17 +612,6 @@ class ContainerReader:
         except BaseException:
             self._file.close()
             raise
-
-    def __enter__(self) -> ContainerReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._file.close()

@@ -25,13 +25,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, BinaryIO
 
 import numpy as np
 
 from infotok_codec.bitstream.container import SPATIAL_STRIDE, Header
 from infotok_codec.bitstream.lattice import lattice_mask
+from infotok_codec.closing import Closing
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.levels import MAX_LEVELS
 from infotok_codec.outputs import WholeOrNothing, make_temp
@@ -265,7 +265,7 @@ _ENCRYPTED = 0x1
 _KIND_NAMES = {_INTEGER: "an integer", _BOOL: "a bool", _NUMBER: "a number", _STRING: "a string"}
 
 
-class TokenReader:
+class TokenReader(Closing):
     """Reads a token file: header fields eagerly (validated), chunks on demand.
 
     Args:
@@ -301,17 +301,6 @@ class TokenReader:
         except BaseException:
             self.close()
             raise
-
-    def __enter__(self) -> TokenReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._zip.close()
