@@ -36,8 +36,9 @@ def space_time_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
 BY_FRAME_ABOVE = 1 << 22
 """Activations of at least this many values per clip (16 MB; a 512×512 tile's, not a 256×256
 chunk's) run a frame at a time when there is no autograd: the per-frame working set stays in
-cache and two whole activations are held instead of five. Measured on 2 cores: 512×512 tiles
-decode 1.45× and encode 1.5× faster that way; 256×256 chunks 17% slower, so they stay batched."""
+cache and two whole activations are held instead of five. Measured on 2 cores at 1080p
+(`benchmarks/speed_large.py`): decode 1.16× and encode 1.10× faster, peak memory 1.35 → 1.09 GB;
+256×256 chunks ran 17% slower that way, so they stay batched."""
 
 
 def by_frame(x: torch.Tensor) -> bool:
