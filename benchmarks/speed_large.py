@@ -11,8 +11,10 @@ The source is made here from real video: the first frames of a dev clip, scaled 
   of the functions that do it (tiles, chunks), as a share of the whole. Profiling costs a few
   per cent, so the shares, not these seconds, are the figures to read.
 
-Run: ``python benchmarks/speed_large.py --threads 2`` (writes
-benchmarks/results/speed_large.json and .png; about 10 minutes at 1080p on 2 idle cores).
+Run: ``python benchmarks/speed_large.py --threads 2 [--precision fp32|bf16] [--out F]`` (writes
+benchmarks/results/speed_large.json and .png; about 10 minutes at 1080p on 2 idle cores). The
+network runs in bf16 where the CPU has native bf16 unless `--precision` says otherwise; the
+roofline then uses the bf16 matmul rate.
 """
 
 from __future__ import annotations
@@ -77,13 +79,13 @@ def network_gflop_per_frame(width: int, height: int, chunk_frames: int = 16) -> 
     return {k: v / chunk_frames / 1e9 for k, v in flops.items()}
 
 
-def matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
-    """This machine's float32 matrix-multiply rate (GFLOP/s): the ceiling for the network,
+def matmul_gflops(threads: int, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """This machine's matrix-multiply rate (GFLOP/s) in `dtype`: the ceiling for the network,
     whose time is almost all convolutions and matmuls."""
     import time
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     started = time.perf_counter()
     for _ in range(repeats):
@@ -91,12 +93,13 @@ def matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def roofline(width: int, height: int, threads: int, measured: dict[str, float]) -> dict:
-    """The frames/s the network's arithmetic allows at the machine's matmul rate, beside the
-    measured frames/s and the share of that rate the whole command reached."""
+def roofline(width: int, height: int, threads: int, bf16: bool, measured: dict[str, float]) -> dict:
+    """The frames/s the network's arithmetic allows at the machine's matmul rate (in the
+    precision the network ran in), beside the measured frames/s and the share of that rate the
+    whole command reached."""
     gflop = network_gflop_per_frame(width, height)
-    peak = matmul_gflops(threads)
-    out: dict = {"matmul_gflops": round(peak, 1)}
+    peak = matmul_gflops(threads, torch.bfloat16 if bf16 else torch.float32)
+    out: dict = {"matmul_gflops": round(peak, 1), "matmul_dtype": "bf16" if bf16 else "fp32"}
     for stage, per_frame in gflop.items():
         out[stage] = {
             "network_gflop_per_frame": round(per_frame, 2),
@@ -182,31 +185,47 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="the network's arithmetic (auto: bf16 where the CPU runs it natively)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed_large.json"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from infotok_codec.codec import decode_file, encode_file
+    from infotok_codec.model import use_bf16
+
+    bf16 = use_bf16(
+        {"auto": None, "bf16": True, "fp32": False}[args.precision], torch.device("cpu")
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         src, itok, y4m = work / "src.mp4", work / "out.itok", work / "out.y4m"
         make_source(args.clip, src, args.frames, args.width, args.height)
-        threads = ["--threads", str(args.threads)]
+        flags = ["--threads", str(args.threads), "--bf16" if bf16 else "--fp32"]
         cli = [sys.executable, "-m", "infotok_codec"]
         enc = [*cli, "encode", str(src), str(itok), "--router", "light", "--budget", "0.8"]
-        enc_peak, enc_s = peak_rss_mib([*enc, *threads, "--force"])
-        dec_peak, dec_s = peak_rss_mib([*cli, "decode", str(itok), str(y4m), *threads, "--force"])
+        enc_peak, enc_s = peak_rss_mib([*enc, *flags, "--force"])
+        dec_peak, dec_s = peak_rss_mib([*cli, "decode", str(itok), str(y4m), *flags, "--force"])
         size = itok.stat().st_size
         env = {"encode_file": encode_file, "decode_file": decode_file, "src": src, "itok": itok}
-        env["y4m"] = y4m
+        env["y4m"], env["bf16"] = y4m, bf16
         encode_profile = profiled(
-            "encode_file(src, itok, router='light', budget=0.8, force=True)", env, ENCODE_STAGES
+            "encode_file(src, itok, router='light', budget=0.8, bf16=bf16, force=True)",
+            env,
+            ENCODE_STAGES,
         )
-        decode_profile = profiled("decode_file(itok, y4m, force=True)", env, DECODE_STAGES)
+        decode_profile = profiled(
+            "decode_file(itok, y4m, bf16=bf16, force=True)", env, DECODE_STAGES
+        )
     result = {
         "command": "python " + shlex.join(sys.argv),
         "machine": {"processor": platform.processor(), "threads": args.threads},
+        "precision": "bf16" if bf16 else "fp32",
         "clip": args.clip.name,
         "frames": args.frames,
         "width": args.width,
@@ -226,6 +245,7 @@ def main() -> None:
             args.width,
             args.height,
             args.threads,
+            bf16,
             {"encode": round(args.frames / enc_s, 3), "decode": round(args.frames / dec_s, 3)},
         ),
         "encode_profile": encode_profile,

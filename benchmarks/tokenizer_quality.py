@@ -10,6 +10,7 @@ frames per second of an `elbo` encode at rate 0.5 (full-rate error map, then the
 and of a full-rate decode. `--masks full,elbo` measures a subset (a quick comparison of models).
 
     python benchmarks/tokenizer_quality.py [--model M] [--dev DIR] [--out JSON] [--threads 2]
+        [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -70,13 +71,19 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--masks", default=",".join(MASKS), help="a subset of " + ",".join(MASKS))
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the network's arithmetic (fp32, the reference models are compared in, by default)",
+    )
     args = parser.parse_args()
     names = [m for m in MASKS if m in args.masks.split(",")]
     if not names or set(args.masks.split(",")) - set(MASKS):
         parser.error(f"--masks: choose from {','.join(MASKS)}")
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
-    engine = ChunkModel(loaded, "cpu")
+    engine = ChunkModel(loaded, "cpu", bf16=args.precision == "bf16")
     rows = []
     encode_s = decode_s = 0.0
     frames_total = 0
@@ -113,6 +120,7 @@ def main() -> None:
         "command": "python benchmarks/tokenizer_quality.py " + " ".join(sys.argv[1:]),
         "model": loaded.name,
         "model_sha256": loaded.sha256.hex(),
+        "precision": engine.precision,
         "protocol": f"first {args.frames} frames, short side {args.size}, centre crop "
         f"{args.size}x{args.size}; PSNR-RGB over each clip, mean over clips; rate 0.5 keeps "
         "ceil(N/2) positions per 16-frame chunk",

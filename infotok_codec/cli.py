@@ -39,6 +39,15 @@ ModelOption = Annotated[
     Path | None, typer.Option("--model", help="Model file (default: the shipped model).")
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Bf16Option = Annotated[
+    bool | None,
+    typer.Option(
+        "--bf16/--fp32",
+        help="Run the network in bf16 or float32 (default: bf16 where the GPU or CPU runs it "
+        "natively).",
+        show_default=False,
+    ),
+]
 ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary.")]
@@ -169,6 +178,7 @@ def encode(
         ),
     ] = 2.0,
     device: DeviceOption = "auto",
+    bf16: Bf16Option = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     no_audio: Annotated[
@@ -217,6 +227,7 @@ def encode(
                 chunk_frames=chunk_frames,
                 coder=coder,
                 device=device,
+                bf16=bf16,
                 threads=threads,
                 force=force,
                 audio=not no_audio,
@@ -237,6 +248,7 @@ def encode(
             coder=coder,
             key_interval=key_interval,
             device=device,
+            bf16=bf16,
             force=force,
             audio=not no_audio,
             progress=progress,
@@ -325,6 +337,7 @@ def decode(
     ] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
+    bf16: Bf16Option = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
@@ -342,6 +355,7 @@ def decode(
             tokens_out=tokens,
             model=model,
             device=device,
+            bf16=bf16,
             force=force,
             progress=progress,
         )
@@ -485,6 +499,7 @@ def bench(
     ] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
+    bf16: Bf16Option = None,
     threads: ThreadsOption = None,
     out: Annotated[
         Path, typer.Option(help="Folder for results.json, results.csv and plots.")
@@ -514,6 +529,7 @@ def bench(
         metrics=_names(metrics) if metrics is not None else default_metrics(),
         lpips_every=lpips_every,
         device=device,
+        bf16=bf16,
         oracle=oracle,
         qualities=_floats(qualities, "--qualities") if qualities else (),
     )
@@ -675,14 +691,7 @@ def train(
             "use (0: none; e.g. 0.999).",
         ),
     ] = 0.0,
-    bf16: Annotated[
-        bool | None,
-        typer.Option(
-            "--bf16/--fp32",
-            help="bf16 autocast (default: where the GPU or CPU runs bf16 natively).",
-            show_default=False,
-        ),
-    ] = None,
+    bf16: Bf16Option = None,
     warmup_steps: Annotated[
         int, typer.Option(min=1, help="Linear learning-rate warm-up steps.")
     ] = 200,

@@ -17,7 +17,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import ExitStack, closing
+from contextlib import AbstractContextManager, ExitStack, closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -49,7 +49,14 @@ from infotok_codec.bitstream.container import (
 )
 from infotok_codec.closing import Closing
 from infotok_codec.errors import InfotokError, ModelError
-from infotok_codec.model import SPACE_FACTOR, LoadedModel, latent_shape, load_model
+from infotok_codec.model import (
+    SPACE_FACTOR,
+    LoadedModel,
+    autocast,
+    latent_shape,
+    load_model,
+    use_bf16,
+)
 from infotok_codec.outputs import check_output
 from infotok_codec.rate import RateControl, choose_rate
 from infotok_codec.routing import rate_control
@@ -67,9 +74,10 @@ the positions it keeps."""
 class ChunkModel:
     """A loaded tokenizer on a device, working on uint8 frames `(n, H, W, 3)`."""
 
-    def __init__(self, model: LoadedModel, device: str = "auto") -> None:
+    def __init__(self, model: LoadedModel, device: str = "auto", bf16: bool | None = None) -> None:
         self.model = model
         self.device = resolve_device(device)
+        self.bf16 = use_bf16(bf16, self.device)  # None: where the device runs it natively
         self.tokenizer = model.tokenizer.to(self.device).eval()
         self.light_head = (
             model.light_head.to(self.device).eval() if model.light_head is not None else None
@@ -79,6 +87,13 @@ class ChunkModel:
             if model.tables_json
             else FrequencyTables.uniform(model.tokenizer.config.levels)
         )
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def _precision(self) -> AbstractContextManager[object]:
+        return autocast(self.device, self.bf16)
 
     def _video(self, frames: np.ndarray) -> torch.Tensor:
         """`(n, H, W, 3)` uint8 → `(1, 3, n, H, W)` float in [-1, 1] on the device."""
@@ -101,13 +116,14 @@ class ChunkModel:
             mask = None
             if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
                 mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
-            if features is None:
-                idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
-            else:
-                tile = np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1])
-                idx = self.tokenizer.encode_features(
-                    torch.from_numpy(tile).to(self.device)[None], mask
-                )
+            with self._precision():
+                if features is None:
+                    idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
+                else:
+                    tile = np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1])
+                    idx = self.tokenizer.encode_features(
+                        torch.from_numpy(tile).to(self.device)[None], mask
+                    )
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
 
@@ -123,8 +139,9 @@ class ChunkModel:
         features = np.zeros((self.tokenizer.config.dim, *shape), dtype=np.float32)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
-            feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
-            error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
+            with self._precision():
+                feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
+                error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
             features[:, :, ly0:ly1, lx0:lx1] = feats[0].float().cpu()
         return error, features
 
@@ -134,7 +151,8 @@ class ChunkModel:
         error = np.zeros(latent_shape(n, height, width), dtype=np.float32)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
-            err = self.tokenizer.error_map(self._video(frames[:, y0:y1, x0:x1]))
+            with self._precision():
+                err = self.tokenizer.error_map(self._video(frames[:, y0:y1, x0:x1]))
             error[:, ly0:ly1, lx0:lx1] = err[0].float().cpu()
         return error
 
@@ -149,9 +167,11 @@ class ChunkModel:
             tile_idx = np.where(tile_keep, indices[:, ly0:ly1, lx0:lx1], 0)
             idx = torch.from_numpy(tile_idx).to(self.device)[None]
             mask = None if tile_keep.all() else torch.from_numpy(tile_keep).to(self.device)[None]
-            video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))
-            # In place: at a 512×512 tile each float copy of the video is 50 MB.
-            pixels = video[0].add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+            with self._precision():
+                video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))[0].float()
+            # In place: at a 512×512 tile each float copy of the video is 50 MB. (Under bf16 the
+            # copy above is the one: bf16 cannot hold every integer level from 128 to 255.)
+            pixels = video.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
             out[:, y0:y1, x0:x1] = pixels.permute(1, 2, 3, 0).cpu().numpy()
         return out
 
@@ -251,6 +271,7 @@ class EncodeResult:
     chunk_psnr: list[float] | None = None  # mode quality: each chunk's PSNR-RGB (dB), measured
     unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
     warning: str | None = None  # a size or bitrate target out of reach, and what was written
+    precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
 
 
 def encode_file(
@@ -265,6 +286,7 @@ def encode_file(
     coder: str = "context",
     key_interval: float = KEY_SECONDS,
     device: str = "auto",
+    bf16: bool | None = None,
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
@@ -273,7 +295,8 @@ def encode_file(
     at any `rate` (quality, bitrate, file size; `infotok_codec.routing.rate_control`). Give at
     most one; neither is budget 0.8. Key chunks come every `key_interval` seconds
     (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
-    (`infotok_codec.bitstream.audio`)."""
+    (`infotok_codec.bitstream.audio`). `bf16`: the network under bf16 autocast (None: where the
+    device runs it natively; `infotok_codec.model.precision`)."""
     if budget is not None and rate is not None:
         raise InfotokError("give a budget or a rate, not both")
     rate = rate or choose_rate(budget=budget)
@@ -291,6 +314,7 @@ def encode_file(
         Path(dst).parent,
         progress,
         light=router == "light",
+        bf16=bf16,
     ) as pass1:
         return rate_control.write(
             pass1,
@@ -341,12 +365,13 @@ class Analysis(Closing):
         spill_dir: Path | None = None,
         progress: Progress | None = None,
         light: bool = False,
+        bf16: bool | None = None,
     ) -> None:
         check_chunk_frames(chunk_frames)
         self.src = Path(src)
         self.info = probe(self.src)
         self.loaded = as_model(model)
-        self.engine = ChunkModel(self.loaded, device)
+        self.engine = ChunkModel(self.loaded, device, bf16)
         self.chunk_frames = chunk_frames
         self.progress = progress
         self.light = light
@@ -551,6 +576,7 @@ class Analysis(Closing):
             chunk_rates=[c / n for c, n in zip(used, positions, strict=True)],
             seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
             rate=header.rate,
+            precision=self.engine.precision,
         )
 
 
@@ -566,6 +592,7 @@ class DecodeResult:
     first_frame: int
     seconds: float
     notes: list[str] = field(default_factory=list)  # what happened to the audio, one line each
+    precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
 
 
 def _chunk_tokens(
@@ -630,6 +657,7 @@ def decode_file(
     tokens_out: str | Path | None = None,
     model: LoadedModel | str | Path | None = None,
     device: str = "auto",
+    bf16: bool | None = None,
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
@@ -666,7 +694,7 @@ def decode_file(
         if out is not None:
             loaded = as_model(model)
             check_model_matches(header, loaded)
-            engine = ChunkModel(loaded, device)
+            engine = ChunkModel(loaded, device, bf16)
         if isinstance(source, TokenReader):
             chunks = source.chunks(first, stop)
         else:
@@ -718,6 +746,7 @@ def decode_file(
         first_frame=first,
         seconds=time.perf_counter() - started,
         notes=notes,
+        precision=engine.precision if engine is not None else None,
     )
 
 

@@ -169,10 +169,11 @@ class _Encoder:
         settings: EncodeSettings,
         model: LoadedModel,
         device: str,
+        bf16: bool | None,
         force: bool,
     ) -> None:
         self.src, self.dst, self.settings = src, dst, settings
-        self.model, self.device, self.force = model, device, force
+        self.model, self.device, self.bf16, self.force = model, device, bf16, force
 
     def __call__(self, source: Path, claimed_by: Path | None) -> ManifestEntry:
         out = source.with_suffix(STREAM_SUFFIX)
@@ -197,6 +198,7 @@ class _Encoder:
                     key_interval=self.settings.key_interval,
                     model=self.model,
                     device=self.device,
+                    bf16=self.bf16,
                     force=self.force,
                 )
                 entry.frames, entry.bytes, entry.bpp = result.frames, result.bytes, result.bpp
@@ -243,6 +245,7 @@ def encode_dataset(
     coder: str = "context",
     key_interval: float = KEY_SECONDS,
     device: str = "auto",
+    bf16: bool | None = None,
     threads: int | None = None,
     force: bool = False,
     audio: bool = True,
@@ -285,7 +288,7 @@ def encode_dataset(
         torch.set_num_threads(chosen_threads)
     dst.mkdir(exist_ok=True)
     settings = EncodeSettings(budget, router, coder, chunk_frames, audio, key_interval)
-    encoder = _Encoder(src, dst, settings, loaded, device, force)
+    encoder = _Encoder(src, dst, settings, loaded, device, bf16, force)
     claimed: dict[Path, Path] = {}
     owners = [claimed.setdefault(rel.with_suffix(STREAM_SUFFIX), rel) for rel in files]
     mine = range(shard.rank, len(files), shard.world)

@@ -38,6 +38,7 @@ from infotok_codec.bitstream import FrequencyTables
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import WeightAverage
 from infotok_codec.model.light_router import split_head
+from infotok_codec.model.precision import use_bf16
 from infotok_codec.model.tokenizer import (
     Tokenizer,
     TokenizerConfig,
@@ -395,15 +396,6 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, mse_weight: float)
     if mse_weight:
         loss = loss + mse_weight * residual.square().mean()
     return loss
-
-
-def use_bf16(requested: bool | None, device: torch.device) -> bool:
-    """Whether to train under bf16 autocast: as requested, else where bf16 runs natively."""
-    if requested is not None:
-        return requested
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _step_limit(opts: TrainOptions, state: TrainState) -> bool:

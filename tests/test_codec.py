@@ -248,3 +248,42 @@ def test_every_token_coder_carries_the_same_tokens(tmp_path: Path) -> None:
         for a, b in zip(tokens["context"], tokens[coder], strict=True):
             assert np.array_equal(a.indices, b.indices) and np.array_equal(a.keep, b.keep)
     assert sizes["context"] < sizes["adaptive"] < sizes["zstd"] < sizes["range"]
+
+
+def test_bf16_and_fp32_streams_decode_alike_in_either_precision(tmp_path: Path) -> None:
+    # bf16 changes which indices an encode picks and the pixels a decode writes, not the stream's
+    # meaning: each precision's stream decodes in the other to nearly the same video, at the
+    # quality fp32 gets. (Autocast runs bf16 on any CPU; natively it is also faster.)
+    sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
+    frames = next(read_frames(sample, 16))
+    decoded = {}
+    for enc in (False, True):
+        out = tmp_path / f"{enc}.itok"
+        result = encode_file(sample, out, budget=0.8, bf16=enc)
+        assert result.precision == ("bf16" if enc else "fp32")
+        for dec in (False, True):
+            video = tmp_path / f"{enc}-{dec}.y4m"
+            assert decode_file(out, video, bf16=dec).precision == ("bf16" if dec else "fp32")
+            decoded[enc, dec] = next(read_frames(video, 16))
+    reference = psnr(decoded[False, False], frames)
+    for key, video in decoded.items():
+        assert psnr(video, frames) > reference - 0.1, key
+    # The same stream in both precisions: far closer to each other than to the source.
+    assert psnr(decoded[False, True], decoded[False, False]) > 40
+    assert psnr(decoded[True, False], decoded[True, True]) > 40
+
+
+def test_bf16_quantizes_in_float32() -> None:
+    # Under autocast the compressor's projection is still rounded to the FSQ grid in float32:
+    # rounding bf16 (8 significant bits) would move codes near a level boundary.
+    import torch
+
+    from infotok_codec.model import load_model
+
+    tokenizer = load_model().tokenizer.eval()
+    sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
+    video = torch.from_numpy(next(read_frames(sample, 8))).float()
+    video = video.permute(3, 0, 1, 2)[None, :, :, :128, :128] / 127.5 - 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = tokenizer.quantized_codes(video)
+    assert codes.dtype == torch.float32

@@ -30,7 +30,7 @@ from infotok_codec.bench.report import check_results_folder, summarise, write_ou
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics, judges
-from infotok_codec.model import LoadedModel, load_model
+from infotok_codec.model import LoadedModel, load_model, use_bf16
 from infotok_codec.rate import RateControl
 from infotok_codec.routing import router as routing
 from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
@@ -51,6 +51,7 @@ class BenchSettings:
     metrics: tuple[str, ...] = field(default_factory=default_metrics)
     lpips_every: int = 1  # LPIPS on frames 0, k, 2k, ... (the network is the bench's costliest)
     device: str = "auto"
+    bf16: bool | None = None  # the network in bf16 (None: where the device runs it natively)
     oracle: bool = False
     qualities: tuple[float, ...] = ()  # `--quality` targets in dB, with the first router
 
@@ -144,7 +145,9 @@ def bench_tokenizer(
     rows: list[BenchRow] = []
     full_rate = [r for r in settings.routers if r != "light"]
     if full_rate or settings.oracle or settings.qualities:
-        with Analysis(source, model, device=settings.device, with_error=True) as analysis:
+        with Analysis(
+            source, model, device=settings.device, bf16=settings.bf16, with_error=True
+        ) as analysis:
             rows += _router_rows(clip, analysis, full_rate, score, settings, model, workdir, tick)
             if settings.oracle:
                 rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
@@ -152,7 +155,7 @@ def bench_tokenizer(
                 rows += _quality_rows(clip, analysis, score, settings, model, workdir, tick)
     if "light" in settings.routers:
         with Analysis(
-            source, model, device=settings.device, with_error=True, light=True
+            source, model, device=settings.device, bf16=settings.bf16, with_error=True, light=True
         ) as analysis:
             rows += _router_rows(clip, analysis, ["light"], score, settings, model, workdir, tick)
     return rows
@@ -234,7 +237,9 @@ def _token_row(
     """Decode `itok` once and score it; with `chunk_frames`, also each chunk's PSNR-RGB."""
     decoded_path = workdir / f"{itok.stem}.decoded.mkv"
     started = time.perf_counter()
-    decode_file(itok, decoded_path, model=model, device=settings.device, force=True)
+    decode_file(
+        itok, decoded_path, model=model, device=settings.device, bf16=settings.bf16, force=True
+    )
     decode_s = time.perf_counter() - started
     decoded = _decoded(decoded_path)
     encode_s = analyse_s + enc.seconds["route"] + enc.seconds["write"]
@@ -419,10 +424,13 @@ def run_bench(
     report = BenchReport(
         results=rows,
         summary=summarise(rows, settings),
-        device=device
-        if device != "cpu"
-        else f"cpu ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)",
+        device=(
+            device
+            if device != "cpu"
+            else f"cpu ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)"
+        )
+        + (", bf16" if use_bf16(settings.bf16, torch.device(device)) else ", fp32"),
         versions=versions,
         settings={
             **dataclasses.asdict(settings),

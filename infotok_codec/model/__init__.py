@@ -7,6 +7,7 @@ as JSON text (`LoadedModel.tables_json`), parsed only where tokens are coded.
 
 from infotok_codec.model.averaging import WeightAverage
 from infotok_codec.model.fsq import FSQ
+from infotok_codec.model.precision import autocast, use_bf16
 from infotok_codec.model.tokenizer import (
     SPACE_FACTOR,
     LoadedModel,
@@ -25,8 +26,10 @@ __all__ = [
     "Tokenizer",
     "TokenizerConfig",
     "WeightAverage",
+    "autocast",
     "latent_shape",
     "load_model",
     "read_model_metadata",
     "save_model",
+    "use_bf16",
 ]

@@ -172,8 +172,11 @@ class Tokenizer(nn.Module):
         if keep is not None:
             dropped = (~keep).unsqueeze(1).to(features.dtype)
             features = features + dropped * self.will_drop.to(features.dtype)[:, None, None, None]
-        features = self.compressor(features)
-        return self.fsq(self.to_code(features.permute(0, 2, 3, 4, 1)))
+        features = self.compressor(features).permute(0, 2, 3, 4, 1)
+        # Quantized in float32 even under autocast: bf16 holds 8 significant bits, so rounding
+        # its projection to the FSQ grid would move codes that sit near a level boundary.
+        with torch.autocast(features.device.type, enabled=False):
+            return self.fsq(self.to_code(features.float()))
 
     def decode_codes(
         self, codes: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
