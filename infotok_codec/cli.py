@@ -772,6 +772,29 @@ def fit_router(
     )
 
 
+@app.command("fit-coder")
+def fit_coder(
+    model: Annotated[Path, typer.Argument(help="Model file (.safetensors) to fit tables for.")],
+    data: Annotated[
+        list[Path], typer.Option("--data", help="Training videos or folders (repeatable).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Model file to write (default: MODEL itself).")
+    ] = None,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Fit the token coders' tables and the context coder's key prior for an existing model
+    file; its network and light head are left as they are (streams name the file's hash, so
+    those written with the old file need the old file)."""
+    from infotok_codec.coder_fit import refit_model_file
+
+    _set_threads(threads)
+    dst = out if out is not None else model
+    refit_model_file(model, dst, data, force=force)
+    err_console.print(f"wrote {dst}: coder tables and key prior fitted", soft_wrap=True)
+
+
 class Terminated(BaseException):
     """SIGTERM (`kill`, `timeout`), raised where the process is, like Ctrl-C's KeyboardInterrupt,
     so that the same clean-up runs: temporary outputs are removed on the way out."""

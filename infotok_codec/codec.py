@@ -32,6 +32,7 @@ from infotok_codec.bitstream import (
     Chain,
     ChunkTokens,
     FrequencyTables,
+    KeyPrior,
     TokenReader,
     TokenWriter,
     check_coder,
@@ -87,6 +88,7 @@ class ChunkModel:
             if model.tables_json
             else FrequencyTables.uniform(model.tokenizer.config.levels)
         )
+        KeyPrior.of(self.tables)  # a damaged key prior is one error here, before any frame
 
     @property
     def precision(self) -> str:

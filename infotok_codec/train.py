@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from infotok_codec import video as video_io
-from infotok_codec.bitstream import FrequencyTables
+from infotok_codec.coder_fit import fit_coder
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import WeightAverage
 from infotok_codec.model.light_router import split_head
@@ -570,9 +570,11 @@ def _finalize(
     device: torch.device,
     console: Console,
 ) -> None:
-    """Fit the entropy coder's tables and the `light` router's head on training clips (both read
-    the final network) and write the model file."""
-    tables_json = fit_tables(model, clips, device)
+    """Fit the token coders' tables (`coder_fit`) and the `light` router's head on training
+    clips (both read the final network) and write the model file. Everything this needs is
+    imported with the module, at the start of a run: an edit to the package during a long run
+    must not break it after its last checkpoint (run 4 did)."""
+    tables_json = fit_coder(model, clips, device)
     light_head = fit_light_router(model, clips, device)
     console.log(f"fitted the light router's head: {light_head[1].to_json()}")
     recipe = {
@@ -599,28 +601,3 @@ def _finalize(
         extra={"recipe": recipe, "data_manifest_sha256": manifest_sha256(files)},
     )
     console.log(f"wrote {opts.out}")
-
-
-@torch.no_grad()
-def fit_tables(
-    model: Tokenizer, clips: list[np.ndarray], device: torch.device, size: int = 128
-) -> str:
-    """Frequency tables for the token coders, from full-rate tokens of training windows.
-
-    Everything this needs is imported with the module, at the start of a run: an edit to the
-    package during a long run must not break it after its last checkpoint (run 4 did)."""
-    model.eval()
-    tokens = []
-    for clip in clips:
-        if clip.shape[0] < 16 or min(clip.shape[1:3]) < size:
-            continue
-        for t0 in range(0, clip.shape[0] - 15, 64):
-            y, x = (clip.shape[1] - size) // 2, (clip.shape[2] - size) // 2
-            window = torch.from_numpy(
-                np.ascontiguousarray(clip[t0 : t0 + 16, y : y + size, x : x + size])
-            )
-            video = window.permute(3, 0, 1, 2)[None].float().to(device) / 127.5 - 1.0
-            tokens.append(model.encode(video).flatten().cpu().numpy())
-    model.train()
-    indices = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64)
-    return FrequencyTables.fit(indices, model.config.levels).to_json()

@@ -360,7 +360,7 @@ def test_wrong_magic_is_named(valid) -> None:
         ContainerReader(valid[0])
 
 
-@pytest.mark.parametrize("version", [1, 2, 5])
+@pytest.mark.parametrize("version", [1, 2, 6])
 def test_unsupported_version_is_named(valid, version: int) -> None:
     patch(valid[0], 4, struct.pack("<H", version))
     with pytest.raises(FormatError, match=f"header: unsupported version {version}"):

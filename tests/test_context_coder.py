@@ -3,15 +3,27 @@ chunks that break when a reference is wrong."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
+import json
+import re
+import zlib
 
 import numpy as np
 import pytest
 
 from infotok_codec.bitstream import Header, decode_chunk, encode_chunk
-from infotok_codec.bitstream.context_coder import Chain, ContextState, decode_tokens, encode_tokens
+from infotok_codec.bitstream.context_coder import (
+    Chain,
+    ContextState,
+    decode_tokens,
+    encode_tokens,
+    fit_key_prior,
+)
+from infotok_codec.bitstream.context_state import KeyPrior
 from infotok_codec.bitstream.entropy import FrequencyTables, encode_indices
-from infotok_codec.errors import FormatError
+from infotok_codec.errors import FormatError, ModelError
 from infotok_codec.routing.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
@@ -186,3 +198,96 @@ def test_extreme_indices_round_trip() -> None:
     spread = np.arange(0, k, k // 240)[:240].reshape(keep.shape)
     data, _ = encode_tokens(spread[keep], keep, TABLES, None)
     assert np.array_equal(decode_tokens(data, keep, TABLES, None)[0], spread[keep])
+
+
+# -- the key prior (format version 5) --------------------------------------------------------
+def prior_tables(seeds: range = range(1, 9)) -> FrequencyTables:
+    """TABLES with a key prior fitted on chains of moving grids unlike the tests' own (seed 0)."""
+    chains = [
+        list(zip(moving_grids(2, seed), masks(2, rate, seed), strict=True))
+        for seed in seeds
+        for rate in (1.0, 0.6)
+    ]
+    return TABLES.with_context_prior(fit_key_prior(chains, TABLES).to_json())
+
+
+def test_a_key_prior_makes_key_chunks_smaller_and_round_trips() -> None:
+    fitted = prior_tables()
+    grids, keeps = moving_grids(3), masks(3, 0.6)
+    h = header(chunks=3)
+    for tables in (TABLES, fitted):
+        chain = Chain()
+        records = [
+            encode_chunk(h, k, keep, grid[keep], tables, chain)
+            for k, (grid, keep) in enumerate(zip(grids, keeps, strict=True))
+        ]
+        chain = Chain()
+        for grid, keep, rec in zip(grids, keeps, records, strict=True):
+            mask, indices = decode_chunk(h, rec, tables, chain)
+            assert np.array_equal(mask, keep) and np.array_equal(indices, grid[keep])
+        if tables is TABLES:
+            plain = len(records[0].tokens)
+    assert len(records[0].tokens) < 0.97 * plain
+
+
+def test_version_4_headers_and_tables_without_a_prior_code_as_version_4() -> None:
+    # A key prior changes version-5 key chunks only: a version-4 header ignores it, and tables
+    # without one give version 5 exactly version 4's bytes.
+    grids, keeps = moving_grids(2), masks(2, 0.6)
+    v5, v4 = header(chunks=2), dataclasses.replace(header(chunks=2), version=4)
+    fitted = prior_tables()
+    plain = [r.tokens for r in code_stream(v5, grids, keeps)]
+
+    def tokens(h: Header, tables: FrequencyTables) -> list[bytes]:
+        chain = Chain()
+        return [
+            encode_chunk(h, k, keep, grid[keep], tables, chain).tokens
+            for k, (grid, keep) in enumerate(zip(grids, keeps, strict=True))
+        ]
+
+    assert tokens(v4, fitted) == tokens(v4, TABLES) == plain
+    assert tokens(v5, fitted)[0] != plain[0]
+
+
+def test_the_key_prior_bitstream_is_pinned() -> None:
+    """A prior fitted on fixed chains, and the bytes of a fixed stream coded from it: a change to
+    the fit or to how a key chunk starts from a prior changes them."""
+    fitted = prior_tables()
+    assert fitted.context_prior is not None
+    prior = KeyPrior.from_json(fitted.context_prior, LEVELS)
+    assert KeyPrior.from_json(prior.to_json(), LEVELS).to_json() == fitted.context_prior
+    chain = Chain()
+    h = header(chunks=3)
+    records = [
+        encode_chunk(h, k, keep, grid[keep], fitted, chain)
+        for k, (grid, keep) in enumerate(zip(moving_grids(3), masks(3, 0.6), strict=True))
+    ]
+    digest = hashlib.sha256(fitted.context_prior.encode())
+    digest.update(b"".join(r.mask + r.tokens for r in records))
+    assert digest.hexdigest() == "39d573238c4e2de1abbd1d93fdab04f63fbdd9874543811618071bd9d65208d7"
+
+
+@pytest.mark.parametrize(
+    ("change", "fault"),
+    [
+        (lambda obj: obj | {"extra": 1}, "keys digits and select"),
+        (lambda obj: obj | {"digits": obj["digits"][:5]}, "expected 6 digit arrays"),
+        (lambda obj: obj | {"select": "not base64!"}, "context prior"),
+        (lambda obj: obj | {"select": pack(np.full(36, 4))[:-4]}, "context prior"),
+        (lambda obj: obj | {"select": pack(np.full(35, 4))}, "35 counts, expected 36"),
+        (lambda obj: obj | {"select": pack(np.full(36, 3))}, "outside [4, 4096]"),
+        (lambda obj: obj | {"select": pack(np.full(36, 500))}, "rows above 4096"),
+        (lambda obj: [obj], "keys digits and select"),
+    ],
+)
+def test_a_damaged_key_prior_is_one_model_error(change, fault: str) -> None:
+    text = prior_tables(range(1, 3)).context_prior
+    assert text is not None
+    damaged = TABLES.with_context_prior(json.dumps(change(json.loads(text))))
+    grids, keeps = moving_grids(1), masks(1, 0.6)
+    with pytest.raises(ModelError, match=re.escape(fault)):
+        encode_chunk(header(chunks=1), 0, keeps[0], grids[0][keeps[0]], damaged, Chain())
+
+
+def pack(counts: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(counts.astype("<u2").tobytes())).decode()

@@ -42,12 +42,19 @@ from infotok_codec.bitstream import (
     encode_chunk,
     side_writer,
 )
+from infotok_codec.bitstream.context_coder import fit_key_prior
 from infotok_codec.errors import FormatError
 from infotok_codec.routing.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 SEED = 20240617
-TABLES = FrequencyTables.fit(np.random.default_rng(1).integers(0, 64000, 5000) // 7, LEVELS)
+_PLAIN = FrequencyTables.fit(np.random.default_rng(1).integers(0, 64000, 5000) // 7, LEVELS)
+# With a key prior fitted on tokens like the fuzz stream's, so version-5 key chunks start from it.
+_CHAINS = [
+    [(g, np.random.default_rng(k).random(g.shape) < 0.6)]
+    for k, g in enumerate(np.random.default_rng(2).integers(0, 64000, (6, 2, 3, 5)) // 7)
+]
+TABLES = _PLAIN.with_context_prior(fit_key_prior(_CHAINS, _PLAIN).to_json())
 
 
 @dataclass(frozen=True)

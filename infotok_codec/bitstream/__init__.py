@@ -14,7 +14,8 @@ from infotok_codec.bitstream.container import (
     decode_chunk,
     encode_chunk,
 )
-from infotok_codec.bitstream.context_coder import Chain
+from infotok_codec.bitstream.context_coder import Chain, fit_key_prior
+from infotok_codec.bitstream.context_state import KeyPrior
 from infotok_codec.bitstream.entropy import CODERS, FrequencyTables, check_coder
 from infotok_codec.bitstream.tokens import ChunkTokens, TokenReader, TokenWriter
 
@@ -31,10 +32,12 @@ __all__ = [
     "ContainerWriter",
     "FrequencyTables",
     "Header",
+    "KeyPrior",
     "TokenReader",
     "TokenWriter",
     "check_coder",
     "decode_chunk",
     "encode_chunk",
+    "fit_key_prior",
     "side_writer",
 ]

@@ -25,7 +25,8 @@ from typing import BinaryIO
 import numpy as np
 
 from infotok_codec.bitstream import context_coder
-from infotok_codec.bitstream.context_coder import Chain, ContextState
+from infotok_codec.bitstream.context_coder import Chain
+from infotok_codec.bitstream.context_state import ContextState, KeyPrior
 from infotok_codec.bitstream.entropy import (
     CODERS,
     FrequencyTables,
@@ -45,12 +46,15 @@ MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 4
+VERSION = 5
 """The version this module writes; docs/FORMAT.md says when it changes."""
-READ_VERSIONS = (3, 4)
-"""Versions this module reads. Version 3 has no key interval (every chunk is a key chunk), no
-key flags in its index, no side section and no rate mode and target (its mode is `budget`, its
-target the budget); its coders and their payloads are those of version 4."""
+READ_VERSIONS = (3, 4, 5)
+"""Versions this module reads. Version 4's layout is version 5's; in version 4 a `context` key
+chunk starts from counts derived from the frequency tables, in version 5 from the tables' key
+prior when they carry one (`context_coder.KeyPrior`). Version 3 has no key interval (every chunk
+is a key chunk), no key flags in its index, no side section and no rate mode and target (its
+mode is `budget`, its target the budget); its coders and their payloads are those of version
+4."""
 CHAINING_CODERS = ("context",)
 """Coders whose chunks may reference the chunk before (`Header.key_interval` above 1)."""
 
@@ -143,6 +147,8 @@ class Header:
             1 for the others, and for version-3 files).
         rate_mode, rate_target: what the encode was asked for (`infotok_codec.rate`); the
             target of mode `budget` is the budget (None stands for it).
+        version: the format version of the file it was read from (`READ_VERSIONS`); a writer
+            writes only `VERSION`.
 
     Raises:
         FormatError: ``header: <field> ...`` for any value outside its range.
@@ -166,6 +172,7 @@ class Header:
     key_interval: int = 1
     rate_mode: str = "budget"
     rate_target: float | None = None
+    version: int = VERSION
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -232,6 +239,8 @@ class Header:
             raise FormatError(f"header: budget {self.budget!r} outside (0, 1]")
         _check_range("header", "lattice_share", self.lattice_share, 0, SHARE_DENOMINATOR)
         _check_range("header", "key_interval", self.key_interval, *KEY_INTERVAL_RANGE)
+        if self.version not in READ_VERSIONS:
+            raise FormatError(f"header: version {self.version} is not one of {READ_VERSIONS}")
         if self.key_interval != 1 and self.coder not in CHAINING_CODERS:
             raise FormatError(
                 f"header: key_interval {self.key_interval} with coder {self.coder!r}, "
@@ -445,6 +454,7 @@ def _decode_header(body: bytes, version: int) -> Header:
         key_interval=key_interval,
         rate_mode=rate_mode,
         rate_target=rate_target,
+        version=version,
     )
 
 
@@ -511,6 +521,8 @@ class ContainerWriter(WholeOrNothing):
     """
 
     def __init__(self, path: str | os.PathLike[str], header: Header) -> None:
+        if header.version != VERSION:  # its chunks would be coded for another version
+            raise ValueError(f"a header of version {header.version}: this writer writes {VERSION}")
         self.path = Path(path)
         self.header = header
         self._entries: list[tuple[int, int, int, int]] = []  # offset, first_frame, frames, flags
@@ -813,7 +825,9 @@ def encode_chunk(
     start = _chain_start(header, k, chain)
     end: ContextState | None = None
     if header.coder == "context":
-        tokens, end = context_coder.encode_tokens(np.asarray(indices), mask, tables, start)
+        tokens, end = context_coder.encode_tokens(
+            np.asarray(indices), mask, tables, start, key_prior=header.version >= 5
+        )
     else:
         tokens = encode_indices(indices, header.coder, tables, mask)
     record = ChunkRecord(
@@ -860,7 +874,9 @@ def decode_chunk(
             previous=_previous_mask(start),
         )
         if header.coder == "context":
-            indices, end = context_coder.decode_tokens(rec.tokens, mask, tables, start)
+            indices, end = context_coder.decode_tokens(
+                rec.tokens, mask, tables, start, key_prior=header.version >= 5
+            )
         else:
             indices = decode_indices(rec.tokens, rec.kept, header.coder, tables, mask)
     except FormatError as e:
@@ -892,3 +908,5 @@ def _check_tables(header: Header, tables: FrequencyTables) -> None:
             f"frequency tables are for fsq levels {list(tables.levels)}, the "
             f"stream uses {list(header.fsq_levels)}"
         )
+    if header.coder == "context" and header.version >= 5:
+        KeyPrior.of(tables)  # a damaged prior: one ModelError, before any chunk

@@ -17,14 +17,15 @@ chunks only. For each token:
    digit, and whether the kept token above changed that digit from its own reference.
 
 The counts adapt as rows are coded and carry over from chunk to chunk: a non-key chunk starts
-from the state the chunk before it ended with (`ContextState`), a key chunk from the shipped
-frequency tables. All arithmetic is in integers, so every machine codes the same bytes;
-docs/FORMAT.md specifies the model precisely.
+from the state the chunk before it ended with (`ContextState`), a key chunk from the model
+file's *key prior* (`KeyPrior`: counts fitted on training tokens, format version 5) or, without
+one, from counts derived from the shipped frequency tables. All arithmetic is in integers, so
+every machine codes the same bytes; docs/FORMAT.md specifies the model precisely.
 """
 
 from __future__ import annotations
 
-import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,16 @@ import constriction
 import numba
 import numpy as np
 
+from infotok_codec.bitstream.context_state import (
+    FEATURES,
+    FLOOR,
+    LIMIT,
+    SLOTS,
+    STEP,
+    ContextState,
+    KeyPrior,
+    count_shapes,
+)
 from infotok_codec.bitstream.entropy import (
     PRECISION_BITS,
     FrequencyTables,
@@ -41,19 +52,6 @@ from infotok_codec.bitstream.entropy import (
 )
 from infotok_codec.errors import FormatError
 
-# Model constants (part of the bitstream: changing any needs a new format version).
-LIMIT = 4096
-"""A context's counts are halved once their total passes this (units of 1/16 observation)."""
-FLOOR = 4
-"""The least count of any symbol in a context."""
-STEP = 16
-"""What one coded symbol adds to its count."""
-SLOTS = 8
-"""Candidates per token; selection symbol ``SLOTS`` means none of them."""
-SELECT_CONTEXTS = 4
-FEATURES = 9
-"""Digit-context feature: ``3 * min(mismatches so far, 2) + change of the token above``."""
-
 _TOTAL = 1 << PRECISION_BITS
 _CHECK_BYTES = 4
 """A non-key chunk's payload starts with the CRC32 of the state it was coded from."""
@@ -62,67 +60,9 @@ MIN_BITS_PER_TOKEN = -float(np.log2(1 - FLOOR / LIMIT + (SLOTS + 2) / _TOTAL))
 available, which is below any digit's (digits keep ``FLOOR`` per symbol the same way)."""
 
 
-@dataclass
-class ContextState:
-    """What one chunk leaves to the next: the model's counts and the tokens it references.
-
-    Attributes:
-        latest: ``(h, w)`` int64, the latest token kept at each position since the key chunk,
-            -1 where none was.
-        last_mask: ``(h, w)`` bool, the keep-mask of the last latent frame (the mask coder's
-            context for the next chunk's first latent frame).
-        select: ``(SELECT_CONTEXTS, SLOTS + 1)`` int64 selection counts.
-        digits: per FSQ digit ``i``, ``(C_i, levels[i] + 1, 2, FEATURES, levels[i])`` int64
-            counts, ``C_i = 1`` for digit 0 and ``levels[i - 1]`` otherwise.
-    """
-
-    latest: np.ndarray
-    last_mask: np.ndarray
-    select: np.ndarray
-    digits: tuple[np.ndarray, ...]
-
-    @classmethod
-    def initial(cls, shape: tuple[int, int], tables: FrequencyTables) -> ContextState:
-        """A key chunk's start: nothing referenced, counts from the tables (docs/FORMAT.md)."""
-        select = np.full((SELECT_CONTEXTS, SLOTS + 1), FLOOR + STEP, dtype=np.int64)
-        select[:, 0] += 64  # the reference, and no candidate at all, are the likely choices
-        select[:, SLOTS] += 64
-        digits = []
-        for i, level in enumerate(tables.levels):
-            rows = np.asarray(tables.weights[i], dtype=np.int64)  # (contexts, level)
-            counts = np.empty((len(rows), level + 1, 2, FEATURES, level), dtype=np.int64)
-            counts[:, level] = (FLOOR + ((rows * 64) >> PRECISION_BITS))[:, None, None, :]
-            counts[:, :level] = (FLOOR + ((rows * 32) >> PRECISION_BITS))[:, None, None, None, :]
-            s = np.arange(level)
-            counts[:, s, 0, :, s] += 32
-            counts[:, s, 1, :, s] += 96  # a token that matched so far tends to go on
-            for d in (-1, 1):  # a digit that left its reference's value moved by one, mostly
-                ok = (s + d >= 0) & (s + d < level)
-                counts[:, s[ok], 0, :, s[ok] + d] += 16
-            digits.append(counts)
-        return cls(
-            latest=np.full(shape, -1, dtype=np.int64),
-            last_mask=np.zeros(shape, dtype=bool),
-            select=select,
-            digits=tuple(digits),
-        )
-
-    def copy(self) -> ContextState:
-        return ContextState(
-            self.latest.copy(),
-            self.last_mask.copy(),
-            self.select.copy(),
-            tuple(d.copy() for d in self.digits),
-        )
-
-    def check_value(self) -> int:
-        """CRC32 of the state (docs/FORMAT.md): a non-key payload names the state it needs."""
-        crc = zlib.crc32(self.latest.astype("<i8").tobytes())
-        crc = zlib.crc32(np.packbits(self.last_mask).tobytes(), crc)
-        crc = zlib.crc32(self.select.astype("<i8").tobytes(), crc)
-        for counts in self.digits:
-            crc = zlib.crc32(counts.astype("<i8").tobytes(), crc)
-        return crc & 0xFFFFFFFF
+Tally = Callable[[int, np.ndarray, np.ndarray], None]
+"""Called as `tally(array, contexts, symbols)` for every batch of coded symbols: `array` 0 is the
+selection counts, ``1 + i`` digit ``i``'s (`context_prior` fits a `KeyPrior` from it)."""
 
 
 @dataclass
@@ -343,6 +283,7 @@ def _code(
     *,
     indices: np.ndarray | None = None,
     decoder: Any = None,
+    tally: Tally | None = None,
 ) -> tuple[np.ndarray, bytes, ContextState]:
     """Walk the coding order once, range-encoding every symbol: the encoder's pass (`indices`
     given, C order of `mask`) or the decoder's (symbols read from `decoder`), whose
@@ -385,6 +326,8 @@ def _code(
                         raise FormatError("tokens: selects a candidate that is not there")
                 encoder.encode(choice.astype(np.int32), family, weights)
                 _adapt(state.select, contexts, choice)
+                if tally is not None:
+                    tally(0, contexts, choice)
                 rest = np.flatnonzero(choice == SLOTS)
                 reference = candidates[:, 0]
                 if rest.size:
@@ -403,6 +346,7 @@ def _code(
                         known_digits[: rest.size],
                         known_digits[rest.size : 2 * rest.size],
                         known_digits[2 * rest.size :],
+                        tally,
                     )
                 grid[t, y, xs] = tokens
                 current[xs + 1] = tokens
@@ -424,6 +368,7 @@ def _code_digits(
     reference: np.ndarray,
     above: np.ndarray,
     above_reference: np.ndarray,
+    tally: Tally | None = None,
 ) -> np.ndarray:
     """Code the digits of a batch's tokens that no candidate gave; returns the tokens.
 
@@ -445,19 +390,29 @@ def _code_digits(
         if not _digit_seen(rows, contexts, digits, i, reference, matched, misses):
             raise FormatError(f"tokens: digit {i} value outside [0, {levels[i]})")
         encoder.encode(digits[:, i].astype(np.int32), family, weights)
+        if tally is not None:
+            tally(1 + i, contexts, digits[:, i])
     return _indices_of(digits, levels)
 
 
-def _start(mask: np.ndarray, tables: FrequencyTables, start: ContextState | None) -> ContextState:
+def _start(
+    mask: np.ndarray, tables: FrequencyTables, start: ContextState | None, key_prior: bool
+) -> ContextState:
     if start is None:
-        return ContextState.initial(mask.shape[1:], tables)
+        return ContextState.initial(mask.shape[1:], tables, key_prior)
     if start.latest.shape != mask.shape[1:]:
         raise ValueError(f"state for {start.latest.shape} latent frames, mask {mask.shape}")
     return start
 
 
 def encode_tokens(
-    indices: np.ndarray, mask: np.ndarray, tables: FrequencyTables, start: ContextState | None
+    indices: np.ndarray,
+    mask: np.ndarray,
+    tables: FrequencyTables,
+    start: ContextState | None,
+    *,
+    key_prior: bool = True,
+    tally: Tally | None = None,
 ) -> tuple[bytes, ContextState]:
     """Code a chunk's kept indices.
 
@@ -466,13 +421,17 @@ def encode_tokens(
         mask: ``(T', h, w)`` bool keep-mask.
         tables: the model's frequency tables (the key chunk's prior).
         start: the state the chunk before left (`Chain`), None for a key chunk.
+        key_prior: a key chunk starts from the tables' `KeyPrior` if they carry one (format
+            version 5; False for version 4 streams).
+        tally: sees every coded symbol with its context (fitting a prior).
 
     Returns:
         The payload (``b""`` when nothing is kept; a non-key chunk's starts with the CRC32 of
         `start`) and the state for the next chunk.
     """
-    state = _start(mask, tables, start)
-    _, words, end = _code(mask, tables, state, indices=np.asarray(indices, dtype=np.int64))
+    state = _start(mask, tables, start, key_prior)
+    indices = np.asarray(indices, dtype=np.int64)
+    _, words, end = _code(mask, tables, state, indices=indices, tally=tally)
     if not indices.size:
         return b"", end
     prefix = b"" if start is None else state.check_value().to_bytes(_CHECK_BYTES, "little")
@@ -504,7 +463,12 @@ def check_payload(data: bytes, count: int, start: ContextState | None) -> None:
 
 
 def decode_tokens(
-    data: bytes, mask: np.ndarray, tables: FrequencyTables, start: ContextState | None
+    data: bytes,
+    mask: np.ndarray,
+    tables: FrequencyTables,
+    start: ContextState | None,
+    *,
+    key_prior: bool = True,
 ) -> tuple[np.ndarray, ContextState]:
     """Mirror of `encode_tokens`: ``(mask.sum(),)`` int64 indices and the next state.
 
@@ -514,7 +478,7 @@ def decode_tokens(
     """
     count = int(mask.sum())
     check_payload(data, count, start)
-    state = _start(mask, tables, start)
+    state = _start(mask, tables, start, key_prior)
     if count == 0:
         return np.zeros(0, dtype=np.int64), _code(mask, tables, state)[2]
     words = data if start is None else data[_CHECK_BYTES:]
@@ -524,3 +488,46 @@ def decode_tokens(
     if again != words:
         raise FormatError("tokens: context payload is damaged (it does not re-encode to itself)")
     return indices, end
+
+
+PRIOR_MASS = 256
+"""What a fitted key prior's context holds (units of 1/16 observation, 16 tokens' worth): enough
+to start from the training distribution, little enough that a clip's own statistics take over
+within a few rows. Chosen on training clips held out from the fit (256 of 32-512 coded
+fewest bytes); a setting of the fit, not of the bitstream."""
+
+
+def fit_key_prior(
+    chains: Iterable[Sequence[tuple[np.ndarray, np.ndarray]]],
+    tables: FrequencyTables,
+    mass: int = PRIOR_MASS,
+) -> KeyPrior:
+    """A key prior from token chains: each a key chunk then the chunks chained to it, as
+    ``(indices, mask)`` with indices ``(T', h, w)`` (values at dropped positions ignored).
+
+    Every chain is coded as a stream would be, from the tables' derived counts, and every coded
+    symbol is tallied under its context; a context the chains reached gets ``FLOOR`` plus its
+    tally scaled to `mass`, the others keep the derived counts.
+    """
+    levels = tuple(int(v) for v in tables.levels)
+    shapes = count_shapes(levels)
+    tallies = [np.zeros((int(np.prod(s[:-1])), s[-1]), dtype=np.int64) for s in shapes]
+
+    def tally(array: int, contexts: np.ndarray, symbols: np.ndarray) -> None:
+        np.add.at(tallies[array], (contexts, symbols), 1)
+
+    plain = tables.with_context_prior(None)
+    for chain in chains:
+        state: ContextState | None = None
+        for indices, mask in chain:
+            _, state = encode_tokens(indices[mask], mask, plain, state, tally=tally)
+    derived = ContextState.initial((1, 1), plain)
+    counts = []
+    for seen, start, shape in zip(tallies, (derived.select, *derived.digits), shapes, strict=True):
+        rows = start.reshape(seen.shape).copy()
+        total = seen.sum(axis=1)
+        hit = total > 0
+        scale = np.minimum(total[hit] * STEP, mass)
+        rows[hit] = FLOOR + seen[hit] * scale[:, None] // total[hit, None]
+        counts.append(rows.reshape(shape))
+    return KeyPrior(counts[0], tuple(counts[1:]))

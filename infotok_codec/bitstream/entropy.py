@@ -131,10 +131,15 @@ class FrequencyTables:
     context (``len(weights[0]) == 1``); digit ``i > 0`` has ``levels[i - 1]`` contexts. Every
     row has ``levels[i]`` integers, each >= 1 (every symbol stays codable), summing to exactly
     ``2**PRECISION_BITS``.
+
+    ``context_prior``, when present, is the ``context`` coder's key prior as text
+    (`context_coder.KeyPrior`, which parses and checks it where it is used): counts fitted on
+    training tokens that key chunks of version-5 streams start from.
     """
 
     levels: tuple[int, ...]
     weights: tuple[tuple[tuple[int, ...], ...], ...]
+    context_prior: str | None = None
 
     def __post_init__(self) -> None:
         levels = validate_levels(self.levels)
@@ -210,18 +215,22 @@ class FrequencyTables:
             weights.append((row,) * (1 if i == 0 else levels[i - 1]))
         return cls(levels, tuple(weights))
 
+    def with_context_prior(self, prior: str | None) -> FrequencyTables:
+        """The same tables carrying `prior` (`context_coder.KeyPrior.to_json`), or none."""
+        return FrequencyTables(self.levels, self.weights, prior)
+
     def to_json(self) -> str:
         """Serialize; the layout is specified in docs/FORMAT.md (frequency tables)."""
-        return json.dumps(
-            {
-                "format": _TABLES_FORMAT,
-                "version": _TABLES_VERSION,
-                "precision_bits": PRECISION_BITS,
-                "levels": list(self.levels),
-                "weights": [[list(row) for row in table] for table in self.weights],
-            },
-            separators=(",", ":"),
-        )
+        obj: dict[str, Any] = {
+            "format": _TABLES_FORMAT,
+            "version": _TABLES_VERSION,
+            "precision_bits": PRECISION_BITS,
+            "levels": list(self.levels),
+            "weights": [[list(row) for row in table] for table in self.weights],
+        }
+        if self.context_prior is not None:
+            obj["context_prior"] = self.context_prior
+        return json.dumps(obj, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, s: str) -> FrequencyTables:
@@ -236,8 +245,14 @@ class FrequencyTables:
         except (ValueError, RecursionError) as e:
             raise FormatError(f"frequency tables: not JSON ({e})") from e
         expected = {"format", "version", "precision_bits", "levels", "weights"}
-        if not isinstance(obj, dict) or set(obj) != expected:
-            raise FormatError(f"frequency tables: expected an object with keys {sorted(expected)}")
+        if not isinstance(obj, dict) or not expected <= set(obj) <= expected | {"context_prior"}:
+            raise FormatError(
+                f"frequency tables: expected an object with keys {sorted(expected)} "
+                "(and context_prior)"
+            )
+        prior = obj.get("context_prior")
+        if prior is not None and not isinstance(prior, str):
+            raise FormatError("frequency tables: context_prior is not a string")
         if obj["format"] != _TABLES_FORMAT:
             raise FormatError(
                 f"frequency tables: format {obj['format']!r} is not {_TABLES_FORMAT!r}"
@@ -256,7 +271,9 @@ class FrequencyTables:
             )
         try:
             return cls(
-                tuple(levels), tuple(tuple(tuple(row) for row in table) for table in weights)
+                tuple(levels),
+                tuple(tuple(tuple(row) for row in table) for table in weights),
+                prior,
             )
         except ValueError as e:
             raise FormatError(f"frequency tables: {e}") from e

@@ -16,6 +16,7 @@ from infotok_codec.model.tokenizer import (
     latent_shape,
     load_model,
     read_model_metadata,
+    replace_tables,
     save_model,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "latent_shape",
     "load_model",
     "read_model_metadata",
+    "replace_tables",
     "save_model",
     "use_bf16",
 ]

@@ -275,18 +275,39 @@ def replace_light_head(
     """Write `src`'s model file to `dst` with `head` as its `light` router head: the network's
     tensors and every other metadata entry are copied byte for byte (any old head is replaced).
     `dst` may be `src` only with `force`."""
+    _rewrite_model_file(
+        src, dst, head_tensors(head), {HEAD_KEY: info.to_json()}, force, drop_prefix=HEAD_PREFIX
+    )
+
+
+def replace_tables(
+    src: str | Path, dst: str | Path, tables_json: str, *, force: bool = False
+) -> None:
+    """Write `src`'s model file to `dst` with `tables_json` as its coder tables; every tensor and
+    every other metadata entry is copied byte for byte. `dst` may be `src` only with `force`."""
+    _rewrite_model_file(src, dst, {}, {"entropy_tables": tables_json}, force)
+
+
+def _rewrite_model_file(
+    src: str | Path,
+    dst: str | Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    force: bool,
+    drop_prefix: str | None = None,
+) -> None:
+    """`src`'s tensors (less those under `drop_prefix`) and metadata, updated with `tensors`
+    and `metadata`, written to `dst` whole or not at all."""
     src, dst = Path(src), Path(dst)
     check_output(dst, force)
-    metadata, _ = read_model_metadata(src)
+    old_metadata, _ = read_model_metadata(src)
     try:
-        tensors = load_file(str(src))
+        old = load_file(str(src))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{src}: not a safetensors model ({exc})") from None
-    kept = {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}
-    kept.update(head_tensors(head))
-    metadata[HEAD_KEY] = info.to_json()
+    kept = {k: v for k, v in old.items() if drop_prefix is None or not k.startswith(drop_prefix)}
     with atomic_file(dst) as tmp:
-        save_file(kept, str(tmp), metadata=metadata)
+        save_file({**kept, **tensors}, str(tmp), metadata={**old_metadata, **metadata})
 
 
 @dataclass
