@@ -20,7 +20,8 @@ Dev tokens (``--dev``, default ``../shared/data/dev`` when present): the real ca
 model's tokens of each dev clip (first 32 and first 64 frames, short side 256, centre crop
 256x256: 16-frame chunks), at full rate and at rate 0.5 in every chunk (the ``fixed`` router's
 positions, encoded knowing the mask), coded chunk after chunk through the container by every
-coder (``context`` with the codec's default key interval of 2 s at the clip's frame rate):
+coder (``context`` with the codec's default key interval of 2 s at the clip's frame rate, and
+``context-v4``, the same under a version-4 header, whose key chunks ignore the key prior):
 index and mask bytes per clip, bits per kept token, tokens per second encoding and decoding.
 Then each clip's 64-frame stream, written with ``context`` and with ``adaptive``, is decoded
 by `decode_file` (to .y4m, model on the CPU): the share of that wall time spent decoding
@@ -31,7 +32,7 @@ Gaussian-blurred noise plus a little white noise), with no lattice given (the la
 our routers' masks is not coded at all), bits per position of the context coder against
 run-lengths + zstd, packed bits + zstd, and the i.i.d. bound ``H(rate)``.
 
-Run: ``python benchmarks/entropy_coders.py --threads 2`` (writes
+Run: ``python benchmarks/entropy_coders.py --threads 2 [--model M]`` (writes
 benchmarks/results/entropy_coders.json and .png).
 """
 
@@ -57,6 +58,7 @@ import zstandard
 
 from infotok_codec.bench import reference_frames
 from infotok_codec.bitstream import (
+    VERSION,
     Chain,
     ContainerWriter,
     Header,
@@ -322,8 +324,15 @@ def dev_tokens(folder: Path, engine: ChunkModel) -> list[DevClip]:
     return clips
 
 
+DEV_CODERS = (*CODERS, "context-v4")
+"""The coders the dev tokens go through; ``context-v4`` is ``context`` under a version-4 header,
+whose key chunks start from the tables' derived counts instead of the model file's key prior."""
+
+
 def _header(clip: DevClip, frames: int, budget: float, coder: str, model: LoadedModel) -> Header:
     fps = clip.fps
+    version = 4 if coder == "context-v4" else VERSION
+    coder = coder.removesuffix("-v4")
     return Header(
         width=256,
         height=256,
@@ -341,6 +350,7 @@ def _header(clip: DevClip, frames: int, budget: float, coder: str, model: Loaded
         budget=budget,
         lattice_share=lattice_share("fixed"),
         key_interval=key_interval_chunks(KEY_SECONDS, fps, CHUNK, coder),
+        version=version,
     )
 
 
@@ -390,7 +400,7 @@ def summarise(results: list[DevClipResult]) -> list[DevSummary]:
     for frames in DEV_FRAMES:
         for budget in DEV_BUDGETS:
             rows = [r for r in results if r.frames == frames and r.budget == budget]
-            by_coder = {c: [r for r in rows if r.coder == c] for c in CODERS}
+            by_coder = {c: [r for r in rows if r.coder == c] for c in DEV_CODERS}
             base = {r.clip: r.index_bytes + r.mask_bytes for r in by_coder["adaptive"]}
             for coder, own in by_coder.items():
                 tokens = sum(r.tokens for r in own)
@@ -447,16 +457,18 @@ def decode_shares(
     return out
 
 
-def bench_dev(folder: Path, workdir: Path) -> tuple[list[DevClipResult], list[DecodeShare]]:
-    model = load_model()
-    engine = ChunkModel(model, "cpu")
+def bench_dev(
+    folder: Path, workdir: Path, model_path: Path | None
+) -> tuple[list[DevClipResult], list[DecodeShare]]:
+    model = load_model(model_path)
+    engine = ChunkModel(model, "cpu", bf16=False)
     clips = dev_tokens(folder, engine)
     results = [
         code_clip(clip, frames, budget, coder, model, engine.tables)
         for clip in clips
         for frames in DEV_FRAMES
         for budget in DEV_BUDGETS
-        for coder in CODERS
+        for coder in DEV_CODERS
     ]
     return results, decode_shares(clips, model, engine.tables, workdir)
 
@@ -487,7 +499,7 @@ def plot_dev(summary: list[DevSummary], results: list[DevClipResult], path: Path
     left.set_xticks(np.arange(len(clips)) + 0.4 - width / 2, clips, rotation=30, ha="right")
     left.set(ylabel="context / adaptive bytes (index + mask)", ylim=(0.6, 1.0))
     left.legend(fontsize=7)
-    for coder in CODERS:
+    for coder in DEV_CODERS:
         points = [s for s in summary if s.coder == coder]
         right.plot(
             [f"{s.frames}f, {s.budget}" for s in points],
@@ -622,6 +634,7 @@ def main() -> None:
         help="Dev clips for the real-token comparison (skipped when absent).",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the model.")
+    parser.add_argument("--model", type=Path, default=None, help="Model file (default: shipped).")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "entropy_coders.json"
     )
@@ -642,7 +655,7 @@ def main() -> None:
     shares: list[DecodeShare] = []
     if args.dev.is_dir():
         with tempfile.TemporaryDirectory() as workdir:
-            dev_results, shares = bench_dev(args.dev, Path(workdir))
+            dev_results, shares = bench_dev(args.dev, Path(workdir), args.model)
     dev_summary = summarise(dev_results) if dev_results else []
     share_summary = {
         coder: {

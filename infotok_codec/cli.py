@@ -409,8 +409,9 @@ def info(
     asked = RateControl(h.rate_mode, h.rate_target).describe()
     planned = "" if h.rate_mode == "budget" else f", budget {h.budget:.4g}"
     console.print(
-        f"[bold]{src}[/]  {h.width}×{h.height}, {h.frames} frames at {h.fps} fps, "
-        f"chunks of {h.chunk_frames}\nmodel {h.model} ({h.model_hash[:12]}), router {h.router}, "
+        f"[bold]{src}[/]  (.itok version {h.version})  {h.width}×{h.height}, {h.frames} frames "
+        f"at {h.fps} fps, chunks of {h.chunk_frames}, a key chunk every {h.key_interval}\n"
+        f"model {h.model} ({h.model_hash[:12]}), router {h.router}, "
         f"{asked}{planned}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
     )
     table = Table(

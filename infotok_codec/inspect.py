@@ -40,11 +40,13 @@ class AudioInfo:
 @dataclass(frozen=True)
 class FileInfo:
     path: str
+    version: int  # the .itok format version
     width: int
     height: int
     frames: int
     fps: str
     chunk_frames: int
+    key_interval: int  # chunks from one key chunk to the next (1: every chunk is a key)
     model: str
     model_hash: str
     router: str
@@ -101,11 +103,13 @@ def file_info(path: str | Path) -> FileInfo:
     fps = Fraction(h.fps_num, h.fps_den)
     return FileInfo(
         path=str(path),
+        version=h.version,
         width=h.width,
         height=h.height,
         frames=h.frames,
         fps=str(fps),
         chunk_frames=h.chunk_frames,
+        key_interval=h.key_interval,
         model=h.model_name,
         model_hash=h.model_hash.hex(),
         router=h.router,

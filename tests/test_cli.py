@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from infotok_codec.bitstream import ContainerReader
+from infotok_codec.bitstream import VERSION, ContainerReader
 from infotok_codec.video import probe
 
 from helpers import assert_one_line_error, infotok, read_all
@@ -294,6 +294,10 @@ def test_json_summaries(tmp_path: Path, tiny_model: Path, clip) -> None:
         info["chunks"][0]
     )
     assert sum(c["tokens"] for c in info["chunks"]) == info["tokens"]
+    assert info["version"] == VERSION and info["key_interval"] == 3  # 2 s at 25 fps
+    assert summary["precision"] in ("bf16", "fp32")
+    text = infotok("info", tmp_path / "o.itok").stdout
+    assert f".itok version {VERSION}" in text and "a key chunk every 3" in text
 
 
 def test_decode_threads_do_not_change_tokens(tmp_path: Path, tiny_model: Path, itok: Path) -> None:
