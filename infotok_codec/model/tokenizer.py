@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,11 @@ class Tokenizer(nn.Module):
         features = self.compressor(features).permute(0, 2, 3, 4, 1)
         # Quantized in float32 even under autocast: bf16 holds 8 significant bits, so rounding
         # its projection to the FSQ grid would move codes that sit near a level boundary.
-        with torch.autocast(features.device.type, enabled=False):
+        device = features.device.type
+        exact = (
+            torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else nullcontext()
+        )
+        with exact:  # (autocast knows no other device types: the meta device counts FLOPs)
             return self.fsq(self.to_code(features.float()))
 
     def decode_codes(
