@@ -458,9 +458,8 @@ def decode_shares(
 
 
 def bench_dev(
-    folder: Path, workdir: Path, model_path: Path | None
+    folder: Path, workdir: Path, model: LoadedModel
 ) -> tuple[list[DevClipResult], list[DecodeShare]]:
-    model = load_model(model_path)
     engine = ChunkModel(model, "cpu", bf16=False)
     clips = dev_tokens(folder, engine)
     results = [
@@ -653,9 +652,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dev_results: list[DevClipResult] = []
     shares: list[DecodeShare] = []
+    model = load_model(args.model)
     if args.dev.is_dir():
         with tempfile.TemporaryDirectory() as workdir:
-            dev_results, shares = bench_dev(args.dev, Path(workdir), args.model)
+            dev_results, shares = bench_dev(args.dev, Path(workdir), model)
     dev_summary = summarise(dev_results) if dev_results else []
     share_summary = {
         coder: {
@@ -669,6 +669,8 @@ def main() -> None:
 
     report = {
         "command": shlex.join(["python", *sys.argv]),
+        "model": model.name,
+        "model_sha256": model.sha256.hex(),
         "conditional_tables": conditional_summary(token_results),
         "machine": {
             "cpus": os.cpu_count(),

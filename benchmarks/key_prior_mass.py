@@ -38,9 +38,12 @@ Chain = list[tuple[np.ndarray, np.ndarray]]
 
 
 def chains_of(path: Path, engine: ChunkModel) -> dict[float, Chain]:
-    """The clip's two chunks at full rate and at rate 0.5, as ``(indices, mask)``."""
+    """The clip's two chunks at full rate and at rate 0.5, as ``(indices, mask)``; none for a
+    clip of fewer than 32 frames."""
     video = reference_frames(path, 32, 256)
     out: dict[float, Chain] = {1.0: [], 0.5: []}
+    if len(video) < 32:
+        return {}
     for start in (0, 16):
         chunk = video[start : start + 16]
         shape = latent_shape(16, 256, 256)
