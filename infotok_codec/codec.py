@@ -170,11 +170,13 @@ class ChunkModel:
             idx = torch.from_numpy(tile_idx).to(self.device)[None]
             mask = None if tile_keep.all() else torch.from_numpy(tile_keep).to(self.device)[None]
             with self._precision():
-                video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))[0].float()
-            # In place: at a 512×512 tile each float copy of the video is 50 MB. (Under bf16 the
-            # copy above is the one: bf16 cannot hold every integer level from 128 to 255.)
-            pixels = video.add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-            out[:, y0:y1, x0:x1] = pixels.permute(1, 2, 3, 0).cpu().numpy()
+                video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))[0]
+            # A frame at a time, in place: at a 512×512 tile a float copy of the whole video is
+            # 50 MB. (A bf16 frame is copied to float first: bf16 cannot hold every level from
+            # 128 to 255.)
+            for i in range(n):
+                frame = video[:, i].float().add_(1.0).mul_(127.5).round_().clamp_(0, 255)
+                out[i, y0:y1, x0:x1] = frame.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return out
 
 
@@ -736,6 +738,7 @@ def decode_file(
                 lo = max(first - chunk.first_frame, 0)
                 hi = min(stop - chunk.first_frame, chunk.frames)
                 writer.write(video[lo:hi])
+                del video  # not held while the next chunk decodes: 100 MB a chunk at 1080p
             if progress:
                 progress("decode", chunk.frames, stop - first)
     return DecodeResult(
