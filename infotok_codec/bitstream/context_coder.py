@@ -493,8 +493,9 @@ def decode_tokens(
 PRIOR_MASS = 256
 """What a fitted key prior's context holds (units of 1/16 observation, 16 tokens' worth): enough
 to start from the training distribution, little enough that a clip's own statistics take over
-within a few rows. Chosen on training clips held out from the fit (256 of 32-512 coded
-fewest bytes); a setting of the fit, not of the bitstream."""
+within a few rows. Chosen on training clips held out from the fit (`benchmarks/key_prior_mass.py`:
+256 and 512 tie, smaller and larger masses code more); a setting of the fit, not of the
+bitstream."""
 
 
 def fit_key_prior(
