@@ -122,10 +122,10 @@ class ChunkModel:
                 if features is None:
                     idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
-                    tile = np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1])
-                    idx = self.tokenizer.encode_features(
-                        torch.from_numpy(tile).to(self.device)[None], mask
-                    )
+                    tile = torch.from_numpy(np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1]))
+                    if self.bf16:  # as the conv encoder hands them on under autocast (exact)
+                        tile = tile.to(torch.bfloat16)
+                    idx = self.tokenizer.encode_features(tile.to(self.device)[None], mask)
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
 

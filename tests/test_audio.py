@@ -203,7 +203,9 @@ def _as_model(v3: Path, model: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_version_3_stream_still_decodes_bit_identically(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_version_3_stream_still_decodes_to_the_same_tokens(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     # tests/data/v3_tiny.*: written, and decoded to FFV1 and to tokens, by the version-3 code
     # (the merge base, 9731558) with the tiny test model: 8 frames of 32×32 in 4-frame chunks.
     itok = _as_model(DATA / "v3_tiny.itok", tiny_model, tmp_path / "v3.itok")
@@ -214,8 +216,12 @@ def test_a_version_3_stream_still_decodes_bit_identically(tmp_path: Path, tiny_m
         np.testing.assert_array_equal(chunk.indices, reference[f"indices_{chunk.index}"])
         np.testing.assert_array_equal(chunk.keep, reference[f"keep_{chunk.index}"])
     out = tmp_path / "v3.mkv"
-    decode_file(itok, out, model=tiny_model)
-    np.testing.assert_array_equal(read_all(out), read_all(DATA / "v3_tiny.decoded.mkv"))
+    # The indices above are the stream's exact content. The pixels are what a float32 network
+    # makes of them, and float kernels differ by CPU (AVX512 against the AVX2 machine that made
+    # the reference: one value in 24,576 one level off), so they are checked to that level.
+    decode_file(itok, out, model=tiny_model, bf16=False)
+    diff = np.abs(read_all(out).astype(int) - read_all(DATA / "v3_tiny.decoded.mkv"))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
 
 
 def test_a_version_3_file_cannot_hold_a_side_section(tmp_path: Path) -> None:
