@@ -118,10 +118,10 @@ def test_kept_tokens_are_encoded_knowing_the_mask(clip, tiny_model: Path, tmp_pa
     from infotok_codec.model import load_model
 
     src = clip(frames=16, width=64, height=64)
-    # float32, as the plain tokenizer calls below run (bf16 would pick a few other indices).
+    # float32 on both sides (bf16 picks a few other indices, the same for both).
     encode_file(src, tmp_path / "o.itok", budget=0.5, router="fixed", model=tiny_model, bf16=False)
     (chunk,) = read_tokens(tmp_path / "o.itok", tiny_model)
-    engine = ChunkModel(load_model(tiny_model), "cpu")
+    engine = ChunkModel(load_model(tiny_model), "cpu", bf16=False)
     frames = np.concatenate(list(read_frames(src)))
     masked = engine.tokens(frames, chunk.keep)
     assert np.array_equal(chunk.indices[chunk.keep], masked[chunk.keep])
