@@ -27,14 +27,14 @@ from infotok_codec.bench import reference_frames
 from infotok_codec.bitstream import FrequencyTables, fit_key_prior
 from infotok_codec.bitstream.context_coder import encode_tokens
 from infotok_codec.codec import ChunkModel
+from infotok_codec.coder_fit import TokenChain as Chain
 from infotok_codec.model import latent_shape, load_model
 from infotok_codec.routing import keep_count, select_positions
+from infotok_codec.train import TrainOptions, validation_files
 from infotok_codec.video import find_videos
 
 ROOT = Path(__file__).resolve().parents[1]
-VALIDATION = {"aot_market1_frames", "intel_asl_milk.mkv", "livep_d14.mp4", "pllava_cooking.mp4"}
 MASSES = (32, 64, 128, 256, 512, 1024, 4000)
-Chain = list[tuple[np.ndarray, np.ndarray]]
 
 
 def chains_of(path: Path, engine: ChunkModel) -> dict[float, Chain]:
@@ -77,7 +77,9 @@ def main() -> None:
     model = load_model()
     engine = ChunkModel(model, "cpu", bf16=False)
     tables = engine.tables.with_context_prior(None)
-    files = [f for f in find_videos([args.data]) if f.name not in VALIDATION][:: args.every]
+    files = find_videos([args.data])
+    held_for_validation = set(validation_files(files, TrainOptions.val_files))  # as train's
+    files = [f for f in files if f not in held_for_validation][:: args.every]
     fit: list[Chain] = []
     held: dict[float, list[Chain]] = {1.0: [], 0.5: []}
     for i, path in enumerate(files):

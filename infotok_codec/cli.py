@@ -50,6 +50,12 @@ Bf16Option = Annotated[
 ]
 ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output.")]
+FitDataOption = Annotated[
+    list[Path], typer.Option("--data", help="Training videos or folders (repeatable).")
+]
+FitOutOption = Annotated[
+    Path | None, typer.Option("--out", help="Model file to write (default: MODEL itself).")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary.")]
 
 
@@ -748,12 +754,8 @@ def train(
 @app.command("fit-router")
 def fit_router(
     model: Annotated[Path, typer.Argument(help="Model file (.safetensors) to fit a head for.")],
-    data: Annotated[
-        list[Path], typer.Option("--data", help="Training videos or folders (repeatable).")
-    ],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Model file to write (default: MODEL itself).")
-    ] = None,
+    data: FitDataOption,
+    out: FitOutOption = None,
     windows: Annotated[int, typer.Option(min=2, help="Training windows to fit on.")] = 100,
     steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 300,
     threads: ThreadsOption = None,
@@ -776,12 +778,8 @@ def fit_router(
 @app.command("fit-coder")
 def fit_coder(
     model: Annotated[Path, typer.Argument(help="Model file (.safetensors) to fit tables for.")],
-    data: Annotated[
-        list[Path], typer.Option("--data", help="Training videos or folders (repeatable).")
-    ],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Model file to write (default: MODEL itself).")
-    ] = None,
+    data: FitDataOption,
+    out: FitOutOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
 ) -> None:

@@ -94,7 +94,7 @@ class ChunkModel:
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
-    def _precision(self) -> AbstractContextManager[object]:
+    def _autocast(self) -> AbstractContextManager[object]:
         return autocast(self.device, self.bf16)
 
     def _video(self, frames: np.ndarray) -> torch.Tensor:
@@ -118,7 +118,7 @@ class ChunkModel:
             mask = None
             if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
                 mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
-            with self._precision():
+            with self._autocast():
                 if features is None:
                     idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
@@ -141,7 +141,7 @@ class ChunkModel:
         features = np.zeros((self.tokenizer.config.dim, *shape), dtype=np.float32)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
-            with self._precision():
+            with self._autocast():
                 feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
                 error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
             features[:, :, ly0:ly1, lx0:lx1] = feats[0].float().cpu()
@@ -153,7 +153,7 @@ class ChunkModel:
         error = np.zeros(latent_shape(n, height, width), dtype=np.float32)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
-            with self._precision():
+            with self._autocast():
                 err = self.tokenizer.error_map(self._video(frames[:, y0:y1, x0:x1]))
             error[:, ly0:ly1, lx0:lx1] = err[0].float().cpu()
         return error
@@ -169,7 +169,7 @@ class ChunkModel:
             tile_idx = np.where(tile_keep, indices[:, ly0:ly1, lx0:lx1], 0)
             idx = torch.from_numpy(tile_idx).to(self.device)[None]
             mask = None if tile_keep.all() else torch.from_numpy(tile_keep).to(self.device)[None]
-            with self._precision():
+            with self._autocast():
                 video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))[0]
             # A frame at a time, in place: at a 512×512 tile a float copy of the whole video is
             # 50 MB. (A bf16 frame is copied to float first: bf16 cannot hold every level from

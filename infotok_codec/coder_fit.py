@@ -24,6 +24,8 @@ PRIOR_WINDOW = 256
 the dev benchmarks code."""
 PRIOR_RATES = (1.0, 0.5)
 """Each prior window is coded at full rate and with the `fixed` router's mask at rate 0.5."""
+TokenChain = list[tuple[np.ndarray, np.ndarray]]
+"""A key chunk and the chunks chained to it, as ``(indices, keep-mask)``."""
 
 
 def _video(window: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -53,29 +55,31 @@ def fit_tables(model: Tokenizer, clips: Sequence[np.ndarray], device: torch.devi
 @torch.no_grad()
 def prior_chains(
     model: Tokenizer, clips: Sequence[np.ndarray], device: torch.device
-) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+) -> list[TokenChain]:
     """Token chains for `fit_key_prior`: the first 32 frames of each clip (centre
     `PRIOR_WINDOW` square, or the largest that fits, cut to a multiple of 64 pixels) as two
     16-frame chunks, at each of `PRIOR_RATES`."""
-    chains = []
+    chains: list[TokenChain] = []
     with autocast(device, use_bf16(None, device)):
         for clip in clips:
             size = min(PRIOR_WINDOW, *clip.shape[1:3]) // 64 * 64
             if clip.shape[0] < 32 or size == 0:
                 continue
-            chunks = [_video(_centre(clip, t0, 16, size), device) for t0 in (0, 16)]
-            for rate in PRIOR_RATES:
-                chain = []
-                for video in chunks:
-                    keep = None
+            by_rate: dict[float, TokenChain] = {rate: [] for rate in PRIOR_RATES}
+            for t0 in (0, 16):
+                video = _video(_centre(clip, t0, 16, size), device)
+                features = model.features(video)  # once per chunk, for every rate and the map
+                error = model.error_map(video, features)[0].float().cpu().numpy()
+                for rate, chain in by_rate.items():
+                    keep = np.ones(error.shape, dtype=bool)
+                    mask = None
                     if rate < 1.0:
-                        error = model.error_map(video)[0].float().cpu().numpy()
                         count = keep_count(rate, error.size)
                         keep = select_positions("fixed", error, error.shape, count)
-                    mask = torch.from_numpy(keep)[None].to(device) if keep is not None else None
-                    indices = model.encode(video, mask)[0].cpu().numpy()
-                    chain.append((indices, keep if keep is not None else indices >= 0))
-                chains.append(chain)
+                        mask = torch.from_numpy(keep)[None].to(device)
+                    indices = model.encode_features(features, mask)[0].cpu().numpy()
+                    chain.append((indices, keep))
+            chains += by_rate.values()
     return chains
 
 
@@ -105,12 +109,7 @@ def refit_model_file(
     `short_side`, the first `max_frames` frames of each) and write `src` with them to `dst`."""
     check_output(Path(dst), force)
     loaded = load_model(src)
-    clips = [
-        np.concatenate(
-            list(video_io.read_frames(f, 64, max_frames=max_frames, short_side=short_side))
-        )
-        for f in video_io.find_videos(list(data))
-    ]
+    clips = video_io.read_clips(data, max_frames=max_frames, short_side=short_side)
     tables_json = fit_coder(loaded.tokenizer, clips, torch.device("cpu"))
     replace_tables(src, dst, tables_json, force=force)
     return FrequencyTables.from_json(tables_json)

@@ -679,3 +679,13 @@ def find_videos(paths: Sequence[Path]) -> list[Path]:
     if not found:
         raise VideoError(f"no videos in {', '.join(map(str, paths))}")
     return sorted(found)
+
+
+def read_clips(paths: Sequence[Path], *, max_frames: int, short_side: int) -> list[np.ndarray]:
+    """Every video among `paths` (`find_videos`) as one array `(n, H, W, 3)` uint8: its first
+    `max_frames` frames, short side scaled to `short_side`. For the fits that read a few
+    seconds of each training clip (`fit-router`, `fit-coder`)."""
+    return [
+        np.concatenate(list(read_frames(f, 64, max_frames=max_frames, short_side=short_side)))
+        for f in find_videos(paths)
+    ]

@@ -51,7 +51,7 @@ VERSION = 5
 READ_VERSIONS = (3, 4, 5)
 """Versions this module reads. Version 4's layout is version 5's; in version 4 a `context` key
 chunk starts from counts derived from the frequency tables, in version 5 from the tables' key
-prior when they carry one (`context_coder.KeyPrior`). Version 3 has no key interval (every chunk
+prior when they carry one (`context_state.KeyPrior`). Version 3 has no key interval (every chunk
 is a key chunk), no key flags in its index, no side section and no rate mode and target (its
 mode is `budget`, its target the budget); its coders and their payloads are those of version
 4."""
@@ -256,6 +256,12 @@ class Header:
             RateControl(self.rate_mode, self.rate_target)  # type: ignore[arg-type]
         except InfotokError as e:
             raise FormatError(f"header: rate {e}") from None
+
+    @property
+    def key_prior(self) -> bool:
+        """Whether `context` key chunks start from the tables' key prior (when they carry one):
+        from version 5 on."""
+        return self.version >= 5
 
     def is_key(self, k: int) -> bool:
         """Whether chunk ``k`` is a key chunk, decodable without the chunks before it."""
@@ -826,7 +832,7 @@ def encode_chunk(
     end: ContextState | None = None
     if header.coder == "context":
         tokens, end = context_coder.encode_tokens(
-            np.asarray(indices), mask, tables, start, key_prior=header.version >= 5
+            np.asarray(indices), mask, tables, start, key_prior=header.key_prior
         )
     else:
         tokens = encode_indices(indices, header.coder, tables, mask)
@@ -875,7 +881,7 @@ def decode_chunk(
         )
         if header.coder == "context":
             indices, end = context_coder.decode_tokens(
-                rec.tokens, mask, tables, start, key_prior=header.version >= 5
+                rec.tokens, mask, tables, start, key_prior=header.key_prior
             )
         else:
             indices = decode_indices(rec.tokens, rec.kept, header.coder, tables, mask)
@@ -908,5 +914,5 @@ def _check_tables(header: Header, tables: FrequencyTables) -> None:
             f"frequency tables are for fsq levels {list(tables.levels)}, the "
             f"stream uses {list(header.fsq_levels)}"
         )
-    if header.coder == "context" and header.version >= 5:
+    if header.coder == "context" and header.key_prior:
         KeyPrior.of(tables)  # a damaged prior: one ModelError, before any chunk

@@ -42,6 +42,7 @@ from infotok_codec.bitstream.context_state import (
     ContextState,
     KeyPrior,
     count_shapes,
+    derived_counts,
 )
 from infotok_codec.bitstream.entropy import (
     PRECISION_BITS,
@@ -506,25 +507,26 @@ def fit_key_prior(
     """A key prior from token chains: each a key chunk then the chunks chained to it, as
     ``(indices, mask)`` with indices ``(T', h, w)`` (values at dropped positions ignored).
 
-    Every chain is coded as a stream would be, from the tables' derived counts, and every coded
-    symbol is tallied under its context; a context the chains reached gets ``FLOOR`` plus its
-    tally scaled to `mass`, the others keep the derived counts.
+    Every chain is coded as a stream would be, from the tables' derived counts (any prior they
+    carry is ignored), and every coded symbol is tallied under its context; a context the
+    chains reached gets ``FLOOR`` plus its tally scaled to `mass`, the others keep the derived
+    counts.
     """
-    levels = tuple(int(v) for v in tables.levels)
-    shapes = count_shapes(levels)
+    shapes = count_shapes(tuple(int(v) for v in tables.levels))
     tallies = [np.zeros((int(np.prod(s[:-1])), s[-1]), dtype=np.int64) for s in shapes]
 
     def tally(array: int, contexts: np.ndarray, symbols: np.ndarray) -> None:
         np.add.at(tallies[array], (contexts, symbols), 1)
 
-    plain = tables.with_context_prior(None)
     for chain in chains:
         state: ContextState | None = None
         for indices, mask in chain:
-            _, state = encode_tokens(indices[mask], mask, plain, state, tally=tally)
-    derived = ContextState.initial((1, 1), plain)
+            _, state = encode_tokens(
+                indices[mask], mask, tables, state, key_prior=False, tally=tally
+            )
+    select, digits = derived_counts(tables)
     counts = []
-    for seen, start, shape in zip(tallies, (derived.select, *derived.digits), shapes, strict=True):
+    for seen, start, shape in zip(tallies, (select, *digits), shapes, strict=True):
         rows = start.reshape(seen.shape).copy()
         total = seen.sum(axis=1)
         hit = total > 0

@@ -60,33 +60,14 @@ class ContextState:
         (docs/FORMAT.md)."""
         prior = KeyPrior.of(tables) if key_prior else None
         if prior is not None:
-            return cls(
-                latest=np.full(shape, -1, dtype=np.int64),
-                last_mask=np.zeros(shape, dtype=bool),
-                select=prior.select.copy(),
-                digits=tuple(d.copy() for d in prior.digits),
-            )
-        select = np.full((SELECT_CONTEXTS, SLOTS + 1), FLOOR + STEP, dtype=np.int64)
-        select[:, 0] += 64  # the reference, and no candidate at all, are the likely choices
-        select[:, SLOTS] += 64
-        digits = []
-        for i, level in enumerate(tables.levels):
-            rows = np.asarray(tables.weights[i], dtype=np.int64)  # (contexts, level)
-            counts = np.empty((len(rows), level + 1, 2, FEATURES, level), dtype=np.int64)
-            counts[:, level] = (FLOOR + ((rows * 64) >> PRECISION_BITS))[:, None, None, :]
-            counts[:, :level] = (FLOOR + ((rows * 32) >> PRECISION_BITS))[:, None, None, None, :]
-            s = np.arange(level)
-            counts[:, s, 0, :, s] += 32
-            counts[:, s, 1, :, s] += 96  # a token that matched so far tends to go on
-            for d in (-1, 1):  # a digit that left its reference's value moved by one, mostly
-                ok = (s + d >= 0) & (s + d < level)
-                counts[:, s[ok], 0, :, s[ok] + d] += 16
-            digits.append(counts)
+            select, digits = prior.select.copy(), tuple(d.copy() for d in prior.digits)
+        else:
+            select, digits = derived_counts(tables)
         return cls(
             latest=np.full(shape, -1, dtype=np.int64),
             last_mask=np.zeros(shape, dtype=bool),
             select=select,
-            digits=tuple(digits),
+            digits=digits,
         )
 
     def copy(self) -> ContextState:
@@ -107,6 +88,28 @@ class ContextState:
         return crc & 0xFFFFFFFF
 
 
+def derived_counts(tables: FrequencyTables) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """A key chunk's selection and digit counts derived from the frequency tables (version 4,
+    and version 5 tables without a key prior; docs/FORMAT.md)."""
+    select = np.full((SELECT_CONTEXTS, SLOTS + 1), FLOOR + STEP, dtype=np.int64)
+    select[:, 0] += 64  # the reference, and no candidate at all, are the likely choices
+    select[:, SLOTS] += 64
+    digits = []
+    for i, level in enumerate(tables.levels):
+        rows = np.asarray(tables.weights[i], dtype=np.int64)  # (contexts, level)
+        counts = np.empty((len(rows), level + 1, 2, FEATURES, level), dtype=np.int64)
+        counts[:, level] = (FLOOR + ((rows * 64) >> PRECISION_BITS))[:, None, None, :]
+        counts[:, :level] = (FLOOR + ((rows * 32) >> PRECISION_BITS))[:, None, None, None, :]
+        s = np.arange(level)
+        counts[:, s, 0, :, s] += 32
+        counts[:, s, 1, :, s] += 96  # a token that matched so far tends to go on
+        for d in (-1, 1):  # a digit that left its reference's value moved by one, mostly
+            ok = (s + d >= 0) & (s + d < level)
+            counts[:, s[ok], 0, :, s[ok] + d] += 16
+        digits.append(counts)
+    return select, tuple(digits)
+
+
 def count_shapes(levels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """Shapes of a state's count arrays for these FSQ levels: selection, then each digit's."""
     digits = tuple(
@@ -118,7 +121,7 @@ def count_shapes(levels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
 
 @dataclass(frozen=True)
 class KeyPrior:
-    """Counts a key chunk starts from, fitted on training tokens (`context_prior.fit_key_prior`)
+    """Counts a key chunk starts from, fitted on training tokens (`context_coder.fit_key_prior`)
     and carried in the model file's frequency tables (`FrequencyTables.context_prior`).
 
     Every count lies in ``[FLOOR, LIMIT]`` and every context's counts sum to at most `LIMIT`,

@@ -133,7 +133,7 @@ class FrequencyTables:
     ``2**PRECISION_BITS``.
 
     ``context_prior``, when present, is the ``context`` coder's key prior as text
-    (`context_coder.KeyPrior`, which parses and checks it where it is used): counts fitted on
+    (`context_state.KeyPrior`, which parses and checks it where it is used): counts fitted on
     training tokens that key chunks of version-5 streams start from.
     """
 
@@ -216,7 +216,7 @@ class FrequencyTables:
         return cls(levels, tuple(weights))
 
     def with_context_prior(self, prior: str | None) -> FrequencyTables:
-        """The same tables carrying `prior` (`context_coder.KeyPrior.to_json`), or none."""
+        """The same tables carrying `prior` (`context_state.KeyPrior.to_json`), or none."""
         return FrequencyTables(self.levels, self.weights, prior)
 
     def to_json(self) -> str:

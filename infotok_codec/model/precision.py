@@ -5,12 +5,13 @@ doubles the matmul and convolution rate. Autocast keeps the norms and reductions
 the tokenizer quantizes in float32 (`Tokenizer.codes_from_features`), so only the network's
 activations are rounded. The stream is exact either way: its indices are integers and the coder
 is integer arithmetic; what bf16 changes is which indices an encode picks and the pixels a decode
-writes (`benchmarks/bf16_inference.py` measures both).
+writes (`benchmarks/tokenizer_quality.py --precision` and `benchmarks/speed_large.py
+--precision` measure both).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -30,3 +31,12 @@ def use_bf16(requested: bool | None, device: torch.device) -> bool:
 def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[object]:
     """The autocast context for `bf16` on `device` (a no-op context when False)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def float32(device: torch.device) -> AbstractContextManager[object]:
+    """A context that runs float32 inputs in float32 even inside `autocast`. (Autocast knows
+    only CPU and CUDA devices; on others, the meta device that counts FLOPs among them, there is
+    nothing to switch off.)"""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from infotok_codec.model.light_router import (
     head_tensors,
     split_head,
 )
+from infotok_codec.model.precision import float32
 from infotok_codec.outputs import atomic_file, check_output
 
 TIME_FACTOR = 4
@@ -176,11 +176,7 @@ class Tokenizer(nn.Module):
         features = self.compressor(features).permute(0, 2, 3, 4, 1)
         # Quantized in float32 even under autocast: bf16 holds 8 significant bits, so rounding
         # its projection to the FSQ grid would move codes that sit near a level boundary.
-        device = features.device.type
-        exact = (
-            torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else nullcontext()
-        )
-        with exact:  # (autocast knows no other device types: the meta device counts FLOPs)
+        with float32(features.device):
             return self.fsq(self.to_code(features.float()))
 
     def decode_codes(

@@ -177,12 +177,7 @@ def refit_model_file(
     first `max_frames` frames of each) and write `src` with it to `dst` (`replace_light_head`)."""
     check_output(Path(dst), force)
     loaded = load_model(src)
-    clips = [
-        np.concatenate(
-            list(video_io.read_frames(f, 64, max_frames=max_frames, short_side=short_side))
-        )
-        for f in video_io.find_videos(list(data))
-    ]
+    clips = video_io.read_clips(data, max_frames=max_frames, short_side=short_side)
     head, info = fit_light_router(
         loaded.tokenizer, clips, torch.device("cpu"), windows=windows, steps=steps
     )
