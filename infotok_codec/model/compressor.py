@@ -89,6 +89,7 @@ class WindowTransformer(nn.Module):
                 part = block(part, part_mask)
             parts.append(self.norm(part))
         seq = torch.cat(parts) if len(parts) > 1 else parts[0]
-        y = seq.reshape(b, nh, nw, t, win, win, d).permute(0, 6, 3, 1, 4, 2, 5)
-        y = y.reshape(b, d, t, nh * win, nw * win)
-        return y[:, :, :, :h, :w]
+        # (B, d, t, h, w) as a view of (B, t, h, w, d): the decoder copies it into its layout.
+        y = seq.reshape(b, nh, nw, t, win, win, d).permute(0, 3, 1, 4, 2, 5, 6)
+        y = y.reshape(b, t, nh * win, nw * win, d)[:, :, :h, :w]
+        return y.permute(0, 4, 1, 2, 3)
