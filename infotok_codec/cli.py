@@ -698,6 +698,13 @@ def train(
             "use (0: none; e.g. 0.999).",
         ),
     ] = 0.0,
+    decoder_only: Annotated[
+        bool,
+        typer.Option(
+            "--decoder-only",
+            help="Train the decoding half only: tokens stay as the --init model makes them.",
+        ),
+    ] = False,
     bf16: Bf16Option = None,
     warmup_steps: Annotated[
         int, typer.Option(min=1, help="Linear learning-rate warm-up steps.")
@@ -740,6 +747,7 @@ def train(
         full_rate_share=full_rate_share,
         mse_weight=mse_weight,
         weight_average=weight_average,
+        decoder_only=decoder_only,
         bf16=bf16,
         warmup_steps=warmup_steps,
         threads=threads,

@@ -83,6 +83,7 @@ def test_an_existing_model_file_is_not_replaced_without_force(clip, tmp_path: Pa
         ({"max_steps": 0}, "max steps"),
         ({"crop": 128, "short_side": 96}, "larger than the short side"),
         ({"resume": True, "init": Path("m.safetensors")}, "not both"),
+        ({"decoder_only": True}, "give --init"),
     ],
 )
 def test_unusable_settings_are_refused_before_any_work(
@@ -211,6 +212,41 @@ def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:
     with safe_open(str(out), framework="pt") as f:
         recipe = json.loads(f.metadata()["recipe"])
     assert recipe["processes"] == 2 and recipe["steps"] == 3
+
+
+def test_decoder_only_training_keeps_every_token(clip, tiny_model: Path, tmp_path: Path) -> None:
+    src = clip(frames=16, width=64, height=64, name="train.mp4")
+    out = tmp_path / "m.safetensors"
+    common = dict(
+        data=[src],
+        out=out,
+        init=tiny_model,
+        decoder_only=True,
+        stage2_fraction=1.0,
+        batch=2,
+        frames=8,
+        crop=32,
+        lr=1e-2,
+        warmup_steps=1,
+        short_side=64,
+        threads=2,
+        config=TINY,
+    )
+    train(TrainOptions(max_steps=3, **common))  # type: ignore[arg-type]
+    before, after = load_model(tiny_model).tokenizer, load_model(out).tokenizer
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    assert torch.equal(before.encode(video), after.encode(video))
+    changed = [
+        name
+        for name, p in after.state_dict().items()
+        if not torch.equal(p, before.state_dict()[name])
+    ]
+    assert changed and all(
+        n.startswith(("decoder.", "decompressor.", "from_code.", "dropped")) for n in changed
+    )
+    resumed = {**common, "init": None, "resume": True, "decoder_only": False}
+    with pytest.raises(InfotokError, match="the decoding half only"):
+        train(TrainOptions(max_steps=4, **resumed))  # type: ignore[arg-type]
 
 
 def test_fine_tuning_starts_from_a_model_file(tiny_model: Path, tmp_path: Path) -> None:

@@ -150,6 +150,13 @@ class Tokenizer(nn.Module):
         )
         self.decoder = ConvDecoder(cfg.c1, cfg.c2, cfg.dec_blocks1, cfg.dec_blocks2, cfg.dim)
 
+    def encoding_parameters(self) -> list[nn.Parameter]:
+        """The parameters the codes depend on: encoder, compressor, "will drop", projection to
+        codes. Freezing them keeps every token (and what the coder tables were fitted on) as it
+        is while the decoding half trains."""
+        parts = (self.encoder, self.compressor, self.to_code)
+        return [self.will_drop, *(p for part in parts for p in part.parameters())]
+
     # -- the two halves ----------------------------------------------------------------------
     def quantized_codes(
         self, video: torch.Tensor, keep: torch.Tensor | None = None
@@ -190,9 +197,14 @@ class Tokenizer(nn.Module):
         t, h, w = size
         return y[:, :, :t, :h, :w]
 
-    def forward(self, video: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Training path: reconstruct `video` keeping only `keep` positions (all when None)."""
-        codes = self.quantized_codes(video, keep)
+    def forward(
+        self, video: torch.Tensor, keep: torch.Tensor | None = None, encoder_grad: bool = True
+    ) -> torch.Tensor:
+        """Training path: reconstruct `video` keeping only `keep` positions (all when None).
+        `encoder_grad=False` runs the half that makes the codes without autograd (training the
+        decoding half alone)."""
+        with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
+            codes = self.quantized_codes(video, keep)
         if keep is not None:
             codes = codes * keep.unsqueeze(-1).to(codes.dtype)
         return self.decode_codes(codes, keep, tuple(video.shape[2:]))  # type: ignore[arg-type]
