@@ -504,6 +504,14 @@ def bench(
         str | None,
         typer.Option(help="Also encode at these --quality targets (dB), with the first router."),
     ] = None,
+    set_budget: Annotated[
+        bool,
+        typer.Option(
+            "--set-budget",
+            help="Also spend each budget over the whole set of clips (elbo across clips: "
+            "InfoTok's global allocation).",
+        ),
+    ] = False,
     model: ModelOption = None,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
@@ -539,6 +547,7 @@ def bench(
         bf16=bf16,
         oracle=oracle,
         qualities=_floats(qualities, "--qualities") if qualities else (),
+        set_budget=set_budget,
     )
     from infotok_codec.video import find_videos
 
@@ -644,19 +653,25 @@ def bench(
                     f"{t['rate']:.3f}",
                 )
         console.print(landing)
-        for t in report.summary.get("quality_against_budget", []):
-            spent = f"--quality {t['target_db']:g}: set mean {t['mean_psnr']:.2f} dB with"
-            spent += f" {t['quality']['tokens']:.3f} of the tokens"
-            if t["budget"] is None:
-                console.print(f"{spent}; no budget reaches that mean")
-                continue
-            console.print(
-                f"{spent}, one budget for every clip needs {t['budget']['tokens']:.3f}"
-                f" (budget {t['budget']['budget']:.3f}): {t['tokens_saved_percent']:+.1f}% tokens,"
-                f" {t['bits_saved_percent']:+.1f}% bits saved"
-            )
+    for t in report.summary.get("quality_against_budget", []):
+        _print_against_budget(f"--quality {t['target_db']:g}", t, t["quality"])
+    for t in report.summary.get("global_against_budget", []):
+        _print_against_budget(f"set budget {t['set_budget']:g}", t, t["global"])
     plots = ", ".join(f"rd_{m}.png" for m in plotted_metrics(report.results))
     console.print(f"wrote {out}/results.json, results.csv, {plots}")
+
+
+def _print_against_budget(label: str, entry: dict[str, Any], spent: dict[str, float]) -> None:
+    """One line of `bench`'s across-clips comparison (`bench.set_budget.against_budget`)."""
+    line = f"{label}: set mean {entry['mean_psnr']:.2f} dB with {spent['tokens']:.3f} of the tokens"
+    if entry["budget"] is None:
+        console.print(f"{line}; no budget reaches that mean")
+        return
+    console.print(
+        f"{line}, one budget for every clip needs {entry['budget']['tokens']:.3f}"
+        f" (budget {entry['budget']['budget']:.3f}): {entry['tokens_saved_percent']:+.1f}% tokens,"
+        f" {entry['bits_saved_percent']:+.1f}% bits saved"
+    )
 
 
 @app.command()

@@ -253,3 +253,77 @@ def test_quality_is_compared_with_one_budget_at_the_same_mean_psnr() -> None:
     # A clip without every budget's row does not count.
     partial = [r for r in rows if not (r.clip == "busy" and r.method == "elbo" and r.param == 0.5)]
     assert [t["mean_psnr"] for t in quality_against_budget(partial, "elbo")] == [30.5, 30.5, 32.0]
+
+
+def test_set_budget_spends_one_budget_over_every_clip(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    from infotok_codec.video import VideoWriter
+
+    from helpers import pattern
+
+    busy = clip(frames=32, width=64, height=64, name="busy.mp4")
+    # A clip of one flat grey: its full-rate error is far below the busy clip's.
+    flat = tmp_path / "flat.mkv"
+    grey = pattern(32, 64, 64)
+    grey[:] = 128
+    with VideoWriter(flat, 64, 64, 25) as writer:
+        writer.write(grey)
+    out = tmp_path / "res"
+    run = infotok(
+        "bench",
+        busy,
+        flat,
+        "--model",
+        tiny_model,
+        "--budgets",
+        "0.5,1.0",
+        "--routers",
+        "elbo",
+        "--codecs",
+        "none",
+        "--metrics",
+        "psnr",
+        "--frames",
+        "32",
+        "--size",
+        "64",
+        "--set-budget",
+        "--out",
+        out,
+        "--keep-files",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "set budget 0.5: set mean" in run.stdout
+    report = json.loads((out / "results.json").read_text())
+    rows = {(r["clip"], r["method"], r["param"]): r for r in report["results"]}
+    assert {k for k in rows if k[1] == "global"} == {
+        ("busy.mp4", "global", 0.5),
+        ("flat.mkv", "global", 0.5),
+    }
+    for name in ("busy.mp4", "flat.mkv"):
+        assert (out / "files" / f"{name}.global.0.5.itok").stat().st_size == rows[
+            (name, "global", 0.5)
+        ]["bytes"]
+    busy_rate = rows[("busy.mp4", "global", 0.5)]["rate"]
+    flat_rate = rows[("flat.mkv", "global", 0.5)]["rate"]
+    # Both clips have as many positions: together they keep half, the busy one more of it.
+    assert (busy_rate + flat_rate) / 2 == pytest.approx(0.5, abs=0.01)
+    assert busy_rate > 0.52 and flat_rate < 0.48
+    # Per clip, `elbo` keeps half of each.
+    assert rows[("busy.mp4", "elbo", 0.5)]["rate"] == pytest.approx(0.5, abs=0.01)
+    (entry,) = report["summary"]["global_against_budget"]
+    assert entry["set_budget"] == 0.5 and set(entry["per_clip"]) == {"busy.mp4", "flat.mkv"}
+
+
+def test_set_counts_is_the_elbo_allocation_over_all_chunks() -> None:
+    from infotok_codec.bench.set_budget import set_counts
+    from infotok_codec.routing.router import allocate_counts
+
+    chunks = {"b": ([256, 256], [0.2, 0.1]), "a": ([256, 128], [0.05, 0.05])}
+    counts = set_counts(chunks, [0.25, 0.5])
+    for budget in (0.25, 0.5):
+        joint = allocate_counts("elbo", budget, [256, 128, 256, 256], [0.05, 0.05, 0.2, 0.1])
+        assert counts["a"][budget] + counts["b"][budget] == joint
+    one = set_counts({"only": ([256, 256], [0.2, 0.1])}, [0.5])
+    assert one["only"][0.5] == allocate_counts("elbo", 0.5, [256, 256], [0.2, 0.1])

@@ -1,6 +1,7 @@
 """`infotok bench`: bitrate–distortion curves of the routers against x264/x265/AV1 on the same
-clips, from real file sizes (`runner`), `--qualities` encodes (`quality`), and the classical
-codecs through PyAV (`classical`); `report` sums the rows up and writes JSON + CSV + PNG.
+clips, from real file sizes (`runner`), `--qualities` encodes (`quality`), one budget spent over
+the whole set (`set_budget`), and the classical codecs through PyAV (`classical`); `report`
+sums the rows up and writes JSON + CSV + PNG.
 """
 
 from infotok_codec.bench.report import (

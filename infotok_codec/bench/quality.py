@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infotok_codec.bench.set_budget import against_budget
 from infotok_codec.codec import KEY_SECONDS
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.rate import RateControl
@@ -87,59 +88,8 @@ def quality_landing(rows: list[BenchRow]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _pooled(rows: list[BenchRow]) -> tuple[float, float, float]:
-    """(mean PSNR over clips, token share and bpp over all their frames) of one setting."""
-    frames = sum(r.frames for r in rows)
-    return (
-        float(np.mean([r.metrics["psnr"] for r in rows])),
-        sum((1.0 if r.rate is None else r.rate) * r.frames for r in rows) / frames,
-        sum(r.bpp * r.frames for r in rows) / frames,
-    )
-
-
 def quality_against_budget(rows: list[BenchRow], router: str) -> list[dict[str, Any]]:
-    """InfoTok's protocol in codec terms, per `--quality` target: the set's mean PSNR at that
-    target, and what one `--budget` for every clip (the router's curve, linear between the
-    bench's budgets) spends for the same mean PSNR, in tokens and bits. `--quality` moves
-    tokens across clips (as the paper's global ELBO allocation), a budget only within one.
-
-    Only clips with a row at every budget and every target count; a target whose mean PSNR
-    lies outside the budget curve has no budget figures (None)."""
-    clips = sorted({r.clip for r in rows if r.method == "quality"})
-    budgets = sorted({r.param for r in rows if r.method == router})
-    by = {(r.clip, r.method, r.param): r for r in rows}
-    clips = [c for c in clips if all((c, router, b) in by for b in budgets)]
-    if not clips or len(budgets) < 2:
-        return []
-    curve = np.array([_pooled([by[(c, router, b)] for c in clips]) for b in budgets])
-    out = []
-    for q in sorted({r.param for r in rows if r.method == "quality"}):
-        picked = [by.get((c, "quality", q)) for c in clips]
-        if any(r is None for r in picked):
-            continue
-        psnr, share, bpp = _pooled([r for r in picked if r is not None])
-        entry: dict[str, Any] = {
-            "target_db": q,
-            "mean_psnr": round(psnr, 3),
-            "quality": {"tokens": round(share, 4), "bpp": round(bpp, 5)},
-            "budget": None,
-            "tokens_saved_percent": None,
-            "bits_saved_percent": None,
-        }
-        # The first budget step whose mean PSNR brackets the target's.
-        for k in range(len(budgets) - 1):
-            lo, hi = curve[k, 0], curve[k + 1, 0]
-            if min(lo, hi) <= psnr <= max(lo, hi) and hi != lo:
-                f = (psnr - lo) / (hi - lo)
-                budget = budgets[k] + f * (budgets[k + 1] - budgets[k])
-                b_share, b_bpp = curve[k, 1:] + f * (curve[k + 1, 1:] - curve[k, 1:])
-                entry["budget"] = {
-                    "budget": round(budget, 4),
-                    "tokens": round(float(b_share), 4),
-                    "bpp": round(float(b_bpp), 5),
-                }
-                entry["tokens_saved_percent"] = round(100 * (1 - share / b_share), 2)
-                entry["bits_saved_percent"] = round(100 * (1 - bpp / b_bpp), 2)
-                break
-        out.append(entry)
-    return out
+    """InfoTok's protocol for `--quality` (`set_budget.against_budget`): per target, the set's
+    mean PSNR, and what one `--budget` for every clip spends for it. `--quality` moves tokens
+    across clips, by a floor on each chunk rather than by error."""
+    return against_budget(rows, "quality", router, "target_db")

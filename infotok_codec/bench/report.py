@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from infotok_codec.bench.quality import quality_against_budget, quality_landing
+from infotok_codec.bench.set_budget import global_against_clip_budget
 from infotok_codec.errors import InfotokError
 from infotok_codec.outputs import atomic_file
 
@@ -230,6 +231,8 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
         summary["quality"] = quality_landing(rows)
         router = settings.routers[0] if settings.routers else "elbo"
         summary["quality_against_budget"] = quality_against_budget(rows, router)
+    if settings.set_budget:
+        summary["global_against_budget"] = global_against_clip_budget(rows, "elbo")
     if settings.oracle and "elbo" in methods:
         corr, gaps = [], []
         for c in clips:
@@ -275,6 +278,7 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
             "light",
             "oracle",
             "quality",
+            "global",
             "x264",
             "x265",
             "svtav1",
@@ -290,7 +294,8 @@ def plot(rows: list[BenchRow], metric: str, out: Path) -> None:
             for p in params
         ]
         order = np.argsort(xs)
-        style = "-o" if m in ("elbo", "fixed", "uniform", "light", "oracle", "quality") else "--s"
+        tokens = ("elbo", "fixed", "uniform", "light", "oracle", "quality", "global")
+        style = "-o" if m in tokens else "--s"
         ax.plot(np.array(xs)[order], np.array(ys)[order], style, label=m, ms=4)
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (from file sizes, mean over clips)")

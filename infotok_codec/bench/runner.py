@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from infotok_codec import __version__
+from infotok_codec.bench import set_budget
 from infotok_codec.bench.classical import CODECS, encode_classical
 from infotok_codec.bench.quality import chunk_psnr, quality_rows
 from infotok_codec.bench.report import check_results_folder, summarise, write_outputs
@@ -54,6 +55,8 @@ class BenchSettings:
     bf16: bool | None = None  # the network in bf16 (None: where the device runs it natively)
     oracle: bool = False
     qualities: tuple[float, ...] = ()  # `--quality` targets in dB, with the first router
+    # Also spend each budget over the whole set of clips (`global`, InfoTok's global ELBO).
+    set_budget: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a bad setting before any work (one `InfotokError` line at the CLI)."""
@@ -82,6 +85,7 @@ class BenchSettings:
         per_clip += sum(len(self.crfs_for(c)) for c in self.codecs)
         per_clip += len(self.budgets) if self.oracle else 0
         per_clip += len(self.qualities)
+        per_clip += len(self.budgets) if self.set_budget else 0
         return clips * per_clip
 
 
@@ -90,7 +94,7 @@ class BenchRow:
     """One point of one curve."""
 
     clip: str
-    method: str  # elbo, fixed, uniform, light, oracle, x264, x265, svtav1
+    method: str  # elbo, fixed, uniform, light, oracle, quality, global, x264, x265, svtav1
     param: float  # budget for token methods, CRF for classical codecs
     bytes: int
     bpp: float
@@ -140,11 +144,13 @@ def bench_tokenizer(
     model: LoadedModel,
     workdir: Path,
     tick: Tick,
+    set_counts: dict[float, list[int]] | None = None,
 ) -> list[BenchRow]:
-    """Rows for every router × budget (and the oracle) of one clip."""
+    """Rows for every router × budget (and the oracle, quality targets, and with `set_counts`,
+    this clip's share of each budget spent over the whole set) of one clip."""
     rows: list[BenchRow] = []
     full_rate = [r for r in settings.routers if r != "light"]
-    if full_rate or settings.oracle or settings.qualities:
+    if full_rate or settings.oracle or settings.qualities or set_counts:
         with Analysis(
             source, model, device=settings.device, bf16=settings.bf16, with_error=True
         ) as analysis:
@@ -153,6 +159,26 @@ def bench_tokenizer(
                 rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
             if settings.qualities:
                 rows += _quality_rows(clip, analysis, score, settings, model, workdir, tick)
+            for budget, counts in (set_counts or {}).items():
+                itok = workdir / f"{clip}.{set_budget.METHOD}.{budget}.itok"
+                enc = analysis.write(
+                    itok, router="elbo", budget=budget, counts=counts, force=True, audio=False
+                )
+                rows.append(
+                    _token_row(
+                        clip,
+                        set_budget.METHOD,
+                        budget,
+                        itok,
+                        enc,
+                        analysis.seconds,
+                        score,
+                        settings,
+                        model,
+                        workdir,
+                    )
+                )
+                tick(f"{clip} {set_budget.METHOD} {budget}")
     if "light" in settings.routers:
         with Analysis(
             source, model, device=settings.device, bf16=settings.bf16, with_error=True, light=True
@@ -374,6 +400,25 @@ def bench_classical(
     return rows
 
 
+def _set_allocation(
+    clips: Sequence[Path], settings: BenchSettings, model: LoadedModel, workdir: Path
+) -> dict[str, dict[float, list[int]]]:
+    """Pass 1 over every clip first (chunk sizes and mean full-rate errors), then each budget's
+    `elbo` allocation over all their chunks (`set_budget.set_counts`)."""
+    chunks: dict[str, tuple[list[int], list[float]]] = {}
+    for path in clips:
+        _, source = prepare_source(path, settings, workdir)
+        with Analysis(
+            source, model, device=settings.device, bf16=settings.bf16, with_error=True
+        ) as analysis:
+            chunks[path.name] = (
+                [c.positions for c in analysis.chunks],
+                [c.mean_error for c in analysis.chunks],
+            )
+        source.unlink()
+    return set_budget.set_counts(chunks, [b for b in settings.budgets if b < 1.0])
+
+
 # -- summaries -------------------------------------------------------------------------------
 def run_bench(
     paths: Sequence[Path],
@@ -401,11 +446,14 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="infotok-bench-") as tmp:
         work = out_dir / "files" if keep_files else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        spread = _set_allocation(clips, settings, loaded, work) if settings.set_budget else {}
         for path in clips:
             reference, source = prepare_source(path, settings, work)
             fps = probe(source).fps
             score = Scorer(reference, settings.metrics, settings.lpips_every)
-            rows += bench_tokenizer(path.name, source, score, settings, loaded, work, step)
+            rows += bench_tokenizer(
+                path.name, source, score, settings, loaded, work, step, spread.get(path.name)
+            )
             rows += bench_classical(path.name, score, fps, settings, work, step)
             if not keep_files:
                 for leftover in work.iterdir():
