@@ -110,7 +110,8 @@ class ChunkModel:
     ) -> np.ndarray:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
         (indices at dropped positions are meaningless). `features` `(dim, T', h, w)` float32,
-        the conv encoder's output for these frames (`light_error_map`), skips the conv encoder."""
+        the conv encoder's output for these frames (`light_error_map`: float32, or bf16 bits as
+        int16), skips the conv encoder."""
         n, height, width = frames.shape[:3]
         indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
         for y0, y1, x0, x1 in tiles(height, width):
@@ -123,8 +124,8 @@ class ChunkModel:
                     idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
                     tile = torch.from_numpy(np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1]))
-                    if self.bf16:  # as the conv encoder hands them on under autocast (exact)
-                        tile = tile.to(torch.bfloat16)
+                    if tile.dtype == torch.int16:  # bf16 bits, as the conv encoder made them
+                        tile = tile.view(torch.bfloat16)
                     idx = self.tokenizer.encode_features(tile.to(self.device)[None], mask)
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
@@ -132,19 +133,23 @@ class ChunkModel:
     @torch.no_grad()
     def light_error_map(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The `light` router's predicted error `(T', h, w)` float32, and the conv features
-        `(dim, T', h, w)` float32 it was predicted from (for `tokens`)."""
+        `(dim, T', h, w)` it was predicted from (for `tokens`): float32, or under bf16 their
+        bf16 bits as int16 (numpy has no bf16): exact, and half the bytes to hold and spill."""
         check_light_head(self.model)
         assert self.light_head is not None  # moved to the device with the model
         n, height, width = frames.shape[:3]
         shape = latent_shape(n, height, width)
         error = np.zeros(shape, dtype=np.float32)
-        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=np.float32)
+        dtype = np.int16 if self.bf16 else np.float32
+        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=dtype)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
             with self._autocast():
                 feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
                 error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
-            features[:, :, ly0:ly1, lx0:lx1] = feats[0].float().cpu()
+            tile = feats[0].cpu()
+            tile = tile.to(torch.bfloat16).view(torch.int16) if self.bf16 else tile.float()
+            features[:, :, ly0:ly1, lx0:lx1] = tile.numpy()
         return error, features
 
     def error_map(self, frames: np.ndarray) -> np.ndarray:
@@ -182,7 +187,8 @@ class ChunkModel:
 
 FEATURE_SPILL_LIMIT = 2 << 30
 """Bytes of conv features a `light` analysis spills for pass 2 to reuse (1 KiB per latent
-position: 2 GiB is 15 chunks of 16 frames at 1080p); later chunks run the conv encoder again."""
+position in float32, half in bf16: 2 GiB is 15 or 30 chunks of 16 frames at 1080p); later chunks
+run the conv encoder again."""
 TILE = 512  # pixels; a multiple of the compressor's 64-pixel window, so windows never straddle
 TILE_ABOVE = 1024 * 1024  # frames of more pixels than this are coded in tiles
 
