@@ -3,12 +3,13 @@
 For every clip in DEV (first `--frames` frames, short side 256, centre crop 256×256, 16-frame
 chunks), each chunk is encoded and decoded for real at every rate in RATES (positions as the
 `fixed`/`elbo` routers choose them, encoded knowing the mask), giving its squared error at each
-rate. From those measured points, at each budget B in BUDGETS (the same total tokens every
-time):
+rate. From those measured points, at each budget B in BUDGETS (the same total tokens, up to
+the sampled rates' granularity: each row's `tokens` says what it spent):
 
 - `per_clip`: every chunk at rate B (one budget per clip, `fixed`);
 - `elbo_set`: each chunk at the sampled rate nearest the `elbo` allocation over all chunks of
-  all clips (rate ∝ the chunk's mean full-rate error; `bench --set-budget` writes it for real);
+  all clips (rate ∝ the chunk's mean full-rate error). Snapping to the samples costs it a
+  little; `bench --set-budget` writes the exact allocation to real files for the measure;
 - `best_set`: an allocation of the sampled rates for the set's mean PSNR (PSNR per clip from
   its pooled MSE), found greedily by the largest gain in the objective per token: what a
   router that knew each chunk's curve could reach (greedy, so a lower bound on the optimum);
@@ -41,6 +42,7 @@ from infotok_codec.bench import reference_frames
 from infotok_codec.codec import ChunkModel
 from infotok_codec.model import latent_shape, load_model
 from infotok_codec.routing import router as routing
+from infotok_codec.video import find_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)
@@ -136,7 +138,7 @@ def main() -> None:
     loaded = load_model(args.model)
     engine = ChunkModel(loaded, "cpu")
     size = 256
-    names = sorted(p.name for p in args.dev.iterdir())
+    names = sorted(p.name for p in find_videos([args.dev]))
     started = time.perf_counter()
     chunks: list[Chunk] = []
     for i, name in enumerate(names):

@@ -109,9 +109,9 @@ class ChunkModel:
         features: np.ndarray | None = None,
     ) -> np.ndarray:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
-        (indices at dropped positions are meaningless). `features` `(dim, T', h, w)` float32,
-        the conv encoder's output for these frames (`light_error_map`: float32, or bf16 bits as
-        int16), skips the conv encoder."""
+        (indices at dropped positions are meaningless). `features` `(dim, T', h, w)`, the conv
+        encoder's output for these frames as `light_error_map` keeps it (float32, or bf16 bits
+        as int16), skips the conv encoder."""
         n, height, width = frames.shape[:3]
         indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
         for y0, y1, x0, x1 in tiles(height, width):
@@ -187,7 +187,7 @@ class ChunkModel:
 
 FEATURE_SPILL_LIMIT = 2 << 30
 """Bytes of conv features a `light` analysis spills for pass 2 to reuse (1 KiB per latent
-position in float32, half in bf16: 2 GiB is 15 or 30 chunks of 16 frames at 1080p); later chunks
+position in float32, half in bf16: 2 GiB is 16 or 32 chunks of 16 frames at 1080p); later chunks
 run the conv encoder again."""
 TILE = 512  # pixels; a multiple of the compressor's 64-pixel window, so windows never straddle
 TILE_ABOVE = 1024 * 1024  # frames of more pixels than this are coded in tiles

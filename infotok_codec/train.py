@@ -297,6 +297,11 @@ def train(opts: TrainOptions) -> TrainReport:
     else:
         if opts.init is not None:
             new = init_weights(model, opts.init)
+            frozen = ("encoder.", "compressor.", "to_code.")
+            if opts.decoder_only and any(k.startswith(frozen) for k in new):
+                raise InfotokError(
+                    "--decoder-only freezes the encoder: it cannot start with new blocks"
+                )
             added = f"; new: {', '.join(new)}" if new else ""
             console.log(f"initialised from {opts.init}{added}")
         average = _weight_average(opts, model)

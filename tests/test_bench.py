@@ -316,6 +316,14 @@ def test_set_budget_spends_one_budget_over_every_clip(
     assert entry["set_budget"] == 0.5 and set(entry["per_clip"]) == {"busy.mp4", "flat.mkv"}
 
 
+def test_set_budget_needs_elbo_to_compare_with() -> None:
+    from infotok_codec import InfotokError
+    from infotok_codec.bench import BenchSettings
+
+    with pytest.raises(InfotokError, match="include it in --routers"):
+        BenchSettings(routers=("fixed",), set_budget=True)
+
+
 def test_set_counts_is_the_elbo_allocation_over_all_chunks() -> None:
     from infotok_codec.bench.set_budget import set_counts
     from infotok_codec.routing.router import allocate_counts

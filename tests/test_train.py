@@ -247,6 +247,13 @@ def test_decoder_only_training_keeps_every_token(clip, tiny_model: Path, tmp_pat
     resumed = {**common, "init": None, "resume": True, "decoder_only": False}
     with pytest.raises(InfotokError, match="the decoding half only"):
         train(TrainOptions(max_steps=4, **resumed))  # type: ignore[arg-type]
+    report = train(TrainOptions(max_steps=5, **{**resumed, "decoder_only": True}))  # type: ignore[arg-type]
+    assert report.steps == 5
+    assert torch.equal(before.encode(video), load_model(out).tokenizer.encode(video))
+    deeper = TokenizerConfig.override({**TINY.__dict__, "enc_blocks2": TINY.enc_blocks2 + 1})
+    grown = {**common, "out": tmp_path / "g.safetensors", "config": deeper}
+    with pytest.raises(InfotokError, match="cannot start with new blocks"):
+        train(TrainOptions(max_steps=1, **grown))  # type: ignore[arg-type]
 
 
 def test_fine_tuning_starts_from_a_model_file(tiny_model: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from infotok_codec.bench.quality import quality_against_budget, quality_landing
-from infotok_codec.bench.set_budget import global_against_clip_budget
+from infotok_codec.bench.set_budget import global_against_budget
 from infotok_codec.errors import InfotokError
 from infotok_codec.outputs import atomic_file
 
@@ -232,7 +232,7 @@ def summarise(rows: list[BenchRow], settings: BenchSettings) -> dict[str, Any]:
         router = settings.routers[0] if settings.routers else "elbo"
         summary["quality_against_budget"] = quality_against_budget(rows, router)
     if settings.set_budget:
-        summary["global_against_budget"] = global_against_clip_budget(rows, "elbo")
+        summary["global_against_budget"] = global_against_budget(rows, "elbo")
     if settings.oracle and "elbo" in methods:
         corr, gaps = [], []
         for c in clips:

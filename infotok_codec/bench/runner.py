@@ -72,6 +72,8 @@ class BenchSettings:
             raise InfotokError("metrics must include psnr (the BD-rates and summaries use it)")
         for q in self.qualities:
             RateControl.quality(q)  # raises on a target outside (0, 100] dB
+        if self.set_budget and "elbo" not in self.routers:
+            raise InfotokError("--set-budget is compared with elbo: include it in --routers")
         if self.frames < 1 or self.size < 1:
             raise InfotokError(f"frames {self.frames} and size {self.size} must be positive")
         if self.lpips_every < 1:
@@ -85,7 +87,7 @@ class BenchSettings:
         per_clip += sum(len(self.crfs_for(c)) for c in self.codecs)
         per_clip += len(self.budgets) if self.oracle else 0
         per_clip += len(self.qualities)
-        per_clip += len(self.budgets) if self.set_budget else 0
+        per_clip += sum(b < 1.0 for b in self.budgets) if self.set_budget else 0
         return clips * per_clip
 
 
@@ -144,13 +146,13 @@ def bench_tokenizer(
     model: LoadedModel,
     workdir: Path,
     tick: Tick,
-    set_counts: dict[float, list[int]] | None = None,
+    global_counts: dict[float, list[int]] | None = None,
 ) -> list[BenchRow]:
-    """Rows for every router × budget (and the oracle, quality targets, and with `set_counts`,
-    this clip's share of each budget spent over the whole set) of one clip."""
+    """Rows for every router × budget (and the oracle, quality targets, and with
+    `global_counts`, this clip's chunk counts of each budget spent over the whole set)."""
     rows: list[BenchRow] = []
     full_rate = [r for r in settings.routers if r != "light"]
-    if full_rate or settings.oracle or settings.qualities or set_counts:
+    if full_rate or settings.oracle or settings.qualities or global_counts:
         with Analysis(
             source, model, device=settings.device, bf16=settings.bf16, with_error=True
         ) as analysis:
@@ -159,7 +161,7 @@ def bench_tokenizer(
                 rows += _oracle_rows(clip, analysis, score, settings, model, workdir, tick)
             if settings.qualities:
                 rows += _quality_rows(clip, analysis, score, settings, model, workdir, tick)
-            for budget, counts in (set_counts or {}).items():
+            for budget, counts in (global_counts or {}).items():
                 itok = workdir / f"{clip}.{set_budget.METHOD}.{budget}.itok"
                 enc = analysis.write(
                     itok, router="elbo", budget=budget, counts=counts, force=True, audio=False
@@ -404,18 +406,24 @@ def _set_allocation(
     clips: Sequence[Path], settings: BenchSettings, model: LoadedModel, workdir: Path
 ) -> dict[str, dict[float, list[int]]]:
     """Pass 1 over every clip first (chunk sizes and mean full-rate errors), then each budget's
-    `elbo` allocation over all their chunks (`set_budget.set_counts`)."""
+    `elbo` allocation over all their chunks (`set_budget.set_counts`). Each clip's pass 1 runs
+    again for its own rows: the spill files of every clip are not kept at once."""
+    names = [p.name for p in clips]
+    if len(set(names)) != len(names):
+        raise InfotokError("--set-budget needs clips of distinct file names (rows are by name)")
     chunks: dict[str, tuple[list[int], list[float]]] = {}
     for path in clips:
         _, source = prepare_source(path, settings, workdir)
-        with Analysis(
-            source, model, device=settings.device, bf16=settings.bf16, with_error=True
-        ) as analysis:
-            chunks[path.name] = (
-                [c.positions for c in analysis.chunks],
-                [c.mean_error for c in analysis.chunks],
-            )
-        source.unlink()
+        try:
+            with Analysis(
+                source, model, device=settings.device, bf16=settings.bf16, with_error=True
+            ) as analysis:
+                chunks[path.name] = (
+                    [c.positions for c in analysis.chunks],
+                    [c.mean_error for c in analysis.chunks],
+                )
+        finally:
+            source.unlink()
     return set_budget.set_counts(chunks, [b for b in settings.budgets if b < 1.0])
 
 
@@ -446,13 +454,22 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="infotok-bench-") as tmp:
         work = out_dir / "files" if keep_files else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        spread = _set_allocation(clips, settings, loaded, work) if settings.set_budget else {}
+        counts_by_clip = (
+            _set_allocation(clips, settings, loaded, work) if settings.set_budget else {}
+        )
         for path in clips:
             reference, source = prepare_source(path, settings, work)
             fps = probe(source).fps
             score = Scorer(reference, settings.metrics, settings.lpips_every)
             rows += bench_tokenizer(
-                path.name, source, score, settings, loaded, work, step, spread.get(path.name)
+                path.name,
+                source,
+                score,
+                settings,
+                loaded,
+                work,
+                step,
+                counts_by_clip.get(path.name),
             )
             rows += bench_classical(path.name, score, fps, settings, work, step)
             if not keep_files:

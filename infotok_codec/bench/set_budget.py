@@ -106,7 +106,7 @@ def against_budget(
     return out
 
 
-def global_against_clip_budget(rows: list[BenchRow], router: str) -> list[dict[str, Any]]:
+def global_against_budget(rows: list[BenchRow], router: str) -> list[dict[str, Any]]:
     """`against_budget` for `global`, plus, at each budget, the paired per-clip PSNR change
     from the same budget spent clip by clip (same total tokens): which clips gave, which took."""
     out = against_budget(rows, METHOD, router, "set_budget")

@@ -2,8 +2,9 @@
 
 Video `(B, 3, T, H, W)` in [-1, 1] with T % 4 == 0 and H, W % 8 == 0 maps to features
 `(B, C, T/4, H/8, W/8)` and back. Cost is kept low by a pixel-unshuffle patch in front (2× time,
-4× space, lossless) and by factorised convolutions: a 3×3 spatial conv run as Conv2d over frames
-(much faster than Conv3d on a CPU) and a kernel-3 temporal conv padded on the past side only.
+4× space, lossless) and by factorised convolutions: a 3×3 spatial conv applied to each frame
+(as a 1×3×3 Conv3d on channels-last activations, or frame by frame; `conv_layout`) and a
+kernel-3 temporal conv padded on the past side only.
 The convolutions are causal in time, as Cosmos's; the GroupNorm statistics are not: they span the
 whole chunk. A codec that decodes whole chunks loses nothing by it, so the shipped model keeps it;
 a streaming decoder would need per-frame normalisation.
@@ -45,10 +46,13 @@ def conv_layout(x: torch.Tensor) -> torch.Tensor:
     Batched activations are channels-last ((B, T, H, W, C) in memory): oneDNN's convolutions
     read it without reordering, the 3×3 spatial conv runs as one 1×3×3 Conv3d with no
     transposes, and a frame's pixels come out contiguous. Measured on 2 threads, bf16, 256×256
-    chunks (`benchmarks/tokenizer_quality.py`, against frames-first Conv2d with transposes):
-    decode 49–54 → 62 frames/s, `elbo` encode 20–21 → 26. Activations that run a frame at a time
-    (`by_frame`) stay frames-first: there, frame slices of the channels-last layout fell to
-    PyTorch's slow Conv3d and strided norm statistics (1.5–2× slower at 512×512 tiles)."""
+    chunks (`benchmarks/tokenizer_quality.py`, three interleaved runs against frames-first
+    Conv2d with transposes): decode 48.7–55.7 → 58.9–66.5 frames/s, `elbo` encode 20.3–23.0 →
+    24.7–26.3. Activations that run a frame at a time (`by_frame`) stay frames-first: there,
+    frame slices of the channels-last layout fell to PyTorch's slow Conv3d and strided norm
+    statistics (1.5–2× slower at 512×512 tiles). Each conv stage's input is put in its own
+    layout, since a stage can fall on the other side of `BY_FRAME_ABOVE` than the one before
+    (the encoder's second stage at a 512×384 tile)."""
     if by_frame(x):
         return x.contiguous()
     return x.contiguous(memory_format=torch.channels_last_3d)
@@ -72,6 +76,7 @@ class SpatialConv(nn.Module):
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
+        # The padding mode serves the frame-by-frame path; the batched path pads alike by hand.
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,8 +166,8 @@ class ConvEncoder(nn.Module):
         self.conv_out = nn.Conv3d(c2, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stage1(self.conv_in(space_time_unshuffle(x, 2, 4)))
-        h = self.stage2(self.down(space_time_unshuffle(h, 2, 2)))
+        h = self.stage1(conv_layout(self.conv_in(space_time_unshuffle(x, 2, 4))))
+        h = self.stage2(conv_layout(self.down(space_time_unshuffle(h, 2, 2))))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -179,6 +184,6 @@ class ConvDecoder(nn.Module):
         self.conv_out = SpatialConv(c1, 3 * 2 * 4 * 4)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.stage2(self.conv_in(conv_layout(z)))
-        h = self.stage1(space_time_shuffle(self.up(h), 2, 2))
+        h = self.stage2(conv_layout(self.conv_in(conv_layout(z))))
+        h = self.stage1(conv_layout(space_time_shuffle(self.up(h), 2, 2)))
         return space_time_shuffle(self.conv_out(F.silu(self.norm_out(h))), 2, 4)
