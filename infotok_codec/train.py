@@ -297,8 +297,10 @@ def train(opts: TrainOptions) -> TrainReport:
     else:
         if opts.init is not None:
             new = init_weights(model, opts.init)
-            frozen = ("encoder.", "compressor.", "to_code.")
-            if opts.decoder_only and any(k.startswith(frozen) for k in new):
+            # Frozen above (`Tokenizer.encoding_parameters`): a new block there would stay as it
+            # started, dead compute in every encode.
+            frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+            if frozen.intersection(new):
                 raise InfotokError(
                     "--decoder-only freezes the encoder: it cannot start with new blocks"
                 )
