@@ -1,0 +1,210 @@
+"""The depth trial (issue 12, "Range: depth, gated"): can more tokens per latent position buy
+quality? Trained from a model file, validated on `train`'s held-out windows at every depth.
+
+Each latent position carries up to `--depth` tokens. Token 1 is the model's own (its projection
+to codes, FSQ); token k > 1 is an FSQ index from its own projection of the same compressor output,
+and the de-compressor's input is the sum of the first d tokens' projections back ("nested"). The
+new projections back start at zero, so depth 1 is exactly the model the trial extends. Each
+training clip draws its depth uniformly from 1..D, so every prefix is trained; the loss is
+`train`'s (L1 + 10 · MSE), full rate (the question is what depth buys, not masking).
+
+The gate (the issue): build depth into the codec only if depth D leads depth 1 by at least 1 dB
+on validation and is still rising. The trial code stays out of the package until then.
+
+Run: ``python benchmarks/depth_trial.py ../shared/data/train --init
+infotok_codec/models/infotok-s.safetensors --out runs/depth --minutes 150 --threads 1``;
+``--resume`` continues `OUT/trial.ckpt.pt`. Writes `OUT/history.json` (one row per check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from infotok_codec.model import Tokenizer, TokenizerConfig, WeightAverage
+from infotok_codec.model.tokenizer import read_model_metadata
+from infotok_codec.outputs import atomic_file
+from infotok_codec.train import (
+    ClipWindows,
+    TrainOptions,
+    _validation_batch,
+    init_weights,
+    load_clip,
+    psnr,
+    reconstruction_loss,
+    validation_files,
+)
+from infotok_codec.video import find_videos
+
+
+class DepthTokenizer(nn.Module):
+    """A tokenizer with `depth` tokens per latent position, nested: the decoder sums the first
+    d tokens' projections back."""
+
+    def __init__(self, config: TokenizerConfig, depth: int) -> None:
+        super().__init__()
+        self.base = Tokenizer(config)
+        dim, code_dim = config.dim, self.base.fsq.dim
+        self.to_codes = nn.ModuleList(nn.Linear(dim, code_dim) for _ in range(depth - 1))
+        self.from_codes = nn.ModuleList(nn.Linear(code_dim, dim) for _ in range(depth - 1))
+        for layer in self.from_codes:  # depth 1 is exactly the base model at the start
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def depth(self) -> int:
+        return len(self.to_codes) + 1
+
+    def codes(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """Full-rate codes of every depth, each `(B, T', h, w, 6)`."""
+        base = self.base
+        features = base.compressor(base.features(video)).permute(0, 2, 3, 4, 1).float()
+        with torch.autocast(video.device.type, enabled=False):
+            return [base.fsq(base.to_code(features))] + [
+                base.fsq(project(features)) for project in self.to_codes
+            ]
+
+    def decode(
+        self, codes: list[torch.Tensor], depths: torch.Tensor, size: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """Video from the first `depths[b]` tokens of each clip b."""
+        base = self.base
+        x = base.from_code(codes[0])
+        for k, (code, back) in enumerate(zip(codes[1:], self.from_codes, strict=True), start=2):
+            use = (depths >= k).to(x.dtype)[:, None, None, None, None]
+            x = x + use * back(code)
+        y = base.decoder(base.decompressor(x.permute(0, 4, 1, 2, 3)))
+        t, h, w = size
+        return y[:, :, :t, :h, :w]
+
+    def forward(self, video: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.codes(video), depths, tuple(video.shape[2:]))  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def validate(model: DepthTokenizer, batch: torch.Tensor, bf16: bool) -> dict[str, float]:
+    """PSNR over all held-out windows at each depth 1..D (full rate)."""
+    model.eval()
+    size = tuple(batch.shape[2:])
+    recons: dict[int, list[torch.Tensor]] = {d: [] for d in range(1, model.depth + 1)}
+    for part in batch.split(8):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            codes = model.codes(part)
+            for d in recons:
+                depths = torch.full((len(part),), d)
+                recons[d].append(model.decode(codes, depths, size).float())  # type: ignore[arg-type]
+    model.train()
+    return {f"depth{d}": psnr(torch.cat(parts), batch) for d, parts in recons.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("--init", type=Path, required=True, help="the model file to extend")
+    parser.add_argument("--out", type=Path, required=True, help="folder for checkpoint, history")
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--minutes", type=float, default=150.0)
+    parser.add_argument("--lr", type=float, default=2e-4, help="peak rate of the base network")
+    parser.add_argument("--new-lr", type=float, default=1e-3, help="peak rate of new projections")
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--check-minutes", type=float, default=15.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    random.seed(0)
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    metadata, _ = read_model_metadata(args.init)
+    model = DepthTokenizer(TokenizerConfig.from_json(metadata["config"]), args.depth)
+    init_weights(model.base, args.init)
+    new = [*model.to_codes.parameters(), *model.from_codes.parameters()]
+    new_ids = {id(p) for p in new}
+    old = [p for p in model.parameters() if id(p) not in new_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": old, "peak": args.lr}, {"params": new, "peak": args.new_lr}],
+        weight_decay=0.01,
+        betas=(0.9, 0.99),
+    )
+    average = WeightAverage(model, 0.99)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, history_path = args.out / "trial.ckpt.pt", args.out / "history.json"
+    step, elapsed, history = 0, 0.0, []
+    if args.resume:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        average.load_state_dict(ckpt["average"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
+
+    files = find_videos([Path(args.data)])
+    held_out = set(validation_files(files, TrainOptions.val_files))
+    clips = [load_clip(f, 256, 256) for f in files if f not in held_out]
+    val_batch = _validation_batch([load_clip(f, 256, 32) for f in sorted(held_out)], 16, 128)
+    dataset = ClipWindows(clips, 16, args.crop, length=100_000 * args.batch)
+
+    def check() -> None:
+        row = {"step": step, "minutes": round(elapsed / 60, 1)}
+        row.update({k: round(v, 3) for k, v in validate(average.model, val_batch, bf16).items()})
+        history.append(row)
+        print(json.dumps(row), flush=True)
+        with atomic_file(ckpt_path) as tmp:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "average": average.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "history": history,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+                tmp,
+            )
+        history_path.write_text(json.dumps(history, indent=1) + "\n")
+
+    if not history:
+        check()
+    budget = args.minutes * 60
+    start, last_check = time.time() - elapsed, time.time()
+    dataset.epoch_seed = step  # a resumed run draws new windows
+    for batch in DataLoader(dataset, batch_size=args.batch):
+        elapsed = time.time() - start
+        if elapsed >= budget:
+            break
+        warm = min(1.0, (step + 1) / args.warmup_steps)
+        decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak"] * warm * decay
+        depths = torch.randint(1, args.depth + 1, (len(batch),))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = reconstruction_loss(model(batch, depths).float(), batch, 10.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        average.update(model)
+        step += 1
+        if step % 100 == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 5)}), flush=True)
+        if time.time() - last_check > args.check_minutes * 60:
+            elapsed = time.time() - start
+            check()
+            last_check = time.time()
+    elapsed = time.time() - start
+    check()
+
+
+if __name__ == "__main__":
+    main()
