@@ -48,6 +48,13 @@ Bf16Option = Annotated[
         show_default=False,
     ),
 ]
+RuntimeOption = Annotated[
+    str,
+    typer.Option(
+        help="Where the network runs: torch, or openvino (CPU; pip install "
+        '"infotok-codec[openvino]").'
+    ),
+]
 ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output.")]
 FitDataOption = Annotated[
@@ -185,6 +192,7 @@ def encode(
     ] = 2.0,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
+    runtime: RuntimeOption = "torch",
     threads: ThreadsOption = None,
     force: ForceOption = False,
     no_audio: Annotated[
@@ -234,6 +242,7 @@ def encode(
                 coder=coder,
                 device=device,
                 bf16=bf16,
+                runtime=runtime,
                 threads=threads,
                 force=force,
                 audio=not no_audio,
@@ -255,6 +264,7 @@ def encode(
             key_interval=key_interval,
             device=device,
             bf16=bf16,
+            runtime=runtime,
             force=force,
             audio=not no_audio,
             progress=progress,
@@ -344,6 +354,7 @@ def decode(
     model: ModelOption = None,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
+    runtime: RuntimeOption = "torch",
     threads: ThreadsOption = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
@@ -362,6 +373,7 @@ def decode(
             model=model,
             device=device,
             bf16=bf16,
+            runtime=runtime,
             force=force,
             progress=progress,
         )

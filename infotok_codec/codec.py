@@ -53,7 +53,10 @@ from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import (
     SPACE_FACTOR,
     LoadedModel,
+    OpenVinoTokenizer,
+    Tokenizer,
     autocast,
+    check_runtime,
     latent_shape,
     load_model,
     use_bf16,
@@ -75,11 +78,25 @@ the positions it keeps."""
 class ChunkModel:
     """A loaded tokenizer on a device, working on uint8 frames `(n, H, W, 3)`."""
 
-    def __init__(self, model: LoadedModel, device: str = "auto", bf16: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: str = "auto",
+        bf16: bool | None = None,
+        runtime: str = "torch",
+    ) -> None:
         self.model = model
-        self.device = resolve_device(device)
+        check_runtime(runtime)
+        self.runtime = runtime
+        self.device = resolve_device(
+            "cpu" if runtime == "openvino" and device == "auto" else device
+        )
+        if runtime == "openvino" and self.device.type != "cpu":
+            raise InfotokError("--runtime openvino runs on the CPU: leave --device out")
         self.bf16 = use_bf16(bf16, self.device)  # None: where the device runs it natively
-        self.tokenizer = model.tokenizer.to(self.device).eval()
+        self.tokenizer: Tokenizer | OpenVinoTokenizer = model.tokenizer.to(self.device).eval()
+        if runtime == "openvino":
+            self.tokenizer = OpenVinoTokenizer(model.tokenizer, model.sha256, self.bf16)
         self.light_head = (
             model.light_head.to(self.device).eval() if model.light_head is not None else None
         )
@@ -141,7 +158,7 @@ class ChunkModel:
         shape = latent_shape(n, height, width)
         error = np.zeros(shape, dtype=np.float32)
         dtype = np.int16 if self.bf16 else np.float32
-        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=dtype)
+        features = np.zeros((self.model.tokenizer.config.dim, *shape), dtype=dtype)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
             with self._autocast():
@@ -282,6 +299,7 @@ class EncodeResult:
     unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
     warning: str | None = None  # a size or bitrate target out of reach, and what was written
     precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
+    runtime: str | None = None  # where the network ran, "torch" or "openvino" (None: no network)
 
 
 def encode_file(
@@ -297,6 +315,7 @@ def encode_file(
     key_interval: float = KEY_SECONDS,
     device: str = "auto",
     bf16: bool | None = None,
+    runtime: str = "torch",
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
@@ -306,7 +325,8 @@ def encode_file(
     most one; neither is budget 0.8. Key chunks come every `key_interval` seconds
     (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
     (`infotok_codec.bitstream.audio`). `bf16`: the network under bf16 autocast (None: where the
-    device runs it natively; `infotok_codec.model.precision`)."""
+    device runs it natively; `infotok_codec.model.precision`); `runtime`: where the network runs
+    (`infotok_codec.model.runtime`)."""
     if budget is not None and rate is not None:
         raise InfotokError("give a budget or a rate, not both")
     rate = rate or choose_rate(budget=budget)
@@ -325,6 +345,7 @@ def encode_file(
         progress,
         light=router == "light",
         bf16=bf16,
+        runtime=runtime,
     ) as pass1:
         return rate_control.write(
             pass1,
@@ -376,12 +397,13 @@ class Analysis(Closing):
         progress: Progress | None = None,
         light: bool = False,
         bf16: bool | None = None,
+        runtime: str = "torch",
     ) -> None:
         check_chunk_frames(chunk_frames)
         self.src = Path(src)
         self.info = probe(self.src)
         self.loaded = as_model(model)
-        self.engine = ChunkModel(self.loaded, device, bf16)
+        self.engine = ChunkModel(self.loaded, device, bf16, runtime)
         self.chunk_frames = chunk_frames
         self.progress = progress
         self.light = light
@@ -587,6 +609,7 @@ class Analysis(Closing):
             seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
             rate=header.rate,
             precision=self.engine.precision,
+            runtime=self.engine.runtime,
         )
 
 
@@ -603,6 +626,7 @@ class DecodeResult:
     seconds: float
     notes: list[str] = field(default_factory=list)  # what happened to the audio, one line each
     precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
+    runtime: str | None = None  # where the network ran, "torch" or "openvino" (None: no network)
 
 
 def _chunk_tokens(
@@ -668,6 +692,7 @@ def decode_file(
     model: LoadedModel | str | Path | None = None,
     device: str = "auto",
     bf16: bool | None = None,
+    runtime: str = "torch",
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
@@ -677,7 +702,7 @@ def decode_file(
 
     With `audio`, an `.itok` file's audio track goes into `.mkv` and `.mp4` outputs, cut to the
     decoded frames (`AudioReader.read_span`); `DecodeResult.notes` says where it could not.
-    Token files carry no audio.
+    Token files carry no audio. `runtime`: where the network runs (`infotok_codec.model.runtime`).
     """
     src = Path(src)
     out = Path(dst) if dst is not None else None
@@ -704,7 +729,7 @@ def decode_file(
         if out is not None:
             loaded = as_model(model)
             check_model_matches(header, loaded)
-            engine = ChunkModel(loaded, device, bf16)
+            engine = ChunkModel(loaded, device, bf16, runtime)
         if isinstance(source, TokenReader):
             chunks = source.chunks(first, stop)
         else:
@@ -758,6 +783,7 @@ def decode_file(
         seconds=time.perf_counter() - started,
         notes=notes,
         precision=engine.precision if engine is not None else None,
+        runtime=engine.runtime if engine is not None else None,
     )
 
 
