@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
 import platform
 import pstats
 import shlex
@@ -41,21 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ENCODE_STAGES = {
     "read + scale input (PyAV)": [("video.py", "_read_frames")],
     "probe (reads the input once more)": [("video.py", "probe")],
-    "conv encoder (pass 1, light features)": [
-        ("tokenizer.py", "features"),
-        ("runtime.py", "features"),
-    ],
+    "conv encoder (pass 1, light features)": [("tokenizer.py", "features")],
     "light head": [("light_router.py", "error_map")],
-    "compressor + FSQ (pass 2)": [
-        ("tokenizer.py", "encode_features"),
-        ("tokenizer.py", "encode"),
-        ("runtime.py", "encode_features"),
-    ],
+    "compressor + FSQ (pass 2)": [("tokenizer.py", "encode_features"), ("tokenizer.py", "encode")],
     "token + mask coding": [("container.py", "encode_chunk")],
 }
 DECODE_STAGES = {
     "token + mask decoding": [("codec.py", "_chunk_tokens")],
-    "decoder network": [("tokenizer.py", "decode"), ("runtime.py", "decode")],
+    "decoder network": [("tokenizer.py", "decode")],
     "write video (PyAV)": [("video.py", "write")],
 }
 
@@ -199,13 +191,6 @@ def main() -> None:
         help="the network's arithmetic (auto: bf16 where the CPU runs it natively)",
     )
     parser.add_argument(
-        "--runtime",
-        choices=("torch", "openvino"),
-        default="torch",
-        help="where the network runs; openvino's graphs are first built in a fresh cache "
-        "folder by one encode and one decode (timed as 'first_run'), then timed warm",
-    )
-    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed_large.json"
     )
     args = parser.parse_args()
@@ -217,42 +202,30 @@ def main() -> None:
         {"auto": None, "bf16": True, "fp32": False}[args.precision], torch.device("cpu")
     )
 
-    first_run = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # this process's and the commands'
         src, itok, y4m = work / "src.mp4", work / "out.itok", work / "out.y4m"
         make_source(args.clip, src, args.frames, args.width, args.height)
         flags = ["--threads", str(args.threads), "--bf16" if bf16 else "--fp32"]
-        flags += ["--runtime", args.runtime]
         cli = [sys.executable, "-m", "infotok_codec"]
         enc = [*cli, "encode", str(src), str(itok), "--router", "light", "--budget", "0.8"]
-        dec = [*cli, "decode", str(itok), str(y4m)]
-        if args.runtime == "openvino":
-            first_run = {
-                "encode_s": round(peak_rss_mib([*enc, *flags, "--force"])[1], 2),
-                "decode_s": round(peak_rss_mib([*dec, *flags, "--force"])[1], 2),
-            }
         enc_peak, enc_s = peak_rss_mib([*enc, *flags, "--force"])
-        dec_peak, dec_s = peak_rss_mib([*dec, *flags, "--force"])
+        dec_peak, dec_s = peak_rss_mib([*cli, "decode", str(itok), str(y4m), *flags, "--force"])
         size = itok.stat().st_size
         env = {"encode_file": encode_file, "decode_file": decode_file, "src": src, "itok": itok}
-        env["y4m"], env["bf16"], env["runtime"] = y4m, bf16, args.runtime
+        env["y4m"], env["bf16"] = y4m, bf16
         encode_profile = profiled(
-            "encode_file(src, itok, router='light', budget=0.8, bf16=bf16, runtime=runtime, "
-            "force=True)",
+            "encode_file(src, itok, router='light', budget=0.8, bf16=bf16, force=True)",
             env,
             ENCODE_STAGES,
         )
         decode_profile = profiled(
-            "decode_file(itok, y4m, bf16=bf16, runtime=runtime, force=True)", env, DECODE_STAGES
+            "decode_file(itok, y4m, bf16=bf16, force=True)", env, DECODE_STAGES
         )
     result = {
         "command": "python " + shlex.join(sys.argv),
         "machine": {"processor": platform.processor(), "threads": args.threads},
         "precision": "bf16" if bf16 else "fp32",
-        "runtime": args.runtime,
-        "first_run": first_run,
         "clip": args.clip.name,
         "frames": args.frames,
         "width": args.width,

@@ -48,13 +48,6 @@ Bf16Option = Annotated[
         show_default=False,
     ),
 ]
-RuntimeOption = Annotated[
-    str,
-    typer.Option(
-        help="Where the network runs: torch, or openvino (CPU; pip install "
-        '"infotok-codec[openvino]").'
-    ),
-]
 ThreadsOption = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite the output.")]
 FitDataOption = Annotated[
@@ -192,7 +185,6 @@ def encode(
     ] = 2.0,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
-    runtime: RuntimeOption = "torch",
     threads: ThreadsOption = None,
     force: ForceOption = False,
     no_audio: Annotated[
@@ -242,7 +234,6 @@ def encode(
                 coder=coder,
                 device=device,
                 bf16=bf16,
-                runtime=runtime,
                 threads=threads,
                 force=force,
                 audio=not no_audio,
@@ -264,7 +255,6 @@ def encode(
             key_interval=key_interval,
             device=device,
             bf16=bf16,
-            runtime=runtime,
             force=force,
             audio=not no_audio,
             progress=progress,
@@ -354,7 +344,6 @@ def decode(
     model: ModelOption = None,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
-    runtime: RuntimeOption = "torch",
     threads: ThreadsOption = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
@@ -373,7 +362,6 @@ def decode(
             model=model,
             device=device,
             bf16=bf16,
-            runtime=runtime,
             force=force,
             progress=progress,
         )

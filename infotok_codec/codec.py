@@ -53,10 +53,7 @@ from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import (
     SPACE_FACTOR,
     LoadedModel,
-    OpenVinoTokenizer,
-    Tokenizer,
     autocast,
-    check_runtime,
     latent_shape,
     load_model,
     use_bf16,
@@ -78,25 +75,11 @@ the positions it keeps."""
 class ChunkModel:
     """A loaded tokenizer on a device, working on uint8 frames `(n, H, W, 3)`."""
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        device: str = "auto",
-        bf16: bool | None = None,
-        runtime: str = "torch",
-    ) -> None:
+    def __init__(self, model: LoadedModel, device: str = "auto", bf16: bool | None = None) -> None:
         self.model = model
-        check_runtime(runtime)
-        self.runtime = runtime
-        self.device = resolve_device(
-            "cpu" if runtime == "openvino" and device == "auto" else device
-        )
-        if runtime == "openvino" and self.device.type != "cpu":
-            raise InfotokError("--runtime openvino runs on the CPU: leave --device out")
+        self.device = resolve_device(device)
         self.bf16 = use_bf16(bf16, self.device)  # None: where the device runs it natively
-        self.tokenizer: Tokenizer | OpenVinoTokenizer = model.tokenizer.to(self.device).eval()
-        if runtime == "openvino":
-            self.tokenizer = OpenVinoTokenizer(model.tokenizer, model.sha256, self.bf16)
+        self.tokenizer = model.tokenizer.to(self.device).eval()
         self.light_head = (
             model.light_head.to(self.device).eval() if model.light_head is not None else None
         )
@@ -158,7 +141,7 @@ class ChunkModel:
         shape = latent_shape(n, height, width)
         error = np.zeros(shape, dtype=np.float32)
         dtype = np.int16 if self.bf16 else np.float32
-        features = np.zeros((self.model.tokenizer.config.dim, *shape), dtype=dtype)
+        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=dtype)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
             with self._autocast():
@@ -299,7 +282,6 @@ class EncodeResult:
     unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
     warning: str | None = None  # a size or bitrate target out of reach, and what was written
     precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
-    runtime: str | None = None  # where the network ran, "torch" or "openvino" (None: no network)
 
 
 def encode_file(
@@ -315,7 +297,6 @@ def encode_file(
     key_interval: float = KEY_SECONDS,
     device: str = "auto",
     bf16: bool | None = None,
-    runtime: str = "torch",
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
@@ -325,8 +306,7 @@ def encode_file(
     most one; neither is budget 0.8. Key chunks come every `key_interval` seconds
     (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
     (`infotok_codec.bitstream.audio`). `bf16`: the network under bf16 autocast (None: where the
-    device runs it natively; `infotok_codec.model.precision`); `runtime`: where the network runs
-    (`infotok_codec.model.runtime`)."""
+    device runs it natively; `infotok_codec.model.precision`)."""
     if budget is not None and rate is not None:
         raise InfotokError("give a budget or a rate, not both")
     rate = rate or choose_rate(budget=budget)
@@ -345,7 +325,6 @@ def encode_file(
         progress,
         light=router == "light",
         bf16=bf16,
-        runtime=runtime,
     ) as pass1:
         return rate_control.write(
             pass1,
@@ -397,13 +376,12 @@ class Analysis(Closing):
         progress: Progress | None = None,
         light: bool = False,
         bf16: bool | None = None,
-        runtime: str = "torch",
     ) -> None:
         check_chunk_frames(chunk_frames)
         self.src = Path(src)
         self.info = probe(self.src)
         self.loaded = as_model(model)
-        self.engine = ChunkModel(self.loaded, device, bf16, runtime)
+        self.engine = ChunkModel(self.loaded, device, bf16)
         self.chunk_frames = chunk_frames
         self.progress = progress
         self.light = light
@@ -609,7 +587,6 @@ class Analysis(Closing):
             seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
             rate=header.rate,
             precision=self.engine.precision,
-            runtime=self.engine.runtime,
         )
 
 
@@ -626,7 +603,6 @@ class DecodeResult:
     seconds: float
     notes: list[str] = field(default_factory=list)  # what happened to the audio, one line each
     precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
-    runtime: str | None = None  # where the network ran, "torch" or "openvino" (None: no network)
 
 
 def _chunk_tokens(
@@ -692,7 +668,6 @@ def decode_file(
     model: LoadedModel | str | Path | None = None,
     device: str = "auto",
     bf16: bool | None = None,
-    runtime: str = "torch",
     force: bool = False,
     audio: bool = True,
     progress: Progress | None = None,
@@ -702,7 +677,7 @@ def decode_file(
 
     With `audio`, an `.itok` file's audio track goes into `.mkv` and `.mp4` outputs, cut to the
     decoded frames (`AudioReader.read_span`); `DecodeResult.notes` says where it could not.
-    Token files carry no audio. `runtime`: where the network runs (`infotok_codec.model.runtime`).
+    Token files carry no audio.
     """
     src = Path(src)
     out = Path(dst) if dst is not None else None
@@ -729,7 +704,7 @@ def decode_file(
         if out is not None:
             loaded = as_model(model)
             check_model_matches(header, loaded)
-            engine = ChunkModel(loaded, device, bf16, runtime)
+            engine = ChunkModel(loaded, device, bf16)
         if isinstance(source, TokenReader):
             chunks = source.chunks(first, stop)
         else:
@@ -783,7 +758,6 @@ def decode_file(
         seconds=time.perf_counter() - started,
         notes=notes,
         precision=engine.precision if engine is not None else None,
-        runtime=engine.runtime if engine is not None else None,
     )
 
 

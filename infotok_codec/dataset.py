@@ -170,12 +170,10 @@ class _Encoder:
         model: LoadedModel,
         device: str,
         bf16: bool | None,
-        runtime: str,
         force: bool,
     ) -> None:
         self.src, self.dst, self.settings = src, dst, settings
         self.model, self.device, self.bf16, self.force = model, device, bf16, force
-        self.runtime = runtime
 
     def __call__(self, source: Path, claimed_by: Path | None) -> ManifestEntry:
         out = source.with_suffix(STREAM_SUFFIX)
@@ -201,7 +199,6 @@ class _Encoder:
                     model=self.model,
                     device=self.device,
                     bf16=self.bf16,
-                    runtime=self.runtime,
                     force=self.force,
                 )
                 entry.frames, entry.bytes, entry.bpp = result.frames, result.bytes, result.bpp
@@ -249,7 +246,6 @@ def encode_dataset(
     key_interval: float = KEY_SECONDS,
     device: str = "auto",
     bf16: bool | None = None,
-    runtime: str = "torch",
     threads: int | None = None,
     force: bool = False,
     audio: bool = True,
@@ -292,7 +288,7 @@ def encode_dataset(
         torch.set_num_threads(chosen_threads)
     dst.mkdir(exist_ok=True)
     settings = EncodeSettings(budget, router, coder, chunk_frames, audio, key_interval)
-    encoder = _Encoder(src, dst, settings, loaded, device, bf16, runtime, force)
+    encoder = _Encoder(src, dst, settings, loaded, device, bf16, force)
     claimed: dict[Path, Path] = {}
     owners = [claimed.setdefault(rel.with_suffix(STREAM_SUFFIX), rel) for rel in files]
     mine = range(shard.rank, len(files), shard.world)

@@ -8,7 +8,6 @@ as JSON text (`LoadedModel.tables_json`), parsed only where tokens are coded.
 from infotok_codec.model.averaging import WeightAverage
 from infotok_codec.model.fsq import FSQ
 from infotok_codec.model.precision import autocast, use_bf16
-from infotok_codec.model.runtime import RUNTIMES, OpenVinoTokenizer, check_runtime
 from infotok_codec.model.tokenizer import (
     SPACE_FACTOR,
     LoadedModel,
@@ -23,15 +22,12 @@ from infotok_codec.model.tokenizer import (
 
 __all__ = [
     "FSQ",
-    "RUNTIMES",
     "SPACE_FACTOR",
     "LoadedModel",
-    "OpenVinoTokenizer",
     "Tokenizer",
     "TokenizerConfig",
     "WeightAverage",
     "autocast",
-    "check_runtime",
     "latent_shape",
     "load_model",
     "read_model_metadata",
