@@ -43,7 +43,7 @@ ENCODE_STAGES = {
     "conv encoder (pass 1, light features)": [("tokenizer.py", "features")],
     "light head": [("light_router.py", "error_map")],
     "compressor + FSQ (pass 2)": [("tokenizer.py", "encode_features"), ("tokenizer.py", "encode")],
-    "token + mask coding": [("container.py", "encode_chunk")],
+    "token + mask coding": [("chunk_coding.py", "encode_chunk")],
 }
 DECODE_STAGES = {
     "token + mask decoding": [("codec.py", "_chunk_tokens")],

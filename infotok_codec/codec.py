@@ -38,15 +38,13 @@ from infotok_codec.bitstream import (
     check_coder,
     side_writer,
 )
-from infotok_codec.bitstream.container import (
+from infotok_codec.bitstream.chunk_coding import decode_chunk, encode_chunk
+from infotok_codec.bitstream.container import ContainerReader, ContainerWriter
+from infotok_codec.bitstream.header import (
     CHAINING_CODERS,
     KEY_INTERVAL_RANGE,
     ChunkRecord,
-    ContainerReader,
-    ContainerWriter,
     Header,
-    decode_chunk,
-    encode_chunk,
 )
 from infotok_codec.closing import Closing
 from infotok_codec.errors import InfotokError, ModelError

@@ -5,18 +5,12 @@ torch), so every machine writes and accepts the same bytes.
 """
 
 from infotok_codec.bitstream.audio import AudioPacket, AudioReader, AudioTrack, side_writer
-from infotok_codec.bitstream.container import (
-    VERSION,
-    ChunkRecord,
-    ContainerReader,
-    ContainerWriter,
-    Header,
-    decode_chunk,
-    encode_chunk,
-)
+from infotok_codec.bitstream.chunk_coding import decode_chunk, encode_chunk
+from infotok_codec.bitstream.container import ContainerReader, ContainerWriter
 from infotok_codec.bitstream.context_coder import Chain, fit_key_prior
 from infotok_codec.bitstream.context_state import KeyPrior
 from infotok_codec.bitstream.entropy import CODERS, FrequencyTables, check_coder
+from infotok_codec.bitstream.header import VERSION, ChunkRecord, Header
 from infotok_codec.bitstream.tokens import ChunkTokens, TokenReader, TokenWriter
 
 __all__ = [

@@ -15,7 +15,6 @@ anything is allocated, every record has a CRC32, and any fault is a `FormatError
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from infotok_codec.bitstream.container import ContainerReader, Header
+from infotok_codec.bitstream.container import ContainerReader
+from infotok_codec.bitstream.header import U32, Cursor, Header, crc
 from infotok_codec.errors import FormatError
 
 BLOCK_TAG = b"AUDB"
@@ -43,13 +43,8 @@ _PACKET = np.dtype([("pts", "<i8"), ("duration", "<u4"), ("flags", "u1"), ("size
 _DIRECTORY_HEAD = struct.Struct("<4sBI")  # tag, track count, chunk count
 _TRACK_FIXED = struct.Struct("<IHIIQ")  # sample rate, channels, time base num/den, bit rate
 _FOOTER = struct.Struct("<QI4s")  # directory offset, block count, magic
-_U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
-_BLOCK_OVERHEAD = _BLOCK_HEAD.size + _U32.size  # + CRC
-
-
-def _crc(data: bytes | memoryview) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
+_BLOCK_OVERHEAD = _BLOCK_HEAD.size + U32.size  # + CRC
 
 
 def _printable_ascii(text: str, lo: int, hi: int) -> bool:
@@ -144,7 +139,7 @@ def _encode_track(track: AudioTrack) -> bytes:
         track.bit_rate,
     )
     out += _U16.pack(len(track.layout)) + track.layout.encode("ascii")
-    return bytes(out + _U32.pack(len(track.extradata)) + track.extradata)
+    return bytes(out + U32.pack(len(track.extradata)) + track.extradata)
 
 
 def _encode_block(k: int, t: int, packets: list[AudioPacket]) -> bytes:
@@ -157,7 +152,7 @@ def _encode_block(k: int, t: int, packets: list[AudioPacket]) -> bytes:
         + table.tobytes()
         + b"".join(p.data for p in packets)
     )
-    return out + _U32.pack(_crc(out))
+    return out + U32.pack(crc(out))
 
 
 def side_writer(
@@ -202,55 +197,30 @@ def side_writer(
             + b"".join(_encode_track(track) for track in tracks)
             + np.array(offsets, dtype="<u8").tobytes()
         )
-        file.write(directory + _U32.pack(_crc(directory)))
+        file.write(directory + U32.pack(crc(directory)))
         file.write(_FOOTER.pack(directory_offset, len(offsets), FOOTER_MAGIC))
 
     return write
 
 
 # -- reading -----------------------------------------------------------------------------------
-class _Cursor:
-    """Bounded reads from one record: running past its end names the record and field."""
-
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.pos, self.where = data, 0, where
-
-    def take(self, n: int, field: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise FormatError(f"{self.where}: {field} runs past end of record")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: struct.Struct, field: str) -> tuple:
-        return fmt.unpack(self.take(fmt.size, field))
-
-    def ascii(self, field: str) -> str:
-        (length,) = self.unpack(_U16, f"{field} length")
-        raw = self.take(length, f"{field} length {length}")
-        try:
-            return raw.decode("ascii")
-        except UnicodeDecodeError as e:
-            raise FormatError(f"{self.where}: {field} is not ASCII") from e
-
-
-def _check_crc(data: bytes, where: str) -> bytes:
+def _checkcrc(data: bytes, where: str) -> bytes:
     """The record without its CRC32, which must match."""
-    (stored,) = _U32.unpack(data[-_U32.size :])
-    computed = _crc(data[: -_U32.size])
+    (stored,) = U32.unpack(data[-U32.size :])
+    computed = crc(data[: -U32.size])
     if stored != computed:
         raise FormatError(f"{where}: CRC32 mismatch (stored {stored:08x}, computed {computed:08x})")
-    return data[: -_U32.size]
+    return data[: -U32.size]
 
 
-def _decode_track(cur: _Cursor) -> AudioTrack:
-    codec = cur.ascii("codec")
+def _decode_track(cur: Cursor) -> AudioTrack:
+    codec = cur.text("codec", "ascii")
     rate, channels, tb_num, tb_den, bit_rate = cur.unpack(_TRACK_FIXED, "fixed fields")
-    layout = cur.ascii("layout")
-    (length,) = cur.unpack(_U32, "extradata length")
+    layout = cur.text("layout", "ascii")
+    (length,) = cur.unpack(U32, "extradata length")
     extradata = cur.take(length, f"extradata length {length}")
     if tb_num < 1 or tb_den < 1:
-        raise FormatError(f"{cur.where}: time_base {tb_num}/{tb_den} is not positive")
+        raise FormatError(f"{cur.section}: time_base {tb_num}/{tb_den} is not positive")
     return AudioTrack(codec, rate, channels, layout, Fraction(tb_num, tb_den), bit_rate, extradata)
 
 
@@ -280,7 +250,7 @@ class AudioReader:
 
     def _read_directory(self, start: int, length: int) -> None:
         end = start + length
-        minimum = _FOOTER.size + _DIRECTORY_HEAD.size + _U32.size
+        minimum = _FOOTER.size + _DIRECTORY_HEAD.size + U32.size
         if length < minimum:
             raise FormatError(f"audio: section of {length} bytes, less than its {minimum}")
         offset, count, magic = _FOOTER.unpack(
@@ -296,8 +266,8 @@ class AudioReader:
             raise FormatError(f"audio: directory offset {offset} outside the section")
         where = "audio: directory"
         length = end - _FOOTER.size - offset
-        body = _check_crc(self._reader.read_side(offset, length, "audio"), where)
-        cur = _Cursor(body, where)
+        body = _checkcrc(self._reader.read_side(offset, length, "audio"), where)
+        cur = Cursor(body, where, "record")
         tag, n_tracks, chunk_count = cur.unpack(_DIRECTORY_HEAD, "fixed fields")
         if tag != DIRECTORY_TAG:
             raise FormatError(f"{where}: tag {tag!r} is not {DIRECTORY_TAG!r}")
@@ -334,8 +304,8 @@ class AudioReader:
             raise IndexError(f"audio block (chunk {k}, track {t}) out of range")
         b = k * len(self.tracks) + t
         where = f"audio: block {b} (chunk {k}, track {t})"
-        body = _check_crc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
-        cur = _Cursor(body, where)
+        body = _checkcrc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
+        cur = Cursor(body, where, "record")
         tag, chunk, track, count = cur.unpack(_BLOCK_HEAD, "fixed fields")
         if tag != BLOCK_TAG:
             raise FormatError(f"{where}: tag {tag!r} is not {BLOCK_TAG!r}")

@@ -68,7 +68,7 @@ selection counts, ``1 + i`` digit ``i``'s (`context_prior` fits a `KeyPrior` fro
 
 @dataclass
 class Chain:
-    """The coder's memory along one stream, for `container.encode_chunk` / `decode_chunk`.
+    """The coder's memory along one stream, for `chunk_coding.encode_chunk` / `decode_chunk`.
 
     Hand the same chain the chunks of a stream in order, starting at a key chunk; each call
     leaves in it the state the next chunk needs. Coders that code every chunk alone leave

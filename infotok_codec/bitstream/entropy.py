@@ -48,7 +48,7 @@ from infotok_codec.levels import validate_levels
 
 CODERS = ("context", "adaptive", "range", "zstd")
 """Token coder names; ``context`` (`infotok_codec.bitstream.context_coder`, the default) codes
-chunks in chains, so the container calls it directly and the functions here take the other
+chunks in chains, so `chunk_coding` calls it directly and the functions here take the other
 three."""
 CHUNK_CODERS = CODERS[1:]
 """The coders `encode_indices` and `decode_indices` take."""

@@ -29,7 +29,7 @@ from typing import IO, BinaryIO
 
 import numpy as np
 
-from infotok_codec.bitstream.container import SPATIAL_STRIDE, Header
+from infotok_codec.bitstream.header import SPATIAL_STRIDE, Header
 from infotok_codec.bitstream.lattice import lattice_mask
 from infotok_codec.closing import Closing
 from infotok_codec.errors import FormatError, InfotokError

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from infotok_codec.bitstream.container import encode_chunk, framing_bytes
+from infotok_codec.bitstream.chunk_coding import encode_chunk
 from infotok_codec.bitstream.context_coder import Chain
+from infotok_codec.bitstream.header import framing_bytes
 from infotok_codec.errors import InfotokError
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.rate import RateControl, si
@@ -418,7 +419,7 @@ class ByteSpender:
     Args:
         router: the router whose allocation spends the bytes.
         positions, errors: each chunk's positions and mean error (`router.allocate_counts`).
-        framing: the file's bytes outside chunk records (`container.framing_bytes`).
+        framing: the file's bytes outside chunk records (`header.framing_bytes`).
         curves: each chunk's `ByteCurve`.
     """
 

@@ -1,0 +1,352 @@
+"""`infotok encode`, `decode`, `pack` and `info`: files in, files out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from infotok_codec.cli.common import (
+    Bf16Option,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    ModelOption,
+    ThreadsOption,
+    app,
+    console,
+    err_console,
+    print_json,
+    progress_bars,
+    set_threads,
+)
+from infotok_codec.errors import InfotokError
+
+
+@app.command()
+def encode(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Input video (anything FFmpeg reads) or image folder; or a folder of videos."
+        ),
+    ],
+    dst: Annotated[
+        Path, typer.Argument(help="Output .itok file; for a folder of videos, a folder.")
+    ],
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Share of the full-rate token count, in (0, 1] (default 0.8)."),
+    ] = None,
+    quality: Annotated[
+        float | None,
+        typer.Option(help="Each chunk's PSNR-RGB in dB: the fewest tokens that reach it."),
+    ] = None,
+    bitrate: Annotated[
+        str | None, typer.Option(help="Bits per second of video: 300k, 1.5M.")
+    ] = None,
+    target_size: Annotated[
+        str | None, typer.Option(help="Bytes of the whole file: 800K, 2M, 123456.")
+    ] = None,
+    router: Annotated[
+        str,
+        typer.Option(help="elbo, fixed, uniform, or light (elbo predicted: no decode pass)."),
+    ] = "elbo",
+    model: ModelOption = None,
+    chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
+    coder: Annotated[
+        str,
+        typer.Option(
+            help="Token coder: context (sees the chunk before), adaptive, range (static "
+            "tables) or zstd."
+        ),
+    ] = "context",
+    key_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between key chunks, which decode alone (0: every chunk; context "
+            "coder only)."
+        ),
+    ] = 2.0,
+    device: DeviceOption = "auto",
+    bf16: Bf16Option = None,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+    no_audio: Annotated[
+        bool, typer.Option("--no-audio", help="Leave the source's audio out.")
+    ] = False,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Encode a video into an .itok file, spending tokens where the information is; its audio
+    is copied in as it is. Give at most one of --budget, --quality, --bitrate and --target-size.
+
+    A folder of videos and an output folder encode every video under it (a dataset; shards
+    across ranks under torchrun) and write OUT/manifest.json.
+    """
+    from infotok_codec.bitstream import CODERS
+    from infotok_codec.codec import encode_file
+    from infotok_codec.rate import choose_rate, parse_quantity
+    from infotok_codec.routing import ROUTERS
+
+    try:
+        rate = choose_rate(
+            budget=budget,
+            quality=quality,
+            bitrate=None if bitrate is None else parse_quantity(bitrate, "--bitrate"),
+            size=None if target_size is None else parse_quantity(target_size, "--target-size"),
+        )
+    except InfotokError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if router not in ROUTERS:
+        raise typer.BadParameter(f"--router {router!r}: choose one of {', '.join(ROUTERS)}")
+    if coder not in CODERS:
+        raise typer.BadParameter(f"--coder {coder!r}: choose one of {', '.join(CODERS)}")
+    if not 0.0 <= key_interval <= 3600.0:
+        raise typer.BadParameter(f"--key-interval {key_interval} outside [0, 3600] seconds")
+    set_threads(threads)
+    if src.is_dir() and dst.suffix.lower() != ".itok":
+        if rate.mode != "budget":
+            raise typer.BadParameter("a folder of videos is encoded at a --budget only")
+        _encode_folder(
+            src,
+            dst,
+            dict(
+                budget=rate.target,
+                router=router,
+                model=model,
+                chunk_frames=chunk_frames,
+                coder=coder,
+                device=device,
+                bf16=bf16,
+                threads=threads,
+                force=force,
+                audio=not no_audio,
+                key_interval=key_interval,
+            ),
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
+    with progress_bars(quiet or as_json) as progress:
+        result = encode_file(
+            src,
+            dst,
+            rate=rate,
+            router=router,
+            model=model,
+            chunk_frames=chunk_frames,
+            coder=coder,
+            key_interval=key_interval,
+            device=device,
+            bf16=bf16,
+            force=force,
+            audio=not no_audio,
+            progress=progress,
+        )
+    if result.warning:
+        err_console.print(
+            f"warning: {result.warning}", markup=False, highlight=False, soft_wrap=True
+        )
+    if as_json:
+        print_json(result)
+    elif not quiet:
+        reached = ""
+        if result.chunk_psnr is not None:
+            reached = (
+                f"; chunks {min(result.chunk_psnr):.2f} to {max(result.chunk_psnr):.2f} dB, "
+                f"{result.unreachable_chunks} of {result.chunks} below the target at full rate"
+            )
+        err_console.print(
+            f"{result.path}: {result.frames} frames, {result.bytes} bytes, {result.bpp:.4f} bpp, "
+            f"rate {result.realised_rate:.3f} ({result.router}, {result.rate.describe()}){reached}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _encode_folder(
+    src: Path, dst: Path, options: dict[str, Any], *, as_json: bool, quiet: bool
+) -> None:
+    """`encode DIR OUTDIR`: one bar over files (rank 0's share under torchrun), the failures
+    at the end, exit 1 if any."""
+    from infotok_codec.dataset import ManifestEntry, Shard, encode_dataset
+
+    shard = Shard.from_env()
+    bars = Progress(
+        TextColumn("[bold]  encode"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files" + (f" (rank 0 of {shard.world})" if shard.world > 1 else "")),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        disable=quiet or as_json or shard.rank != 0,
+    )
+    task: TaskID | None = None
+
+    def tick(entry: ManifestEntry, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bars.add_task("", total=total)
+        bars.update(task, advance=1, description=f"{entry.status} {entry.source}")
+
+    with bars:
+        result = encode_dataset(src, dst, tick=tick, shard=shard, **options)
+    if shard.rank != 0:
+        return
+    if as_json:
+        print(result.manifest.read_text() if result.manifest else "{}", end="")
+    elif not quiet:
+        err_console.print(
+            f"{dst}: {result.count('encoded')} encoded, {result.count('skipped')} skipped, "
+            f"{len(result.failed)} failed of {len(result.entries)} files; {result.manifest}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for entry in result.failed:
+        line = f"failed: {entry.source}: {entry.error}"
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if result.failed:
+        raise InfotokError(
+            f"{len(result.failed)} of {len(result.entries)} files failed "
+            f"(listed in {result.manifest})"
+        )
+
+
+@app.command()
+def decode(
+    src: Annotated[Path, typer.Argument(help="Input .itok file, or a token file (.npz).")],
+    dst: Annotated[
+        Path | None,
+        typer.Argument(help="Output video: .mp4, .mkv, .y4m, or a folder for PNGs."),
+    ] = None,
+    frames: Annotated[str | None, typer.Option(help="Only frames A:B (end exclusive).")] = None,
+    tokens: Annotated[
+        Path | None, typer.Option("--tokens", help="Also write every chunk's tokens to a .npz.")
+    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    bf16: Bf16Option = None,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Decode an .itok file or a token file to video (format by extension) and/or tokens."""
+    from infotok_codec.codec import decode_file
+
+    set_threads(threads)
+    with progress_bars(quiet or as_json) as progress:
+        result = decode_file(
+            src,
+            dst,
+            frames=frames,
+            tokens_out=tokens,
+            model=model,
+            device=device,
+            bf16=bf16,
+            force=force,
+            progress=progress,
+        )
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(result)
+
+
+@app.command()
+def pack(
+    src: Annotated[Path, typer.Argument(help="Token file (.npz), as decode --tokens writes.")],
+    dst: Annotated[Path, typer.Argument(help="Output .itok file.")],
+    model: ModelOption = None,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Entropy-code a token file into an .itok file (the bytes its encode wrote)."""
+    from infotok_codec.pack import pack_file
+
+    result = pack_file(src, dst, model=model, force=force)
+    if as_json:
+        print_json(result)
+
+
+@app.command()
+def info(
+    src: Annotated[Path, typer.Argument(help="An .itok file.")],
+    as_json: JsonOption = False,
+    heatmap: Annotated[
+        Path | None, typer.Option(help="Write a PNG of token usage (decodes thumbnails).")
+    ] = None,
+    model: ModelOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Header, per-chunk rates and sizes, and bits per pixel from the real file size."""
+    from infotok_codec.inspect import file_info, token_heatmap
+    from infotok_codec.outputs import check_output
+    from infotok_codec.rate import RateControl
+
+    if heatmap is not None:
+        check_output(heatmap, force)
+    summary = file_info(src)
+    if heatmap is not None:
+        token_heatmap(src, heatmap, model=model)
+    if as_json:
+        print_json(summary)
+        return
+    h = summary
+    # In mode budget the target is the budget; other modes also say the budget they planned.
+    asked = RateControl(h.rate_mode, h.rate_target).describe()
+    planned = "" if h.rate_mode == "budget" else f", budget {h.budget:.4g}"
+    console.print(
+        f"[bold]{src}[/]  (.itok version {h.version})  {h.width}×{h.height}, {h.frames} frames "
+        f"at {h.fps} fps, chunks of {h.chunk_frames}, a key chunk every {h.key_interval}\n"
+        f"model {h.model} ({h.model_hash[:12]}), router {h.router}, "
+        f"{asked}{planned}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
+    )
+    table = Table(
+        "chunk",
+        "first frame",
+        "frames",
+        "tokens",
+        "positions",
+        "rate",
+        "mask bytes",
+        "index bytes",
+        "bytes",
+    )
+    for c in h.chunks:
+        table.add_row(
+            str(c.index),
+            str(c.first_frame),
+            str(c.frames),
+            str(c.tokens),
+            str(c.positions),
+            f"{c.tokens / c.positions:.3f}",
+            str(c.mask_bytes),
+            str(c.index_bytes),
+            str(c.bytes),
+        )
+    console.print(table)
+    for t, a in enumerate(h.audio):
+        console.print(
+            f"audio {t}: {a.codec}, {a.channels} ch ({a.layout or 'unnamed layout'}), "
+            f"{a.sample_rate} Hz, {a.seconds:.3f} s, {a.packets} packets, {a.bytes} bytes",
+            highlight=False,
+        )
+    console.print(
+        f"total {h.tokens} of {h.positions} tokens (rate {h.rate:.3f}); {h.bytes} bytes "
+        f"(masks {h.mask_bytes}, indices {h.index_bytes}, audio {h.audio_bytes}); "
+        f"{h.bpp:.4f} bpp ({h.video_bpp:.4f} without audio)"
+    )
