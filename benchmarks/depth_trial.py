@@ -42,7 +42,6 @@ from infotok_codec.train import (
     reconstruction_loss,
     validation_files,
 )
-from infotok_codec.video import find_videos
 
 
 class DepthTokenizer(nn.Module):
@@ -79,7 +78,7 @@ class DepthTokenizer(nn.Module):
         base = self.base
         x = base.from_code(codes[0])
         for k, (code, back) in enumerate(zip(codes[1:], self.from_codes, strict=True), start=2):
-            use = (depths >= k).to(x.dtype)[:, None, None, None, None]
+            use = (depths >= k).to(device=x.device, dtype=x.dtype)[:, None, None, None, None]
             x = x + use * back(code)
         y = base.decoder(base.decompressor(x.permute(0, 4, 1, 2, 3)))
         t, h, w = size
@@ -96,10 +95,10 @@ def validate(model: DepthTokenizer, batch: torch.Tensor, bf16: bool) -> dict[str
     size = tuple(batch.shape[2:])
     recons: dict[int, list[torch.Tensor]] = {d: [] for d in range(1, model.depth + 1)}
     for part in batch.split(8):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(part.device.type, dtype=torch.bfloat16, enabled=bf16):
             codes = model.codes(part)
             for d in recons:
-                depths = torch.full((len(part),), d)
+                depths = torch.full((len(part),), d, device=part.device)
                 recons[d].append(model.decode(codes, depths, size).float())  # type: ignore[arg-type]
     model.train()
     return {f"depth{d}": psnr(torch.cat(parts), batch) for d, parts in recons.items()}
@@ -147,6 +146,8 @@ def main() -> None:
         average.load_state_dict(ckpt["average"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
+
+    from infotok_codec.video import find_videos  # PyAV: not needed by gpu_campaign's import
 
     files = find_videos([Path(args.data)])
     held_out = set(validation_files(files, TrainOptions.val_files))

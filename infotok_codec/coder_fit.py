@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infotok_codec import video as video_io
 from infotok_codec.bitstream import FrequencyTables, fit_key_prior
 from infotok_codec.model import Tokenizer, autocast, load_model, replace_tables, use_bf16
 from infotok_codec.outputs import check_output
@@ -107,6 +106,8 @@ def refit_model_file(
 ) -> FrequencyTables:
     """Fit the coder tables for the model file `src` on the clips under `data` (scaled to
     `short_side`, the first `max_frames` frames of each) and write `src` with them to `dst`."""
+    from infotok_codec import video as video_io  # PyAV: only where files are decoded
+
     check_output(Path(dst), force)
     loaded = load_model(src)
     clips = video_io.read_clips(data, max_frames=max_frames, short_side=short_side)

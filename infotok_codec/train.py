@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from infotok_codec import video as video_io
 from infotok_codec.coder_fit import fit_coder
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import WeightAverage
@@ -48,7 +47,6 @@ from infotok_codec.model.tokenizer import (
 )
 from infotok_codec.outputs import atomic_file, check_output
 from infotok_codec.routing import fit_light_router, keep_count, select_positions
-from infotok_codec.video import find_videos
 
 # Stage-2 rate sampler: r = clip(b · L(x) / EMA(L), 1/16, 1), b drawn from these (InfoTok §3.3).
 STAGE2_BUDGETS = (1.0, 0.75, 0.5, 0.25)
@@ -173,6 +171,8 @@ def manifest_sha256(files: Sequence[Path]) -> str:
 
 def load_clip(path: Path, short_side: int, max_frames: int) -> np.ndarray:
     """Decode a clip once into `(T, H, W, 3)` uint8 at the training scale."""
+    from infotok_codec import video as video_io
+
     chunks = list(video_io.read_frames(path, 64, max_frames=max_frames, short_side=short_side))
     return np.concatenate(chunks)
 
@@ -256,6 +256,10 @@ def train(opts: TrainOptions) -> TrainReport:
     random.seed(opts.seed + rank)
 
     check_output(opts.out, opts.force or opts.resume)
+    # PyAV is imported where files are decoded: a run on clips decoded elsewhere
+    # (`benchmarks/gpu_campaign.py`, on a machine without PyAV) imports none of it.
+    from infotok_codec import video as video_io
+
     if opts.resume and not opts.checkpoint_path.is_file():
         raise InfotokError(f"{opts.checkpoint_path}: no checkpoint to resume from")
     if opts.checkpoint_path.exists() and not (opts.resume or opts.force):
@@ -307,7 +311,7 @@ def train(opts: TrainOptions) -> TrainReport:
             added = f"; new: {', '.join(new)}" if new else ""
             console.log(f"initialised from {opts.init}{added}")
         average = _weight_average(opts, model)
-    files = find_videos(opts.data)
+    files = video_io.find_videos(opts.data)
     val_set = set(validation_files(files, opts.val_files))
     train_files = [f for f in files if f not in val_set]
     console.log(f"{len(train_files)} training files, {len(val_set)} validation files")

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infotok_codec import video as video_io
 from infotok_codec.errors import ModelError
 from infotok_codec.model.light_router import LOG_FLOOR, HeadInfo, LightRouterHead
 from infotok_codec.model.tokenizer import Tokenizer, load_model, replace_light_head
@@ -175,6 +174,8 @@ def refit_model_file(
 ) -> HeadInfo:
     """Fit a head for the model file `src` on the clips under `data` (scaled to `short_side`, the
     first `max_frames` frames of each) and write `src` with it to `dst` (`replace_light_head`)."""
+    from infotok_codec import video as video_io  # PyAV: only where files are decoded
+
     check_output(Path(dst), force)
     loaded = load_model(src)
     clips = video_io.read_clips(data, max_frames=max_frames, short_side=short_side)

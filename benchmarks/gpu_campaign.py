@@ -1,0 +1,296 @@
+"""The campaign's GPU run (issue 12): a lent GPU's minutes spent on the model, prepared here.
+
+Three steps, on two machines:
+
+- ``prepare`` (here): the training files, less the four that `infotok train` holds out, decoded
+  as training decodes them (first `--frames` frames, short side 256) and written as x264 mp4s
+  into a git-ignored folder small enough to travel with the working tree (64 MiB in all with the
+  tree's ~21 MB and the wheels), and the wheels the device image lacks (constriction, zstandard;
+  it has torch, numpy, numba, safetensors, rich and OpenCV) into `.whl/`. PyAV is not among
+  them (36 MB): the clips are read back there with OpenCV, and training imports no PyAV.
+- ``train`` (there): `infotok train`'s stage-2 recipe (InfoTok's rate sampler over the codec's
+  own masks, a quarter of the clips whole, L1 + 10·MSE, a moving average of the weights, cosine
+  decay over the wall-clock budget) from a model file, under bf16 autocast, optionally grown
+  (`--config`: new conv residual blocks start as the identity, so the run starts as the file)
+  or with the encoding half frozen (`--decoder-only`); with `--depth D`, the depth trial instead
+  (`depth_trial.py`: D nested tokens per position, full rate, random depth per clip). It
+  validates the weights' average before and after on `infotok train`'s 32 held-out windows
+  (read from their x264 copies, which score about 0.2 dB above the originals: compare runs with
+  each other, not with MODEL.md's figures), and writes the averaged weights to `--out` as fp16
+  safetensors in parts of at most 15 MB (the device returns files of up to 16 MiB) and the
+  history.
+- ``assemble`` (here): the parts joined into a model file with the init file's coder tables
+  (and no `light` head: it belongs to the old network). Judge it with
+  `benchmarks/tokenizer_quality.py --model`; before shipping, refit its tables and head
+  (`infotok fit-coder`, `infotok fit-router`) unless the tokens are unchanged (`--decoder-only`).
+
+On the device (the command, within its 2,000 characters; `carry`: gpu_data and .whl)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && \
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_campaign.py train gpu_data \
+        --init infotok_codec/models/infotok-s.safetensors --minutes 8 --out $OUT
+
+Here: ``python benchmarks/gpu_campaign.py prepare ../shared/data/train`` before, and
+``python benchmarks/gpu_campaign.py assemble /work/.device/... --init
+infotok_codec/models/infotok-s.safetensors --out runs/gpu/model.safetensors`` after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from depth_trial import DepthTokenizer
+from depth_trial import validate as depth_validate
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from infotok_codec.model import Tokenizer, TokenizerConfig, WeightAverage, use_bf16
+from infotok_codec.model.tokenizer import read_model_metadata, save_model
+from infotok_codec.train import (
+    ClipWindows,
+    TrainOptions,
+    _learning_rate,
+    _sample_keep_masks,
+    _validate,
+    _validation_batch,
+    init_weights,
+    reconstruction_loss,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEELS = ("constriction==0.5.0", "zstandard==0.25.0")
+PART_BYTES = 15_000_000  # the device returns files of at most 16 MiB
+TRAVEL_BYTES = 35_000_000  # data budget beside the tree (~21 MB) and the wheels (~6 MB)
+
+
+# -- here, before ------------------------------------------------------------------------
+def prepare(args: argparse.Namespace) -> None:
+    """Training clips as small mp4s, and the wheels the device image lacks."""
+    from infotok_codec import video as video_io
+    from infotok_codec.train import validation_files
+
+    files = video_io.find_videos([args.data])
+    held_out = set(validation_files(files, TrainOptions.val_files))
+    (args.out / "validation").mkdir(parents=True, exist_ok=True)
+    total = 0
+    for path in files:
+        # The held-out files' first 32 frames, as `infotok train` validates on them.
+        frames = np.concatenate(
+            list(
+                video_io.read_frames(
+                    path, 64, max_frames=32 if path in held_out else args.frames, short_side=256
+                )
+            )
+        )
+        dst = args.out / ("validation" if path in held_out else "") / f"{path.stem}.mp4"
+        _write_mp4(frames, dst, args.crf)
+        total += dst.stat().st_size
+    print(f"{len(files)} clips ({len(held_out)} held out), {total / 1e6:.1f} MB in {args.out}")
+    if total > TRAVEL_BYTES:
+        sys.exit(f"error: {total / 1e6:.1f} MB is over {TRAVEL_BYTES / 1e6:.0f}: lower --frames")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        + ["--python-version", "3.12", "--implementation", "cp", "-d", str(args.wheels)]
+        + [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64")]
+        + ["--platform=manylinux2014_x86_64", *WHEELS],
+        check=True,
+    )
+
+
+def _write_mp4(frames: np.ndarray, path: Path, crf: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": str(crf), "preset": "slow"})
+        stream.width, stream.height = frames.shape[2] // 2 * 2, frames.shape[1] // 2 * 2
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            crop = np.ascontiguousarray(frame[: stream.height, : stream.width])
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")))
+        out.mux(stream.encode())
+
+
+# -- there -------------------------------------------------------------------------------
+def read_clip(path: Path) -> np.ndarray:
+    """`(T, H, W, 3)` uint8 RGB: OpenCV where it is (the device image), else PyAV."""
+    try:
+        import cv2
+    except ImportError:
+        import av
+
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return np.stack(frames)
+
+
+def train(args: argparse.Namespace) -> None:
+    """The stage-2 recipe (or, with `--depth`, the depth trial's) on the prepared clips for
+    `--minutes`; averaged weights and validation to `--out`."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    random.seed(0)
+    clips = [read_clip(p) for p in sorted(args.data.glob("*.mp4"))]
+    held_out = [read_clip(p) for p in sorted((args.data / "validation").glob("*.mp4"))]
+    val_batch = _validation_batch(held_out, 16, 128).to(device)
+    print(
+        f"{len(clips)} clips, {sum(len(c) for c in clips)} frames, {len(val_batch)} validation "
+        f"windows on {device}",
+        flush=True,
+    )
+    metadata, _ = read_model_metadata(args.init)
+    config = TokenizerConfig.from_json(metadata["config"])
+    if args.config:
+        config = TokenizerConfig.override({**json.loads(metadata["config"]), **args.config})
+    depth = DepthTokenizer(config, args.depth) if args.depth > 1 else None
+    model = (depth.base if depth is not None else Tokenizer(config)).to(device)
+    new = init_weights(model, args.init)
+    net: torch.nn.Module = (depth if depth is not None else model).to(device)
+    print(f"from {args.init}; new tensors: {len(new)}; depth {args.depth}", flush=True)
+    if args.decoder_only:
+        for p in model.encoding_parameters():
+            p.requires_grad_(False)
+    opts = TrainOptions(
+        data=[], out=args.out, minutes=args.minutes, lr=args.lr, warmup_steps=args.warmup_steps
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad],
+        lr=args.lr,
+        weight_decay=0.01,
+        betas=(0.9, 0.99),
+    )
+    average = WeightAverage(net, args.weight_average)
+    amp = use_bf16(None, device)
+
+    def validate() -> dict[str, float]:
+        if depth is None:
+            return _validate(average.model, val_batch)  # type: ignore[arg-type]
+        return depth_validate(average.model, val_batch, amp)  # type: ignore[arg-type]
+
+    history = [{"step": 0, "minutes": 0.0, **validate()}]
+    print(json.dumps(history[-1]), flush=True)
+    dataset = ClipWindows(clips, 16, args.crop, length=1_000_000 * args.batch)
+    loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
+    budget, started, err_ema, steps = args.minutes * 60, time.time(), None, 0
+    for step, batch in enumerate(loader):
+        elapsed = time.time() - started
+        if elapsed >= budget:
+            break
+        steps = step + 1
+        x = batch.to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(opts, step, elapsed / budget)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if depth is None:
+                keep, err_ema = _sample_keep_masks(model, x, err_ema, amp, 0.15, 0.25)
+                recon = model(x, keep, encoder_grad=not args.decoder_only)
+            else:  # the depth trial: full rate, each clip its own depth
+                recon = depth(x, torch.randint(1, args.depth + 1, (len(x),), device=device))
+            loss = reconstruction_loss(recon.float(), x, 10.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        average.update(net)
+        if step % 200 == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 5)}), flush=True)
+    history.append({"step": steps, "minutes": round(args.minutes, 2), **validate()})
+    print(json.dumps(history[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_parts(average.model, config, args.out)
+    summary = {"steps": steps, "minutes": args.minutes, "batch": args.batch, "crop": args.crop}
+    summary.update(lr=args.lr, decoder_only=args.decoder_only, depth=args.depth)
+    summary.update(config=config.to_json(), device=str(device))
+    (args.out / "history.json").write_text(json.dumps({**summary, "history": history}) + "\n")
+
+
+def write_parts(model: torch.nn.Module, config: TokenizerConfig, out: Path) -> None:
+    """fp16 weights in safetensors files of at most `PART_BYTES`, with the config."""
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in model.state_dict().items():
+        half = tensor.detach().to(torch.float16).cpu().contiguous()
+        if size + half.nbytes > PART_BYTES and parts[-1]:
+            parts.append({})
+            size = 0
+        parts[-1][name] = half
+        size += half.nbytes
+    for i, part in enumerate(parts):
+        save_file(part, str(out / f"weights-{i}.safetensors"), {"config": config.to_json()})
+
+
+# -- here, after -------------------------------------------------------------------------
+def assemble(args: argparse.Namespace) -> None:
+    """The parts into a model file with the init file's coder tables."""
+    tensors: dict[str, torch.Tensor] = {}
+    config_json = None
+    for part in sorted(args.parts.glob("weights-*.safetensors")):
+        tensors.update(load_file(str(part)))
+        config_json = _part_config(part)
+    if config_json is None:
+        sys.exit(f"error: no weights-*.safetensors in {args.parts}")
+    if any(k.startswith("base.") for k in tensors):
+        sys.exit("error: these are the depth trial's weights: its figures are in history.json")
+    model = Tokenizer(TokenizerConfig.from_json(config_json))
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    metadata, _ = read_model_metadata(args.init)
+    history = json.loads((args.parts / "history.json").read_text())
+    recipe = {"gpu_campaign": {k: v for k, v in history.items() if k != "history"}}
+    save_model(model, args.out, tables_json=metadata["entropy_tables"], extra={"recipe": recipe})
+    print(f"wrote {args.out}")
+
+
+def _part_config(path: Path) -> str:
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {})["config"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("prepare", help="here: training clips and wheels to carry")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, default=ROOT / "gpu_data")
+    p.add_argument("--wheels", type=Path, default=ROOT / ".whl")
+    p.add_argument("--frames", type=int, default=160)  # 64 frames: 11 MB at CRF 18
+    p.add_argument("--crf", type=int, default=18)
+    p = sub.add_parser("train", help="there: the recipe for --minutes")
+    p.add_argument("data", type=Path)
+    p.add_argument("--init", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--weight-average", type=float, default=0.995)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--decoder-only", action="store_true")
+    p.add_argument("--depth", type=int, default=1, help="> 1: the depth trial (depth_trial.py)")
+    p.add_argument("--config", type=json.loads, default=None, help="e.g. '{\"dec_blocks1\": 5}'")
+    p = sub.add_parser("assemble", help="here: the parts into a model file")
+    p.add_argument("parts", type=Path)
+    p.add_argument("--init", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    {"prepare": prepare, "train": train, "assemble": assemble}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
