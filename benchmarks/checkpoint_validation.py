@@ -3,7 +3,7 @@
 `infotok train` validates the average only (when it keeps one). Candidates started at one time
 from the same file hold averages of different age (a fresh run's average still holds much of its
 start), so a screen compares both. The held-out windows are the ones `train` uses: the same file
-split and `_validation_batch` (32 windows of the crop each run trained on).
+split and `validation_batch` (32 windows of the crop each run trained on).
 
 Run: ``python benchmarks/checkpoint_validation.py ../shared/data/train A.ckpt.pt B.ckpt.pt
 --crop 128 --threads 2`` (prints one JSON line per checkpoint).
@@ -20,9 +20,9 @@ import torch
 from infotok_codec.model import Tokenizer, TokenizerConfig
 from infotok_codec.train import (
     TrainOptions,
-    _validate,
-    _validation_batch,
     load_clip,
+    validate,
+    validation_batch,
     validation_files,
 )
 from infotok_codec.video import find_videos
@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     held_out = validation_files(find_videos([Path(args.data)]), TrainOptions.val_files)
     val_clips = [load_clip(f, TrainOptions.short_side, 32) for f in sorted(held_out)]
-    batch = _validation_batch(val_clips, args.frames, args.crop)
+    batch = validation_batch(val_clips, args.frames, args.crop)
     for path in args.checkpoints:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         model = Tokenizer(TokenizerConfig.from_json(ckpt["config"]))
@@ -48,7 +48,7 @@ def main() -> None:
             if ckpt.get(kind) is None:
                 continue
             model.load_state_dict(ckpt[kind])
-            row[kind] = {k: round(v, 3) for k, v in _validate(model, batch).items()}
+            row[kind] = {k: round(v, 3) for k, v in validate(model, batch).items()}
         print(json.dumps(row), flush=True)
 
 

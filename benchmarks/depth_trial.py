@@ -4,7 +4,8 @@ quality? Trained from a model file, validated on `train`'s held-out windows at e
 Each latent position carries up to `--depth` tokens. Token 1 is the model's own (its projection
 to codes, FSQ); token k > 1 is an FSQ index from its own projection of the same compressor output,
 and the de-compressor's input is the sum of the first d tokens' projections back ("nested"). The
-new projections back start at zero, so depth 1 is exactly the model the trial extends. Each
+new projections back start at zero, so every depth starts as the model the trial extends, and
+the new projections learn at their own, higher rate (`--new-lr`). Each
 training clip draws its depth uniformly from 1..D, so every prefix is trained; the loss is
 `train`'s (L1 + 10 · MSE), full rate (the question is what depth buys, not masking).
 
@@ -14,6 +15,8 @@ on validation and is still rising. The trial code stays out of the package until
 Run: ``python benchmarks/depth_trial.py ../shared/data/train --init
 infotok_codec/models/infotok-s.safetensors --out runs/depth --minutes 150 --threads 1``;
 ``--resume`` continues `OUT/trial.ckpt.pt`. Writes `OUT/history.json` (one row per check).
+This script runs on the CPU; `gpu_campaign.py train --depth` runs the same trial on a GPU with
+the classes and functions here.
 """
 
 from __future__ import annotations
@@ -30,16 +33,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from infotok_codec.model import Tokenizer, TokenizerConfig, WeightAverage
+from infotok_codec.model.precision import float32
 from infotok_codec.model.tokenizer import read_model_metadata
 from infotok_codec.outputs import atomic_file
 from infotok_codec.train import (
     ClipWindows,
     TrainOptions,
-    _validation_batch,
     init_weights,
     load_clip,
     psnr,
     reconstruction_loss,
+    validation_batch,
     validation_files,
 )
 
@@ -54,7 +58,8 @@ class DepthTokenizer(nn.Module):
         dim, code_dim = config.dim, self.base.fsq.dim
         self.to_codes = nn.ModuleList(nn.Linear(dim, code_dim) for _ in range(depth - 1))
         self.from_codes = nn.ModuleList(nn.Linear(code_dim, dim) for _ in range(depth - 1))
-        for layer in self.from_codes:  # depth 1 is exactly the base model at the start
+        for layer in self.from_codes:  # every depth starts as the base model
+            assert isinstance(layer, nn.Linear)
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -63,10 +68,11 @@ class DepthTokenizer(nn.Module):
         return len(self.to_codes) + 1
 
     def codes(self, video: torch.Tensor) -> list[torch.Tensor]:
-        """Full-rate codes of every depth, each `(B, T', h, w, 6)`."""
+        """Full-rate codes of every depth, each `(B, T', h, w, len(levels))`, rounded in float32
+        as `Tokenizer.codes_from_features` rounds them."""
         base = self.base
         features = base.compressor(base.features(video)).permute(0, 2, 3, 4, 1).float()
-        with torch.autocast(video.device.type, enabled=False):
+        with float32(video.device):
             return [base.fsq(base.to_code(features))] + [
                 base.fsq(project(features)) for project in self.to_codes
             ]
@@ -86,6 +92,15 @@ class DepthTokenizer(nn.Module):
 
     def forward(self, video: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
         return self.decode(self.codes(video), depths, tuple(video.shape[2:]))  # type: ignore[arg-type]
+
+
+def param_groups(model: DepthTokenizer, lr: float, new_lr: float) -> list[dict]:
+    """AdamW groups: the base network at peak `lr`, the new projections at `new_lr` (each
+    group's "peak"; the schedule scales it)."""
+    new = [*model.to_codes.parameters(), *model.from_codes.parameters()]
+    new_ids = {id(p) for p in new}
+    old = [p for p in model.parameters() if id(p) not in new_ids and p.requires_grad]
+    return [{"params": old, "peak": lr}, {"params": new, "peak": new_lr}]
 
 
 @torch.no_grad()
@@ -120,6 +135,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
+    if args.depth < 2:
+        parser.error(f"--depth {args.depth}: the trial needs at least 2")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     random.seed(0)
@@ -128,13 +145,8 @@ def main() -> None:
     metadata, _ = read_model_metadata(args.init)
     model = DepthTokenizer(TokenizerConfig.from_json(metadata["config"]), args.depth)
     init_weights(model.base, args.init)
-    new = [*model.to_codes.parameters(), *model.from_codes.parameters()]
-    new_ids = {id(p) for p in new}
-    old = [p for p in model.parameters() if id(p) not in new_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": old, "peak": args.lr}, {"params": new, "peak": args.new_lr}],
-        weight_decay=0.01,
-        betas=(0.9, 0.99),
+        param_groups(model, args.lr, args.new_lr), weight_decay=0.01, betas=(0.9, 0.99)
     )
     average = WeightAverage(model, 0.99)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +164,7 @@ def main() -> None:
     files = find_videos([Path(args.data)])
     held_out = set(validation_files(files, TrainOptions.val_files))
     clips = [load_clip(f, 256, 256) for f in files if f not in held_out]
-    val_batch = _validation_batch([load_clip(f, 256, 32) for f in sorted(held_out)], 16, 128)
+    val_batch = validation_batch([load_clip(f, 256, 32) for f in sorted(held_out)], 16, 128)
     dataset = ClipWindows(clips, 16, args.crop, length=100_000 * args.batch)
 
     def check() -> None:
@@ -173,7 +185,8 @@ def main() -> None:
                 },
                 tmp,
             )
-        history_path.write_text(json.dumps(history, indent=1) + "\n")
+        with atomic_file(history_path) as tmp:
+            tmp.write_text(json.dumps(history, indent=1) + "\n")
 
     if not history:
         check()

@@ -21,8 +21,9 @@ Three steps, on two machines:
   history.
 - ``assemble`` (here): the parts joined into a model file with the init file's coder tables
   (and no `light` head: it belongs to the old network). Judge it with
-  `benchmarks/tokenizer_quality.py --model`; before shipping, refit its tables and head
-  (`infotok fit-coder`, `infotok fit-router`) unless the tokens are unchanged (`--decoder-only`).
+  `benchmarks/tokenizer_quality.py --model`; before shipping, fit its `light` head
+  (`infotok fit-router`) and, unless the tokens are unchanged (`--decoder-only`), its coder
+  tables (`infotok fit-coder`).
 
 On the device (the command, within its 2,000 characters; `carry`: gpu_data and .whl)::
 
@@ -48,23 +49,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from depth_trial import DepthTokenizer
+from depth_trial import DepthTokenizer, param_groups
 from depth_trial import validate as depth_validate
-from safetensors import safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from infotok_codec.errors import InfotokError
 from infotok_codec.model import Tokenizer, TokenizerConfig, WeightAverage, use_bf16
 from infotok_codec.model.tokenizer import read_model_metadata, save_model
+from infotok_codec.outputs import check_output
 from infotok_codec.train import (
     ClipWindows,
     TrainOptions,
-    _learning_rate,
-    _sample_keep_masks,
-    _validate,
-    _validation_batch,
     init_weights,
+    learning_rate,
+    load_clip,
     reconstruction_loss,
+    refuse_frozen_new,
+    sample_keep_masks,
+    validate,
+    validation_batch,
+    validation_files,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,22 +82,17 @@ TRAVEL_BYTES = 35_000_000  # data budget beside the tree (~21 MB) and the wheels
 # -- here, before ------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> None:
     """Training clips as small mp4s, and the wheels the device image lacks."""
-    from infotok_codec import video as video_io
-    from infotok_codec.train import validation_files
+    from infotok_codec.video import find_videos
 
-    files = video_io.find_videos([args.data])
+    if args.out.exists() and any(args.out.iterdir()):
+        sys.exit(f"error: {args.out} is not empty (train reads every mp4 in it)")
+    files = find_videos([args.data])
     held_out = set(validation_files(files, TrainOptions.val_files))
     (args.out / "validation").mkdir(parents=True, exist_ok=True)
     total = 0
     for path in files:
         # The held-out files' first 32 frames, as `infotok train` validates on them.
-        frames = np.concatenate(
-            list(
-                video_io.read_frames(
-                    path, 64, max_frames=32 if path in held_out else args.frames, short_side=256
-                )
-            )
-        )
+        frames = load_clip(path, 256, 32 if path in held_out else args.frames)
         dst = args.out / ("validation" if path in held_out else "") / f"{path.stem}.mp4"
         _write_mp4(frames, dst, args.crf)
         total += dst.stat().st_size
@@ -137,6 +138,8 @@ def read_clip(path: Path) -> np.ndarray:
             break
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     capture.release()
+    if not frames:
+        sys.exit(f"error: {path}: OpenCV read no frames")
     return np.stack(frames)
 
 
@@ -148,7 +151,7 @@ def train(args: argparse.Namespace) -> None:
     random.seed(0)
     clips = [read_clip(p) for p in sorted(args.data.glob("*.mp4"))]
     held_out = [read_clip(p) for p in sorted((args.data / "validation").glob("*.mp4"))]
-    val_batch = _validation_batch(held_out, 16, 128).to(device)
+    val_batch = validation_batch(held_out, 16, 128).to(device)
     print(
         f"{len(clips)} clips, {sum(len(c) for c in clips)} frames, {len(val_batch)} validation "
         f"windows on {device}",
@@ -166,24 +169,31 @@ def train(args: argparse.Namespace) -> None:
     if args.decoder_only:
         for p in model.encoding_parameters():
             p.requires_grad_(False)
-    opts = TrainOptions(
-        data=[], out=args.out, minutes=args.minutes, lr=args.lr, warmup_steps=args.warmup_steps
-    )
-    optimizer = torch.optim.AdamW(
-        [p for p in net.parameters() if p.requires_grad],
+        refuse_frozen_new(model, new)
+    opts = TrainOptions(  # the recipe's settings, as `infotok train` has them by default
+        data=[],
+        out=args.out,
+        minutes=args.minutes,
         lr=args.lr,
-        weight_decay=0.01,
-        betas=(0.9, 0.99),
+        warmup_steps=args.warmup_steps,
+        full_rate_share=0.25,
     )
+    groups = (
+        param_groups(depth, args.lr, args.new_lr)
+        if depth is not None
+        else [{"params": [p for p in net.parameters() if p.requires_grad], "peak": args.lr}]
+    )
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.99))
     average = WeightAverage(net, args.weight_average)
     amp = use_bf16(None, device)
 
-    def validate() -> dict[str, float]:
+    def scores() -> dict[str, float]:
+        """Validation PSNRs of the average: full rate and rate 0.5, or at every depth."""
         if depth is None:
-            return _validate(average.model, val_batch)  # type: ignore[arg-type]
+            return validate(average.model, val_batch)  # type: ignore[arg-type]
         return depth_validate(average.model, val_batch, amp)  # type: ignore[arg-type]
 
-    history = [{"step": 0, "minutes": 0.0, **validate()}]
+    history = [{"step": 0, "minutes": 0.0, **scores()}]
     print(json.dumps(history[-1]), flush=True)
     dataset = ClipWindows(clips, 16, args.crop, length=1_000_000 * args.batch)
     loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
@@ -192,36 +202,48 @@ def train(args: argparse.Namespace) -> None:
         elapsed = time.time() - started
         if elapsed >= budget:
             break
-        steps = step + 1
         x = batch.to(device, non_blocking=True)
+        scale = learning_rate(opts, step, elapsed / budget) / opts.lr
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(opts, step, elapsed / budget)
+            group["lr"] = group["peak"] * scale
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if depth is None:
-                keep, err_ema = _sample_keep_masks(model, x, err_ema, amp, 0.15, 0.25)
+                keep, err_ema = sample_keep_masks(
+                    model, x, err_ema, amp, opts.spread_share, opts.full_rate_share
+                )
                 recon = model(x, keep, encoder_grad=not args.decoder_only)
             else:  # the depth trial: full rate, each clip its own depth
                 recon = depth(x, torch.randint(1, args.depth + 1, (len(x),), device=device))
-            loss = reconstruction_loss(recon.float(), x, 10.0)
+            loss = reconstruction_loss(recon.float(), x, opts.mse_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
         average.update(net)
-        if step % 200 == 0:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 5)}), flush=True)
-    history.append({"step": steps, "minutes": round(args.minutes, 2), **validate()})
+        steps = step + 1
+        if steps % 200 == 0:
+            print(json.dumps({"step": steps, "loss": round(loss.item(), 5)}), flush=True)
+    minutes = round((time.time() - started) / 60, 2)
+    history.append({"step": steps, "minutes": minutes, **scores()})
     print(json.dumps(history[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_parts(average.model, config, args.out)
-    summary = {"steps": steps, "minutes": args.minutes, "batch": args.batch, "crop": args.crop}
-    summary.update(lr=args.lr, decoder_only=args.decoder_only, depth=args.depth)
-    summary.update(config=config.to_json(), device=str(device))
+    parts = write_parts(average.model, config, args.out)
+    summary = {
+        "init": str(args.init),
+        "steps": steps,
+        "minutes": minutes,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": config.to_json(),
+        "parts": parts,
+    }
+    # Written last: `assemble` reads it first, so a run cut short is refused whole.
     (args.out / "history.json").write_text(json.dumps({**summary, "history": history}) + "\n")
 
 
-def write_parts(model: torch.nn.Module, config: TokenizerConfig, out: Path) -> None:
-    """fp16 weights in safetensors files of at most `PART_BYTES`, with the config."""
+def write_parts(model: torch.nn.Module, config: TokenizerConfig, out: Path) -> dict[str, int]:
+    """fp16 weights in safetensors files of at most `PART_BYTES`, with the config; each part's
+    name and tensor count."""
     parts: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in model.state_dict().items():
@@ -233,32 +255,36 @@ def write_parts(model: torch.nn.Module, config: TokenizerConfig, out: Path) -> N
         size += half.nbytes
     for i, part in enumerate(parts):
         save_file(part, str(out / f"weights-{i}.safetensors"), {"config": config.to_json()})
+    return {f"weights-{i}.safetensors": len(part) for i, part in enumerate(parts)}
 
 
 # -- here, after -------------------------------------------------------------------------
 def assemble(args: argparse.Namespace) -> None:
     """The parts into a model file with the init file's coder tables."""
-    tensors: dict[str, torch.Tensor] = {}
-    config_json = None
-    for part in sorted(args.parts.glob("weights-*.safetensors")):
-        tensors.update(load_file(str(part)))
-        config_json = _part_config(part)
-    if config_json is None:
-        sys.exit(f"error: no weights-*.safetensors in {args.parts}")
-    if any(k.startswith("base.") for k in tensors):
-        sys.exit("error: these are the depth trial's weights: its figures are in history.json")
-    model = Tokenizer(TokenizerConfig.from_json(config_json))
-    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    check_output(args.out, args.force)
+    try:
+        history = json.loads((args.parts / "history.json").read_text())
+        if history["options"]["depth"] > 1:
+            sys.exit("error: these are the depth trial's weights: its figures are in history.json")
+        tensors: dict[str, torch.Tensor] = {}
+        for name, count in history["parts"].items():
+            part = load_file(str(args.parts / name))
+            if len(part) != count:
+                sys.exit(f"error: {name} holds {len(part)} tensors, history.json says {count}")
+            tensors.update(part)
+        model = Tokenizer(TokenizerConfig.from_json(history["config"]))
+        model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.exit(f"error: {args.parts}: not a whole gpu_campaign run ({first})")
     metadata, _ = read_model_metadata(args.init)
-    history = json.loads((args.parts / "history.json").read_text())
     recipe = {"gpu_campaign": {k: v for k, v in history.items() if k != "history"}}
-    save_model(model, args.out, tables_json=metadata["entropy_tables"], extra={"recipe": recipe})
+    recipe["gpu_campaign"]["history"] = history["history"]
+    extra = {"recipe": recipe, "init_recipe": metadata.get("recipe", "")}
+    if "data_manifest_sha256" in metadata:
+        extra["data_manifest_sha256"] = metadata["data_manifest_sha256"]
+    save_model(model, args.out, tables_json=metadata["entropy_tables"], extra=extra)
     print(f"wrote {args.out}")
-
-
-def _part_config(path: Path) -> str:
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {})["config"]
 
 
 def main() -> None:
@@ -268,7 +294,7 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, default=ROOT / "gpu_data")
     p.add_argument("--wheels", type=Path, default=ROOT / ".whl")
-    p.add_argument("--frames", type=int, default=160)  # 64 frames: 11 MB at CRF 18
+    p.add_argument("--frames", type=int, default=160, help="per clip (64: 11 MB at CRF 18)")
     p.add_argument("--crf", type=int, default=18)
     p = sub.add_parser("train", help="there: the recipe for --minutes")
     p.add_argument("data", type=Path)
@@ -280,16 +306,22 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--weight-average", type=float, default=0.995)
-    p.add_argument("--workers", type=int, default=8)
+    # Items are float32 (50 MB a batch of 16): a few workers, since /dev/shm may be small there.
+    p.add_argument("--workers", type=int, default=4)
     p.add_argument("--decoder-only", action="store_true")
     p.add_argument("--depth", type=int, default=1, help="> 1: the depth trial (depth_trial.py)")
+    p.add_argument("--new-lr", type=float, default=1e-3, help="--depth: new projections' rate")
     p.add_argument("--config", type=json.loads, default=None, help="e.g. '{\"dec_blocks1\": 5}'")
     p = sub.add_parser("assemble", help="here: the parts into a model file")
     p.add_argument("parts", type=Path)
     p.add_argument("--init", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace --out")
     args = parser.parse_args()
-    {"prepare": prepare, "train": train, "assemble": assemble}[args.step](args)
+    try:
+        {"prepare": prepare, "train": train, "assemble": assemble}[args.step](args)
+    except InfotokError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

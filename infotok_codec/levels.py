@@ -25,7 +25,7 @@ def validate_levels(levels: Sequence[int]) -> tuple[int, ...]:
             ``prod(levels) <= MAX_CODEBOOK``.
 
     Raises:
-        ValueError: with a message naming the fault (the container prefixes it with the field).
+        ValueError: with a message naming the fault (`Header` prefixes it with the field).
     """
     out = tuple(levels)
     if not 1 <= len(out) <= MAX_LEVELS:

@@ -171,6 +171,8 @@ def manifest_sha256(files: Sequence[Path]) -> str:
 
 def load_clip(path: Path, short_side: int, max_frames: int) -> np.ndarray:
     """Decode a clip once into `(T, H, W, 3)` uint8 at the training scale."""
+    # PyAV is imported where files are decoded, not with this module: the training loop's parts
+    # then import on a machine without PyAV (`benchmarks/gpu_campaign.py` on a lent GPU).
     from infotok_codec import video as video_io
 
     chunks = list(video_io.read_frames(path, 64, max_frames=max_frames, short_side=short_side))
@@ -256,9 +258,7 @@ def train(opts: TrainOptions) -> TrainReport:
     random.seed(opts.seed + rank)
 
     check_output(opts.out, opts.force or opts.resume)
-    # PyAV is imported where files are decoded: a run on clips decoded elsewhere
-    # (`benchmarks/gpu_campaign.py`, on a machine without PyAV) imports none of it.
-    from infotok_codec import video as video_io
+    from infotok_codec import video as video_io  # PyAV: see `load_clip`
 
     if opts.resume and not opts.checkpoint_path.is_file():
         raise InfotokError(f"{opts.checkpoint_path}: no checkpoint to resume from")
@@ -301,13 +301,7 @@ def train(opts: TrainOptions) -> TrainReport:
     else:
         if opts.init is not None:
             new = init_weights(model, opts.init)
-            # Frozen above (`Tokenizer.encoding_parameters`): a new block there would stay as it
-            # started, dead compute in every encode.
-            frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-            if frozen.intersection(new):
-                raise InfotokError(
-                    "--decoder-only freezes the encoder: it cannot start with new blocks"
-                )
+            refuse_frozen_new(model, new)
             added = f"; new: {', '.join(new)}" if new else ""
             console.log(f"initialised from {opts.init}{added}")
         average = _weight_average(opts, model)
@@ -333,7 +327,7 @@ def train(opts: TrainOptions) -> TrainReport:
         if distributed
         else None
     )
-    val_batch = _validation_batch(val_clips, opts.frames, 128).to(device)
+    val_batch = validation_batch(val_clips, opts.frames, 128).to(device)
 
     budget_s = opts.minutes * 60
     stage2_at = budget_s * (1 - opts.stage2_fraction)
@@ -361,13 +355,13 @@ def train(opts: TrainOptions) -> TrainReport:
                 if elapsed >= budget_s or _step_limit(opts, state):
                     break
                 x = batch.to(device, non_blocking=True)
-                lr = _learning_rate(opts, state.step, elapsed / budget_s)
+                lr = learning_rate(opts, state.step, elapsed / budget_s)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 keep = None
                 stage = 2 if elapsed >= stage2_at else 1
                 if stage == 2:
-                    keep, state.err_ema = _sample_keep_masks(
+                    keep, state.err_ema = sample_keep_masks(
                         model, x, state.err_ema, amp, opts.spread_share, opts.full_rate_share
                     )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -433,7 +427,7 @@ def _step_limit(opts: TrainOptions, state: TrainState) -> bool:
     return opts.max_steps is not None and state.step >= opts.max_steps
 
 
-def _learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
+def learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
     """Linear warm-up, then cosine decay over the wall-clock budget to 5% of the peak."""
     warm = min(1.0, (step + 1) / opts.warmup_steps)
     return opts.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
@@ -474,6 +468,14 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
     return list(result.missing_keys)
 
 
+def refuse_frozen_new(model: Tokenizer, new: Sequence[str]) -> None:
+    """Refuse tensors new to the model (`init_weights`) in its frozen part (`--decoder-only`):
+    a new block there would stay as it started, dead compute in every encode."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    if frozen.intersection(new):
+        raise InfotokError("--decoder-only freezes the encoder: it cannot start with new blocks")
+
+
 def _grows(saved: TokenizerConfig, config: TokenizerConfig) -> bool:
     """Whether `config` is `saved` or `saved` with more conv residual blocks per stage."""
     same = dataclasses.replace(saved, name=config.name, **{k: getattr(config, k) for k in GROWABLE})
@@ -481,7 +483,7 @@ def _grows(saved: TokenizerConfig, config: TokenizerConfig) -> bool:
 
 
 @torch.no_grad()
-def _sample_keep_masks(
+def sample_keep_masks(
     model: Tokenizer,
     x: torch.Tensor,
     err_ema: float | None,
@@ -513,7 +515,7 @@ def validation_files(files: list[Path], count: int) -> list[Path]:
     return files[:: max(len(files) // n_val, 1)][:n_val] if n_val else []
 
 
-def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
+def validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> torch.Tensor:
     """Fixed windows of the held-out files: `(N, 3, frames, crop, crop)` in [-1, 1].
 
     Every `frames`-frame span of each clip at four spatial places (the corners of a centred
@@ -536,7 +538,7 @@ def _validation_batch(val_clips: list[np.ndarray], frames: int, crop: int) -> to
 
 
 @torch.no_grad()
-def _validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
+def validate(model: Tokenizer, batch: torch.Tensor) -> dict[str, float]:
     """PSNR at full rate and at rate 0.5 with error-selected positions."""
     if len(batch) == 0:
         return {}
@@ -573,7 +575,7 @@ def _checkpoint(
 ) -> None:
     if rank != 0:
         return
-    val = _validate(model if average is None else average.model, val_batch)
+    val = validate(model if average is None else average.model, val_batch)
     state.history.append({"step": state.step, "minutes": state.elapsed / 60, **val})
     with atomic_file(opts.checkpoint_path) as tmp:
         torch.save(

@@ -301,17 +301,17 @@ def test_fine_tuning_starts_from_the_shipped_file_and_leaves_its_router_head_out
 
 def test_stage_two_masks_are_the_routers_own() -> None:
     from infotok_codec.routing import router as routing
-    from infotok_codec.train import _sample_keep_masks
+    from infotok_codec.train import sample_keep_masks
 
     random.seed(0)
     torch.manual_seed(0)
     model = Tokenizer(TINY).eval()
     x = torch.rand(4, 3, 8, 32, 32) * 2 - 1
-    keep, _ = _sample_keep_masks(model, x, None, False, spread_share=1.0)
+    keep, _ = sample_keep_masks(model, x, None, False, spread_share=1.0)
     for mask in keep.numpy():
         spread = routing.select_positions("uniform", None, mask.shape, int(mask.sum()))
         assert np.array_equal(mask, spread)
-    keep, _ = _sample_keep_masks(model, x, None, False, spread_share=0.0)
+    keep, _ = sample_keep_masks(model, x, None, False, spread_share=0.0)
     with torch.no_grad():
         error = model.error_map(x).numpy()
     partial = 0
@@ -327,12 +327,12 @@ def test_stage_two_masks_are_the_routers_own() -> None:
 
 
 def test_stage_two_full_rate_share_keeps_clips_whole() -> None:
-    from infotok_codec.train import _sample_keep_masks
+    from infotok_codec.train import sample_keep_masks
 
     random.seed(1)
     model = Tokenizer(TINY).eval()
     x = torch.rand(4, 3, 8, 32, 32) * 2 - 1
-    keep, _ = _sample_keep_masks(model, x, None, False, spread_share=0.0, full_rate_share=1.0)
+    keep, _ = sample_keep_masks(model, x, None, False, spread_share=0.0, full_rate_share=1.0)
     assert keep.all()
-    keep, _ = _sample_keep_masks(model, x, None, False, spread_share=0.0, full_rate_share=0.0)
+    keep, _ = sample_keep_masks(model, x, None, False, spread_share=0.0, full_rate_share=0.0)
     assert not keep.all()

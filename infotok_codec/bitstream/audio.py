@@ -204,7 +204,7 @@ def side_writer(
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _checkcrc(data: bytes, where: str) -> bytes:
+def _check_crc(data: bytes, where: str) -> bytes:
     """The record without its CRC32, which must match."""
     (stored,) = U32.unpack(data[-U32.size :])
     computed = crc(data[: -U32.size])
@@ -266,7 +266,7 @@ class AudioReader:
             raise FormatError(f"audio: directory offset {offset} outside the section")
         where = "audio: directory"
         length = end - _FOOTER.size - offset
-        body = _checkcrc(self._reader.read_side(offset, length, "audio"), where)
+        body = _check_crc(self._reader.read_side(offset, length, "audio"), where)
         cur = Cursor(body, where, "record")
         tag, n_tracks, chunk_count = cur.unpack(_DIRECTORY_HEAD, "fixed fields")
         if tag != DIRECTORY_TAG:
@@ -304,7 +304,7 @@ class AudioReader:
             raise IndexError(f"audio block (chunk {k}, track {t}) out of range")
         b = k * len(self.tracks) + t
         where = f"audio: block {b} (chunk {k}, track {t})"
-        body = _checkcrc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
+        body = _check_crc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
         cur = Cursor(body, where, "record")
         tag, chunk, track, count = cur.unpack(_BLOCK_HEAD, "fixed fields")
         if tag != BLOCK_TAG:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 
@@ -29,9 +30,9 @@ FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
 VERSION = 5
-"""The version this module writes; docs/FORMAT.md says when it changes."""
+"""The version `ContainerWriter` writes; docs/FORMAT.md says when it changes."""
 READ_VERSIONS = (3, 4, 5)
-"""Versions this module reads. Version 4's layout is version 5's; in version 4 a `context` key
+"""Versions `ContainerReader` reads. Version 4's layout is version 5's; in version 4 a `context` key
 chunk starts from counts derived from the frequency tables, in version 5 from the tables' key
 prior when they carry one (`context_state.KeyPrior`). Version 3 has no key interval (every chunk
 is a key chunk), no key flags in its index, no side section and no rate mode and target (its
@@ -385,7 +386,7 @@ class Cursor:
     def unpack(self, fmt: struct.Struct, field: str) -> tuple:
         return fmt.unpack(self.take(fmt.size, field))
 
-    def text(self, field: str, encoding: str = "utf-8") -> str:
+    def text(self, field: str, encoding: Literal["utf-8", "ascii"] = "utf-8") -> str:
         """A string after its u16 length, in `encoding` ("utf-8" or "ascii")."""
         (length,) = self.unpack(_U16, f"{field} length")
         raw = self.take(length, f"{field} length {length}")
