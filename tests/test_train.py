@@ -336,3 +336,20 @@ def test_stage_two_full_rate_share_keeps_clips_whole() -> None:
     assert keep.all()
     keep, _ = sample_keep_masks(model, x, None, False, spread_share=0.0, full_rate_share=0.0)
     assert not keep.all()
+
+
+def test_training_imports_without_pyav() -> None:
+    """The training loop's parts import where PyAV is missing (a lent GPU's image, where
+    benchmarks/gpu_campaign.py trains on clips decoded with OpenCV): PyAV is imported only
+    where files are decoded."""
+    code = (
+        "import sys\n"
+        "class NoPyAV:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'av' or name.startswith('av.'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoPyAV())\n"
+        "import infotok_codec.train, infotok_codec.coder_fit, infotok_codec.routing\n"
+        "assert 'av' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
