@@ -14,7 +14,8 @@ on validation and is still rising. The trial code stays out of the package until
 
 Run: ``python benchmarks/depth_trial.py ../shared/data/train --init
 infotok_codec/models/infotok-s.safetensors --out runs/depth --minutes 150 --threads 1``;
-``--resume`` continues `OUT/trial.ckpt.pt`. Writes `OUT/history.json` (one row per check).
+``--resume`` continues `OUT/trial.ckpt.pt`. Writes `OUT/history.json` (one row per check) and
+`OUT/history.png`.
 This script runs on the CPU; `gpu_campaign.py train --depth` runs the same trial on a GPU with
 the classes and functions here.
 """
@@ -119,6 +120,27 @@ def validate(model: DepthTokenizer, batch: torch.Tensor, bf16: bool) -> dict[str
     return {f"depth{d}": psnr(torch.cat(parts), batch) for d, parts in recons.items()}
 
 
+def plot_history(history: list[dict], path: Path) -> None:
+    """Validation PSNR against steps, a line per depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    depths = sorted(k for k in history[0] if k.startswith("depth"))
+    for key in depths:
+        ax.plot([r["step"] for r in history], [r[key] for r in history], marker="o", label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation PSNR-RGB (dB), full rate")
+    ax.set_title("depth trial: tokens per latent position")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
@@ -187,6 +209,7 @@ def main() -> None:
             )
         with atomic_file(history_path) as tmp:
             tmp.write_text(json.dumps(history, indent=1) + "\n")
+        plot_history(history, history_path.with_suffix(".png"))
 
     if not history:
         check()
