@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from infotok_codec.train import (
     ClipWindows,
     TrainOptions,
     init_weights,
+    learning_rate,
     load_clip,
     psnr,
     reconstruction_loss,
@@ -214,16 +214,19 @@ def main() -> None:
     if not history:
         check()
     budget = args.minutes * 60
+    # `infotok train`'s schedule (warm-up, cosine to 5%), scaling each group's own peak.
+    schedule = TrainOptions(
+        data=[], out=args.out, minutes=args.minutes, lr=args.lr, warmup_steps=args.warmup_steps
+    )
     start, last_check = time.time() - elapsed, time.time()
     dataset.epoch_seed = step  # a resumed run draws new windows
     for batch in DataLoader(dataset, batch_size=args.batch):
         elapsed = time.time() - start
         if elapsed >= budget:
             break
-        warm = min(1.0, (step + 1) / args.warmup_steps)
-        decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+        scale = learning_rate(schedule, step, elapsed / budget) / schedule.lr
         for group in optimizer.param_groups:
-            group["lr"] = group["peak"] * warm * decay
+            group["lr"] = group["peak"] * scale
         depths = torch.randint(1, args.depth + 1, (len(batch),))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = reconstruction_loss(model(batch, depths).float(), batch, 10.0)
