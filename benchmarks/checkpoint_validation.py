@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
+from infotok_codec.media import find_videos
 from infotok_codec.model import Tokenizer, TokenizerConfig
-from infotok_codec.train import (
+from infotok_codec.training import (
     TrainOptions,
     load_clip,
     validate,
     validation_batch,
     validation_files,
 )
-from infotok_codec.video import find_videos
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from infotok_codec.model import Tokenizer, TokenizerConfig, WeightAverage
 from infotok_codec.model.precision import float32
 from infotok_codec.model.tokenizer import read_model_metadata
 from infotok_codec.outputs import atomic_file
-from infotok_codec.train import (
+from infotok_codec.training import (
     ClipWindows,
     TrainOptions,
     init_weights,
@@ -181,7 +181,7 @@ def main() -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
 
-    from infotok_codec.video import find_videos  # PyAV: not needed by gpu_campaign's import
+    from infotok_codec.media import find_videos  # PyAV: not needed by gpu_campaign's import
 
     files = find_videos([Path(args.data)])
     held_out = set(validation_files(files, TrainOptions.val_files))

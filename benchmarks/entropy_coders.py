@@ -66,16 +66,9 @@ from infotok_codec.bitstream import (
     decode_chunk,
     encode_chunk,
 )
-from infotok_codec.bitstream.entropy import (
-    CODERS,
-    ZSTD_LEVEL,
-    FrequencyTables,
-    decode_indices,
-    digits_to_indices,
-    encode_indices,
-    indices_to_digits,
-)
+from infotok_codec.bitstream.entropy import CODERS, ZSTD_LEVEL, decode_indices, encode_indices
 from infotok_codec.bitstream.mask_coder import decode_mask, encode_mask
+from infotok_codec.bitstream.tables import FrequencyTables, digits_to_indices, indices_to_digits
 from infotok_codec.codec import (
     KEY_SECONDS,
     ChunkModel,
@@ -83,9 +76,9 @@ from infotok_codec.codec import (
     key_interval_chunks,
     read_tokens,
 )
+from infotok_codec.media import find_videos, probe
 from infotok_codec.model import LoadedModel, load_model
 from infotok_codec.routing.router import keep_count, lattice_share, select_positions
-from infotok_codec.video import find_videos, probe
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 CHUNK_SHAPE = (4, 32, 32)  # a 16-frame chunk of 256x256 video, in latent positions

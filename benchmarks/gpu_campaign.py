@@ -59,7 +59,7 @@ from infotok_codec.errors import InfotokError
 from infotok_codec.model import Tokenizer, TokenizerConfig, WeightAverage, use_bf16
 from infotok_codec.model.tokenizer import read_model_metadata, save_model
 from infotok_codec.outputs import check_output
-from infotok_codec.train import (
+from infotok_codec.training import (
     ClipWindows,
     TrainOptions,
     init_weights,
@@ -82,7 +82,7 @@ TRAVEL_BYTES = 35_000_000  # data budget beside the tree (~21 MB) and the wheels
 # -- here, before ------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> None:
     """Training clips as small mp4s, and the wheels the device image lacks."""
-    from infotok_codec.video import find_videos
+    from infotok_codec.media import find_videos
 
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"error: {args.out} is not empty (train reads every mp4 in it)")

@@ -27,11 +27,11 @@ from infotok_codec.bench import reference_frames
 from infotok_codec.bitstream import FrequencyTables, fit_key_prior
 from infotok_codec.bitstream.context_coder import encode_tokens
 from infotok_codec.codec import ChunkModel
-from infotok_codec.coder_fit import TokenChain as Chain
+from infotok_codec.media import find_videos
 from infotok_codec.model import latent_shape, load_model
 from infotok_codec.routing import keep_count, select_positions
-from infotok_codec.train import TrainOptions, validation_files
-from infotok_codec.video import find_videos
+from infotok_codec.training import TokenChain as Chain
+from infotok_codec.training import TrainOptions, validation_files
 
 ROOT = Path(__file__).resolve().parents[1]
 MASSES = (32, 64, 128, 256, 512, 1024, 4000)

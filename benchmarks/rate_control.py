@@ -37,11 +37,11 @@ import torch
 from infotok_codec.bench.runner import BenchSettings, prepare_source
 from infotok_codec.codec import KEY_SECONDS, Analysis, decode_file
 from infotok_codec.errors import InfotokError
+from infotok_codec.media import read_frames
 from infotok_codec.metrics import psnr_pooled
 from infotok_codec.model import load_model
 from infotok_codec.rate import RateControl
 from infotok_codec.routing import rate_control
-from infotok_codec.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITIES = (22.0, 25.0, 28.0)

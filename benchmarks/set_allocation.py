@@ -40,9 +40,9 @@ import torch
 
 from infotok_codec.bench import reference_frames
 from infotok_codec.codec import ChunkModel
+from infotok_codec.media import find_videos
 from infotok_codec.model import latent_shape, load_model
 from infotok_codec.routing import router as routing
-from infotok_codec.video import find_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)

@@ -38,17 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # Stage → the functions (file suffix, name) whose cumulative time is the stage's. None of them
 # calls another of the same list, so the stages' times add up.
 ENCODE_STAGES = {
-    "read + scale input (PyAV)": [("video.py", "_read_frames")],
-    "probe (reads the input once more)": [("video.py", "probe")],
+    "read + scale input (PyAV)": [("video_reader.py", "_read_frames")],
+    "probe (reads the input once more)": [("video_reader.py", "probe")],
     "conv encoder (pass 1, light features)": [("tokenizer.py", "features")],
     "light head": [("light_router.py", "error_map")],
     "compressor + FSQ (pass 2)": [("tokenizer.py", "encode_features"), ("tokenizer.py", "encode")],
     "token + mask coding": [("chunk_coding.py", "encode_chunk")],
 }
 DECODE_STAGES = {
-    "token + mask decoding": [("codec.py", "_chunk_tokens")],
+    "token + mask decoding": [("decode.py", "_chunk_tokens")],
     "decoder network": [("tokenizer.py", "decode")],
-    "write video (PyAV)": [("video.py", "write")],
+    "write video (PyAV)": [("video_writer.py", "write")],
 }
 
 

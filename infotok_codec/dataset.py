@@ -34,10 +34,10 @@ from infotok_codec.codec import (
     resolve_device,
 )
 from infotok_codec.errors import FormatError, InfotokError, VideoError
+from infotok_codec.media import VIDEO_SUFFIXES
 from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file
 from infotok_codec.routing import router as routing
-from infotok_codec.video import VIDEO_SUFFIXES
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "infotok-manifest"

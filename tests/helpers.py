@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from infotok_codec.bitstream import FrequencyTables
+from infotok_codec.media import read_frames
 from infotok_codec.model import Tokenizer, TokenizerConfig, save_model
-from infotok_codec.video import read_frames
 
 NTSC_FILM = Fraction(24000, 1001)
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -258,7 +258,7 @@ def test_quality_is_compared_with_one_budget_at_the_same_mean_psnr() -> None:
 def test_set_budget_spends_one_budget_over_every_clip(
     clip, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from infotok_codec.video import VideoWriter
+    from infotok_codec.media import VideoWriter
 
     from helpers import pattern
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from infotok_codec.bitstream import VERSION, ContainerReader
-from infotok_codec.video import probe
+from infotok_codec.media import probe
 
 from helpers import assert_one_line_error, infotok, read_all
 

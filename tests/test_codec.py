@@ -11,7 +11,7 @@ import pytest
 from infotok_codec import ModelError
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.inspect import file_info
-from infotok_codec.video import probe, read_frames
+from infotok_codec.media import probe, read_frames
 
 from helpers import DEV, psnr
 
@@ -58,7 +58,7 @@ def test_elbo_moves_tokens_between_chunks_and_fixed_does_not(
     src = clip(frames=64, width=64, height=64)
     frames = np.concatenate(list(read_frames(src)))
     frames[:32] = 128
-    from infotok_codec.video import VideoWriter
+    from infotok_codec.media import VideoWriter
 
     mixed = tmp_path / "mixed.mkv"
     with VideoWriter(mixed, 64, 64, 25) as w:
@@ -157,7 +157,7 @@ def test_a_stream_is_refused_by_another_model(
 
 @pytest.mark.skipif(not DEV.is_dir(), reason="needs ../shared/data/dev")
 def test_every_dev_clip_round_trips(tiny_model: Path, tmp_path: Path) -> None:
-    from infotok_codec.video import VideoWriter
+    from infotok_codec.media import VideoWriter
 
     for path in sorted(DEV.iterdir()):
         # 8 frames at 64 px short side keep this quick; the full-size run is a benchmark.
@@ -193,19 +193,19 @@ def test_tiled_frames_encode_each_tile_with_its_part_of_the_mask(
 ) -> None:
     import torch
 
-    from infotok_codec import codec
+    from infotok_codec.codec import engine
     from infotok_codec.model import load_model
 
     # Tiles of 64 px above 4,096 px: a 100×150 clip is 2×3 tiles, ragged at the right and bottom.
-    monkeypatch.setattr(codec, "TILE", 64)
-    monkeypatch.setattr(codec, "TILE_ABOVE", 64 * 64)
+    monkeypatch.setattr(engine, "TILE", 64)
+    monkeypatch.setattr(engine, "TILE_ABOVE", 64 * 64)
     src = clip(frames=8, width=150, height=100)
     # float32, as the plain tokenizer calls below run (bf16 would pick a few other indices).
     encode_file(src, tmp_path / "o.itok", budget=0.5, router="fixed", model=tiny_model, bf16=False)
     (chunk,) = read_tokens(tmp_path / "o.itok", tiny_model)
     frames = np.concatenate(list(read_frames(src)))
     tokenizer = load_model(tiny_model).tokenizer
-    for y0, y1, x0, x1 in codec.tiles(100, 150):
+    for y0, y1, x0, x1 in engine.tiles(100, 150):
         ly, lx = slice(y0 // 8, -(-y1 // 8)), slice(x0 // 8, -(-x1 // 8))
         video = torch.from_numpy(frames[:, y0:y1, x0:x1]).permute(3, 0, 1, 2)[None] / 127.5 - 1
         tile_keep = chunk.keep[:, ly, lx]
@@ -220,7 +220,7 @@ def test_shipped_model_codes_the_sample_clip(tmp_path: Path) -> None:
     sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
     src = tmp_path / "sample.mkv"
     frames = next(read_frames(sample, 16))
-    from infotok_codec.video import VideoWriter
+    from infotok_codec.media import VideoWriter
 
     with VideoWriter(src, frames.shape[2], frames.shape[1], 25) as w:
         w.write(frames)

@@ -22,7 +22,8 @@ from infotok_codec.bitstream.context_coder import (
     fit_key_prior,
 )
 from infotok_codec.bitstream.context_state import KeyPrior
-from infotok_codec.bitstream.entropy import FrequencyTables, encode_indices
+from infotok_codec.bitstream.entropy import encode_indices
+from infotok_codec.bitstream.tables import FrequencyTables
 from infotok_codec.errors import FormatError, ModelError
 from infotok_codec.routing.router import lattice_then_error
 

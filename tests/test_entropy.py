@@ -12,17 +12,15 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infotok_codec.bitstream.entropy import (
-    CHUNK_CODERS,
-    PRECISION_BITS,
-    FrequencyTables,
-    decode_indices,
-    digits_to_indices,
-    encode_indices,
-    indices_to_digits,
-)
+from infotok_codec.bitstream.entropy import CHUNK_CODERS, decode_indices, encode_indices
 from infotok_codec.bitstream.lattice import lattice_mask, mask_is_implied
 from infotok_codec.bitstream.mask_coder import decode_mask, encode_mask
+from infotok_codec.bitstream.tables import (
+    PRECISION_BITS,
+    FrequencyTables,
+    digits_to_indices,
+    indices_to_digits,
+)
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.routing.router import lattice_then_error
 

@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from infotok_codec import InfotokError, ModelError
 from infotok_codec.codec import Analysis, ChunkModel, decode_file, encode_file, read_tokens
 from infotok_codec.inspect import file_info
+from infotok_codec.media import probe, read_frames
 from infotok_codec.model import load_model
 from infotok_codec.model.light_router import HEAD_KEY, HEAD_PREFIX
 from infotok_codec.routing import allocate_counts
-from infotok_codec.video import probe, read_frames
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from infotok_codec import InfotokError
 from infotok_codec.codec import Analysis, decode_file, encode_file
 from infotok_codec.inspect import file_info
+from infotok_codec.media import read_frames
 from infotok_codec.rate import RateControl, choose_rate, parse_quantity
 from infotok_codec.routing.rate_control import ByteCurve, ByteSpender, byte_curves, write
-from infotok_codec.video import read_frames
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern, psnr
 

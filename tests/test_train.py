@@ -22,7 +22,7 @@ from infotok_codec.model.tokenizer import (
     load_model,
     save_model,
 )
-from infotok_codec.train import TrainOptions, init_weights, reconstruction_loss, train
+from infotok_codec.training import TrainOptions, init_weights, reconstruction_loss, train
 
 from helpers import TINY
 
@@ -301,7 +301,7 @@ def test_fine_tuning_starts_from_the_shipped_file_and_leaves_its_router_head_out
 
 def test_stage_two_masks_are_the_routers_own() -> None:
     from infotok_codec.routing import router as routing
-    from infotok_codec.train import sample_keep_masks
+    from infotok_codec.training import sample_keep_masks
 
     random.seed(0)
     torch.manual_seed(0)
@@ -327,7 +327,7 @@ def test_stage_two_masks_are_the_routers_own() -> None:
 
 
 def test_stage_two_full_rate_share_keeps_clips_whole() -> None:
-    from infotok_codec.train import sample_keep_masks
+    from infotok_codec.training import sample_keep_masks
 
     random.seed(1)
     model = Tokenizer(TINY).eval()
@@ -349,7 +349,7 @@ def test_training_imports_without_pyav() -> None:
         "        if name == 'av' or name.startswith('av.'):\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, NoPyAV())\n"
-        "import infotok_codec.train, infotok_codec.coder_fit, infotok_codec.routing\n"
+        "import infotok_codec.training, infotok_codec.routing\n"
         "assert 'av' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

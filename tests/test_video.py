@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from infotok_codec.errors import InfotokError, VideoError
-from infotok_codec.video import VideoInfo, VideoWriter, output_size, probe, read_frames
+from infotok_codec.media import VideoInfo, VideoWriter, output_size, probe, read_frames
 
 from helpers import DATA, NTSC_FILM, make_clip, pattern, psnr, read_all
 

@@ -30,11 +30,11 @@ from infotok_codec.bench.quality import chunk_psnr, quality_rows
 from infotok_codec.bench.report import check_results_folder, summarise, write_outputs
 from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
 from infotok_codec.errors import InfotokError
+from infotok_codec.media import VideoWriter, find_videos, probe, read_frames
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics, judges
 from infotok_codec.model import LoadedModel, load_model, use_bf16
 from infotok_codec.rate import RateControl
 from infotok_codec.routing import router as routing
-from infotok_codec.video import VideoWriter, find_videos, probe, read_frames
 
 ORACLE_RATES = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0)
 

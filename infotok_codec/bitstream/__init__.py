@@ -9,8 +9,9 @@ from infotok_codec.bitstream.chunk_coding import decode_chunk, encode_chunk
 from infotok_codec.bitstream.container import ContainerReader, ContainerWriter
 from infotok_codec.bitstream.context_coder import Chain, fit_key_prior
 from infotok_codec.bitstream.context_state import KeyPrior
-from infotok_codec.bitstream.entropy import CODERS, FrequencyTables, check_coder
+from infotok_codec.bitstream.entropy import CODERS, check_coder
 from infotok_codec.bitstream.header import VERSION, ChunkRecord, Header
+from infotok_codec.bitstream.tables import FrequencyTables
 from infotok_codec.bitstream.tokens import ChunkTokens, TokenReader, TokenWriter
 
 __all__ = [

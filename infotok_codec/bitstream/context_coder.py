@@ -44,19 +44,13 @@ from infotok_codec.bitstream.context_state import (
     count_shapes,
     derived_counts,
 )
-from infotok_codec.bitstream.entropy import (
-    PRECISION_BITS,
-    FrequencyTables,
-    check_payload_bits,
-    coder_errors,
-    range_words,
-)
+from infotok_codec.bitstream.entropy import check_payload_bits, coder_errors, range_words
+from infotok_codec.bitstream.tables import TOTAL, FrequencyTables
 from infotok_codec.errors import FormatError
 
-_TOTAL = 1 << PRECISION_BITS
 _CHECK_BYTES = 4
 """A non-key chunk's payload starts with the CRC32 of the state it was coded from."""
-MIN_BITS_PER_TOKEN = -float(np.log2(1 - FLOOR / LIMIT + (SLOTS + 2) / _TOTAL))
+MIN_BITS_PER_TOKEN = -float(np.log2(1 - FLOOR / LIMIT + (SLOTS + 2) / TOTAL))
 """The fewest bits a token can cost: its selection symbol's least cost when a candidate is
 available, which is below any digit's (digits keep ``FLOOR`` per symbol the same way)."""
 
@@ -90,7 +84,7 @@ _kernel = numba.njit(cache=True, nogil=True)
 def _weights_into(counts: np.ndarray, out: np.ndarray) -> None:
     """`out` = integer weights, each >= 1, summing to ``2**24``, from `counts` (>= 0, sum > 0):
     ``1 + n * free // sum`` with ``free = 2**24 - L``, and what rounding leaves over added to
-    the first largest count; stored as float64 ``w - 1`` (see `FrequencyTables._models`)."""
+    the first largest count; stored as float64 ``w - 1`` (see `FrequencyTables.coder_models`)."""
     level = counts.size
     total = 0
     best = 0
@@ -98,13 +92,13 @@ def _weights_into(counts: np.ndarray, out: np.ndarray) -> None:
         total += counts[k]
         if counts[k] > counts[best]:
             best = k
-    free = _TOTAL - level
+    free = TOTAL - level
     given = 0
     for k in range(level):
         weight = 1 + counts[k] * free // total
         given += weight
         out[k] = weight - 1
-    out[best] += _TOTAL - given
+    out[best] += TOTAL - given
 
 
 @_kernel

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from infotok_codec.bitstream.entropy import PRECISION_BITS, FrequencyTables
+from infotok_codec.bitstream.tables import PRECISION_BITS, FrequencyTables
 from infotok_codec.errors import ModelError
 
 # Model constants (part of the bitstream: changing any needs a new format version).

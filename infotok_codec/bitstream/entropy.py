@@ -1,6 +1,6 @@
-"""Entropy coders for FSQ token indices: the frequency tables, the coders that code a chunk alone,
-and the range-coder helpers the keep-mask coder (`infotok_codec.bitstream.mask_coder`) and the
-context coder share.
+"""Entropy coders for FSQ token indices: the coders that code a chunk alone, and the range-coder
+helpers the keep-mask coder (`infotok_codec.bitstream.mask_coder`) and the context coder share.
+Their static model is `infotok_codec.bitstream.tables.FrequencyTables`.
 
 Three coders for the indices of kept positions, each coding a chunk alone (the default,
 ``context``, which also sees the chunk before, is `infotok_codec.bitstream.context_coder`):
@@ -31,20 +31,23 @@ docs/FORMAT.md specifies the bitstreams.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import constriction
 import numpy as np
 import zstandard
 
+from infotok_codec.bitstream.tables import (
+    PRECISION_BITS,
+    TOTAL,
+    FrequencyTables,
+    digits_to_indices,
+    indices_to_digits,
+)
 from infotok_codec.errors import FormatError, InfotokError
-from infotok_codec.levels import validate_levels
 
 CODERS = ("context", "adaptive", "range", "zstd")
 """Token coder names; ``context`` (`infotok_codec.bitstream.context_coder`, the default) codes
@@ -53,15 +56,8 @@ three."""
 CHUNK_CODERS = CODERS[1:]
 """The coders `encode_indices` and `decode_indices` take."""
 
-PRECISION_BITS = 24
-"""Every frequency-table row sums to exactly ``2**PRECISION_BITS``: constriction's precision for
-its default categorical models, so a row is used as the coder's fixed-point model unchanged."""
-
 ZSTD_LEVEL = 19
 
-_TOTAL = 1 << PRECISION_BITS
-_TABLES_FORMAT = "infotok-frequency-tables"
-_TABLES_VERSION = 1
 
 # Adaptive token model constants (part of the bitstream, like the mask model's).
 _ADAPTIVE_LIMIT = 4096
@@ -72,251 +68,6 @@ _ADAPTIVE_FLOOR = 4
 _RANGE_SLACK_BITS = 64
 """A range coder's output is never shorter than the message's information content minus one
 32-bit word; this margin is twice that."""
-
-
-def indices_to_digits(indices: np.ndarray, levels: Sequence[int]) -> np.ndarray:
-    """Split FSQ indices into their mixed-radix digits.
-
-    Digit ``i`` is ``(index // prod(levels[:i])) % levels[i]``: digit 0 is the least
-    significant, the order of vector-quantize-pytorch's FSQ ``codes_to_indices``.
-
-    Args:
-        indices: ``(N,)`` integers in ``[0, prod(levels))``.
-        levels: the FSQ levels.
-
-    Returns:
-        ``(N, len(levels))`` int64, column ``i`` in ``[0, levels[i])``.
-    """
-    rest = np.asarray(indices, dtype=np.int64)
-    digits = np.empty((rest.shape[0], len(levels)), dtype=np.int64)
-    for i, level in enumerate(levels):
-        rest, digits[:, i] = np.divmod(rest, level)
-    return digits
-
-
-def digits_to_indices(digits: np.ndarray, levels: Sequence[int]) -> np.ndarray:
-    """Inverse of `indices_to_digits`: ``(N, len(levels))`` digits to ``(N,)`` int64 indices."""
-    indices = np.zeros(digits.shape[0], dtype=np.int64)
-    for i in reversed(range(len(levels))):
-        indices = indices * levels[i] + digits[:, i]
-    return indices
-
-
-def _quantize_row(counts: np.ndarray) -> tuple[int, ...]:
-    """Integer weights, each >= 1, summing to exactly ``2**PRECISION_BITS``, proportional to
-    ``counts`` (>= 0, not all zero).
-
-    Each symbol gets 1 plus its floor share of the rest; the remainder goes to the largest
-    fractional parts (ties to the lower symbol). Python integers keep it exact.
-    """
-    n = len(counts)
-    total = int(counts.sum())
-    free = _TOTAL - n
-    shares = [divmod(int(c) * free, total) for c in counts]
-    weights = [1 + q for q, _ in shares]
-    remainder = free - sum(q for q, _ in shares)
-    by_fraction = sorted(range(n), key=lambda s: -shares[s][1])
-    for s in by_fraction[:remainder]:
-        weights[s] += 1
-    return tuple(weights)
-
-
-@dataclass(frozen=True)
-class FrequencyTables:
-    """Static integer frequency tables: the ``range`` coder's model and the ``adaptive`` coder's
-    prior; they ship with the model weights.
-
-    ``weights[i][c][s]`` is the frequency of value ``s`` for FSQ digit ``i`` (digit order as in
-    `indices_to_digits`) when the previous digit ``i - 1`` has value ``c``. Digit 0 has one
-    context (``len(weights[0]) == 1``); digit ``i > 0`` has ``levels[i - 1]`` contexts. Every
-    row has ``levels[i]`` integers, each >= 1 (every symbol stays codable), summing to exactly
-    ``2**PRECISION_BITS``.
-
-    ``context_prior``, when present, is the ``context`` coder's key prior as text
-    (`context_state.KeyPrior`, which parses and checks it where it is used): counts fitted on
-    training tokens that key chunks of version-5 streams start from.
-    """
-
-    levels: tuple[int, ...]
-    weights: tuple[tuple[tuple[int, ...], ...], ...]
-    context_prior: str | None = None
-
-    def __post_init__(self) -> None:
-        levels = validate_levels(self.levels)
-        if len(self.weights) != len(levels):
-            raise ValueError(f"{len(self.weights)} digit tables for {len(levels)} fsq levels")
-        for i, table in enumerate(self.weights):
-            contexts = 1 if i == 0 else levels[i - 1]
-            if len(table) != contexts:
-                raise ValueError(f"digit {i}: {len(table)} contexts, expected {contexts}")
-            for c, row in enumerate(table):
-                if len(row) != levels[i]:
-                    raise ValueError(
-                        f"digit {i} context {c}: {len(row)} weights, expected {levels[i]}"
-                    )
-                if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in row):
-                    raise ValueError(f"digit {i} context {c}: weights must be integers >= 1")
-                if sum(row) != _TOTAL:
-                    raise ValueError(
-                        f"digit {i} context {c}: weights sum to {sum(row)}, "
-                        f"expected 2**{PRECISION_BITS}"
-                    )
-
-    @property
-    def codebook_size(self) -> int:
-        """``K = prod(levels)``: indices lie in ``[0, K)``."""
-        return math.prod(self.levels)
-
-    @classmethod
-    def fit(
-        cls, indices: np.ndarray, levels: Sequence[int], *, conditional: bool = True
-    ) -> FrequencyTables:
-        """Fit tables to token data.
-
-        Args:
-            indices: ``(N,)`` integers in ``[0, prod(levels))``, e.g. every token of a
-                training set.
-            levels: the FSQ levels.
-            conditional: condition each digit on the previous digit's value; ``False`` gives
-                every context the digit's marginal (independent tables, for comparison).
-
-        Counts start at 1 (add-one smoothing): every symbol stays codable and a context never
-        seen in the data gets a uniform row.
-        """
-        levels = validate_levels(levels)
-        flat = np.asarray(indices)
-        if flat.ndim != 1 or not np.issubdtype(flat.dtype, np.integer):
-            raise ValueError(f"indices must be a 1-D integer array, got {flat.dtype} {flat.shape}")
-        if flat.size and (flat.min() < 0 or flat.max() >= math.prod(levels)):
-            raise ValueError(f"indices outside [0, {math.prod(levels)})")
-        digits = indices_to_digits(flat, levels)
-        weights = []
-        for i, level in enumerate(levels):
-            if i == 0:
-                counts = np.bincount(digits[:, 0], minlength=level)[None, :]
-            elif conditional:
-                pairs = digits[:, i - 1] * level + digits[:, i]
-                counts = np.bincount(pairs, minlength=levels[i - 1] * level)
-                counts = counts.reshape(levels[i - 1], level)
-            else:
-                marginal = np.bincount(digits[:, i], minlength=level)
-                counts = np.repeat(marginal[None, :], levels[i - 1], axis=0)
-            weights.append(tuple(_quantize_row(row + 1) for row in counts))
-        return cls(levels, tuple(weights))
-
-    @classmethod
-    def uniform(cls, levels: Sequence[int]) -> FrequencyTables:
-        """Uniform tables (about ``log2(K)`` bits per index): the fallback for a model without
-        fitted tables."""
-        levels = validate_levels(levels)
-        weights = []
-        for i, level in enumerate(levels):
-            row = _quantize_row(np.ones(level, dtype=np.int64))
-            weights.append((row,) * (1 if i == 0 else levels[i - 1]))
-        return cls(levels, tuple(weights))
-
-    def with_context_prior(self, prior: str | None) -> FrequencyTables:
-        """The same tables carrying `prior` (`context_state.KeyPrior.to_json`), or none."""
-        return FrequencyTables(self.levels, self.weights, prior)
-
-    def to_json(self) -> str:
-        """Serialize; the layout is specified in docs/FORMAT.md (frequency tables)."""
-        obj: dict[str, Any] = {
-            "format": _TABLES_FORMAT,
-            "version": _TABLES_VERSION,
-            "precision_bits": PRECISION_BITS,
-            "levels": list(self.levels),
-            "weights": [[list(row) for row in table] for table in self.weights],
-        }
-        if self.context_prior is not None:
-            obj["context_prior"] = self.context_prior
-        return json.dumps(obj, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, s: str) -> FrequencyTables:
-        """Parse and validate `to_json` output.
-
-        Raises:
-            FormatError: ``frequency tables: ...`` naming the fault, for anything that is not
-                a valid table set.
-        """
-        try:
-            obj = json.loads(s)
-        except (ValueError, RecursionError) as e:
-            raise FormatError(f"frequency tables: not JSON ({e})") from e
-        expected = {"format", "version", "precision_bits", "levels", "weights"}
-        if not isinstance(obj, dict) or not expected <= set(obj) <= expected | {"context_prior"}:
-            raise FormatError(
-                f"frequency tables: expected an object with keys {sorted(expected)} "
-                "(and context_prior)"
-            )
-        prior = obj.get("context_prior")
-        if prior is not None and not isinstance(prior, str):
-            raise FormatError("frequency tables: context_prior is not a string")
-        if obj["format"] != _TABLES_FORMAT:
-            raise FormatError(
-                f"frequency tables: format {obj['format']!r} is not {_TABLES_FORMAT!r}"
-            )
-        if obj["version"] != _TABLES_VERSION:
-            raise FormatError(f"frequency tables: unsupported version {obj['version']!r}")
-        if obj["precision_bits"] != PRECISION_BITS:
-            raise FormatError(
-                f"frequency tables: precision_bits {obj['precision_bits']!r} "
-                f"is not {PRECISION_BITS}"
-            )
-        levels, weights = obj["levels"], obj["weights"]
-        if not isinstance(levels, list) or not _is_nested_list(weights, depth=3):
-            raise FormatError(
-                "frequency tables: levels must be a list and weights a list of lists of lists"
-            )
-        try:
-            return cls(
-                tuple(levels),
-                tuple(tuple(tuple(row) for row in table) for table in weights),
-                prior,
-            )
-        except ValueError as e:
-            raise FormatError(f"frequency tables: {e}") from e
-
-    @cached_property
-    def _models(self) -> list[list[Any]]:
-        """constriction models, ``[digit][context]``, built once per table set.
-
-        A row of weights ``w`` (summing to ``2**24``) is passed as ``w - 1`` in float64. For
-        ``perfect=False`` constriction gives symbol ``s`` the fixed-point weight
-        ``floor(sum(p[:s]) * scale) + s`` minus the same for ``s - 1``, with
-        ``scale = (2**24 - n) / sum(p)``. Here ``sum(p) = 2**24 - n``, so ``scale`` is exactly
-        1.0, all sums are integers below 2**53 (exact in float64), and the coder's model is
-        exactly ``w`` on every machine: no rounding anywhere.
-        """
-        model = constriction.stream.model
-        return [
-            [
-                model.Categorical(np.asarray(row, dtype=np.float64) - 1.0, perfect=False)
-                for row in table
-            ]
-            for table in self.weights
-        ]
-
-    @cached_property
-    def min_bits_per_index(self) -> float:
-        """The fewest bits any index can cost under these tables (for payload-size bounds)."""
-        return sum(min(-math.log2(max(row) / _TOTAL) for row in table) for table in self.weights)
-
-    @cached_property
-    def min_bits_per_adaptive_index(self) -> float:
-        """The same bound for the ``adaptive`` coder: every other symbol of a context keeps at
-        least `_ADAPTIVE_FLOOR` of at most `_ADAPTIVE_LIMIT` units (plus one rounding step)."""
-        return sum(
-            -math.log2(1 - (level - 1) * _ADAPTIVE_FLOOR / _ADAPTIVE_LIMIT + level / _TOTAL)
-            for level in self.levels
-        )
-
-
-def _is_nested_list(value: object, depth: int) -> bool:
-    if not isinstance(value, list):
-        return False
-    return depth == 1 or all(_is_nested_list(v, depth - 1) for v in value)
 
 
 @contextmanager
@@ -462,7 +213,9 @@ def check_indices_payload(data: bytes, count: int, coder: str, tables: Frequency
         _zstd_frame_check(data, count, tables)
     else:
         min_bits = (
-            tables.min_bits_per_adaptive_index if coder == "adaptive" else tables.min_bits_per_index
+            _min_bits_per_adaptive_index(tables)
+            if coder == "adaptive"
+            else tables.min_bits_per_index
         )
         check_payload_bits(data, count, min_bits, "tokens")
 
@@ -500,7 +253,7 @@ def _range_encode(columns: np.ndarray, tables: FrequencyTables) -> bytes:
     """``(D, N)`` int32 digits to range-coder bytes: digit by digit, each in `_digit_groups`
     order."""
     encoder = constriction.stream.queue.RangeEncoder()
-    for i, models in enumerate(tables._models):
+    for i, models in enumerate(tables.coder_models):
         for positions, context in _digit_groups(columns, i, len(models)):
             encoder.encode(columns[i][positions], models[context])
     return encoder.get_compressed().astype("<u4").tobytes()
@@ -512,7 +265,7 @@ def _range_decode(data: bytes, count: int, tables: FrequencyTables) -> np.ndarra
     columns = np.zeros((len(tables.levels), count), dtype=np.int32)
     with coder_errors("tokens"):
         decoder = constriction.stream.queue.RangeDecoder(range_words(data, "tokens"))
-        for i, (level, models) in enumerate(zip(tables.levels, tables._models, strict=True)):
+        for i, (level, models) in enumerate(zip(tables.levels, tables.coder_models, strict=True)):
             for positions, context in _digit_groups(columns, i, len(models)):
                 values = decoder.decode(models[context], positions.size)
                 # A categorical model over `level` symbols cannot yield others; checked anyway
@@ -524,16 +277,26 @@ def _range_decode(data: bytes, count: int, tables: FrequencyTables) -> np.ndarra
 
 
 def _quantize_rows(counts: np.ndarray) -> np.ndarray:
-    """`_quantize_row` for every row of ``(n, L)`` int64 counts at once, in int64 (the counts
+    """`tables.quantize_row` for every row of ``(n, L)`` int64 counts at once, in int64 (the counts
     are bounded by the adaptive model's limit, so every product stays far below 2**63)."""
     n = counts.shape[1]
     total = counts.sum(axis=1, keepdims=True)
-    free = _TOTAL - n
+    free = TOTAL - n
     share, frac = np.divmod(counts * free, total)
     remainder = free - share.sum(axis=1, keepdims=True)
     # Rank of each symbol by fractional part, largest first, ties to the lower symbol.
     rank = np.argsort(np.argsort(-frac, axis=1, kind="stable"), axis=1, kind="stable")
     return 1 + share + (rank < remainder)
+
+
+def _min_bits_per_adaptive_index(tables: FrequencyTables) -> float:
+    """The fewest bits any index can cost under the ``adaptive`` coder (for payload-size bounds):
+    every other symbol of a context keeps at least `_ADAPTIVE_FLOOR` of at most `_ADAPTIVE_LIMIT`
+    units (plus one rounding step)."""
+    return sum(
+        -math.log2(1 - (level - 1) * _ADAPTIVE_FLOOR / _ADAPTIVE_LIMIT + level / TOTAL)
+        for level in tables.levels
+    )
 
 
 class _TokenModel:
@@ -596,7 +359,7 @@ class _TokenModel:
         self, i: int, digits: np.ndarray, reference: np.ndarray, matched: np.ndarray
     ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """Context indices of digit ``i`` for a row, and each symbol's model: ``(n, levels[i])``
-        float64 rows ``w - 1`` (exact for constriction, as in `FrequencyTables._models`).
+        float64 rows ``w - 1`` (exact for constriction, as in `FrequencyTables.coder_models`).
 
         `digits` holds the row's digits ``0 .. i - 1`` (``(n, D)``; later columns unused),
         `reference` the references' digits (``(n, D)``, -1 where there is none) and `matched`

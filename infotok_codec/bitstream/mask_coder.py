@@ -17,16 +17,10 @@ from collections.abc import Iterator
 import constriction
 import numpy as np
 
-from infotok_codec.bitstream.entropy import (
-    PRECISION_BITS,
-    check_payload_bits,
-    coder_errors,
-    range_words,
-)
+from infotok_codec.bitstream.entropy import check_payload_bits, coder_errors, range_words
 from infotok_codec.bitstream.lattice import lattice_count, lattice_mask, mask_is_implied
+from infotok_codec.bitstream.tables import PRECISION_BITS, TOTAL
 from infotok_codec.errors import FormatError
-
-_TOTAL = 1 << PRECISION_BITS
 
 # Mask model constants (part of the bitstream: changing them needs a new format version).
 _MASK_CONTEXTS = 32
@@ -101,13 +95,13 @@ class _MaskModel:
 
     def _table(self) -> np.ndarray:
         """``(32, 2)`` float64 rows ``w - 1`` with integer ``w0 + w1 = 2**24``: exact for
-        constriction, for the reason given in `FrequencyTables._models`.
+        constriction, for the reason given in `FrequencyTables.coder_models`.
 
         ``w1 = floor(2**24 * (a1 + 1) / (a0 + a1 + 2))`` lies in ``[1, 2**24 - 1]`` because
         both counts are bounded by the count limit, so neither weight is ever 0.
         """
         ones = ((self.ones + 1) << PRECISION_BITS) // (self.zeros + self.ones + 2)
-        return np.stack([_TOTAL - ones - 1, ones - 1], axis=1).astype(np.float64)
+        return np.stack([TOTAL - ones - 1, ones - 1], axis=1).astype(np.float64)
 
     def update(self, positions: np.ndarray, ctx: np.ndarray, bits: np.ndarray) -> None:
         """Store a wavefront's bits (0/1 int64) and adapt the counts of its contexts."""

@@ -121,7 +121,7 @@ def bench(
         qualities=_floats(qualities, "--qualities") if qualities else (),
         set_budget=set_budget,
     )
-    from infotok_codec.video import find_videos
+    from infotok_codec.media import find_videos
 
     check_results_folder(out, force)  # run_bench checks too; here it fails before the bar shows
     loaded = load_model(model)

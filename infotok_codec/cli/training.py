@@ -84,8 +84,8 @@ def train(
 ) -> None:
     """Train a tokenizer; runs under `torchrun` for several GPUs."""
     from infotok_codec.model import TokenizerConfig
-    from infotok_codec.train import TrainOptions
-    from infotok_codec.train import train as run_training
+    from infotok_codec.training import TrainOptions
+    from infotok_codec.training import train as run_training
 
     try:
         model_config = TokenizerConfig.override(json.loads(config) if config else {})
@@ -155,7 +155,7 @@ def fit_coder(
     """Fit the token coders' tables and the context coder's key prior for an existing model
     file; its network and light head are left as they are (streams name the file's hash, so
     those written with the old file need the old file)."""
-    from infotok_codec.coder_fit import refit_model_file
+    from infotok_codec.training import refit_model_file
 
     set_threads(threads)
     dst = out if out is not None else model

@@ -174,11 +174,11 @@ def refit_model_file(
 ) -> HeadInfo:
     """Fit a head for the model file `src` on the clips under `data` (scaled to `short_side`, the
     first `max_frames` frames of each) and write `src` with it to `dst` (`replace_light_head`)."""
-    from infotok_codec import video as video_io  # PyAV: only where files are decoded
+    from infotok_codec import media  # PyAV: only where files are decoded
 
     check_output(Path(dst), force)
     loaded = load_model(src)
-    clips = video_io.read_clips(data, max_frames=max_frames, short_side=short_side)
+    clips = media.read_clips(data, max_frames=max_frames, short_side=short_side)
     head, info = fit_light_router(
         loaded.tokenizer, clips, torch.device("cpu"), windows=windows, steps=steps
     )

@@ -106,11 +106,11 @@ def refit_model_file(
 ) -> FrequencyTables:
     """Fit the coder tables for the model file `src` on the clips under `data` (scaled to
     `short_side`, the first `max_frames` frames of each) and write `src` with them to `dst`."""
-    from infotok_codec import video as video_io  # PyAV: only where files are decoded
+    from infotok_codec import media  # PyAV: only where files are decoded
 
     check_output(Path(dst), force)
     loaded = load_model(src)
-    clips = video_io.read_clips(data, max_frames=max_frames, short_side=short_side)
+    clips = media.read_clips(data, max_frames=max_frames, short_side=short_side)
     tables_json = fit_coder(loaded.tokenizer, clips, torch.device("cpu"))
     replace_tables(src, dst, tables_json, force=force)
     return FrequencyTables.from_json(tables_json)

@@ -1,0 +1,413 @@
+"""Encoding: a video file to an `.itok` file, the mirror of `decode`.
+
+Encoding with the `elbo` router takes two passes over
+the input: pass 1 runs the tokenizer at full rate on each chunk (encode and decode) for its error
+map, spills the map to a temporary file and keeps in memory only the chunk's mean error; the
+router then sets every chunk's token count from those means, and pass 2 reads the input again,
+chooses each chunk's positions from its spilled map and encodes the chunk knowing its keep-mask
+(the compressor moves what dropped positions hold into kept ones), then writes the record.
+Memory stays flat however long the video is. The `light` router's pass 1 runs only the conv
+encoder and the model's light-router head, and spills the conv features too, so its pass 2 runs
+only the compressor.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from infotok_codec.bitstream import (
+    Chain,
+    check_coder,
+    side_writer,
+)
+from infotok_codec.bitstream.chunk_coding import encode_chunk
+from infotok_codec.bitstream.container import ContainerReader, ContainerWriter
+from infotok_codec.bitstream.header import (
+    CHAINING_CODERS,
+    KEY_INTERVAL_RANGE,
+    Header,
+)
+from infotok_codec.closing import Closing
+from infotok_codec.codec.engine import (
+    ChunkModel,
+    Progress,
+    as_model,
+    check_chunk_frames,
+    check_light_head,
+)
+from infotok_codec.errors import InfotokError
+from infotok_codec.media import probe, read_frames, read_source_audio
+from infotok_codec.model import (
+    SPACE_FACTOR,
+    LoadedModel,
+    latent_shape,
+)
+from infotok_codec.outputs import check_output
+from infotok_codec.rate import RateControl, choose_rate
+from infotok_codec.routing import rate_control
+from infotok_codec.routing import router as routing
+
+CountFeedback = Callable[[int, int], int]
+"""Called as `count(chunk, record_bytes_written_so_far)` just before chunk `chunk` is written:
+the positions it keeps."""
+
+
+FEATURE_SPILL_LIMIT = 2 << 30
+"""Bytes of conv features a `light` analysis spills for pass 2 to reuse (1 KiB per latent
+position in float32, half in bf16: 2 GiB is 16 or 32 chunks of 16 frames at 1080p); later chunks
+run the conv encoder again."""
+KEY_SECONDS = 2.0
+"""Default seconds between key chunks: seeking decodes at most this much extra token data."""
+
+
+def check_key_interval(seconds: float) -> None:
+    if not 0.0 <= seconds <= 3600.0:  # also rejects NaN
+        raise InfotokError(f"key interval {seconds} s outside [0, 3600]")
+
+
+def key_interval_chunks(seconds: float, fps: Fraction, chunk_frames: int, coder: str) -> int:
+    """Chunks from one key chunk to the next: ``seconds`` of video rounded to whole chunks, at
+    least 1 (0 s: every chunk a key). Coders that code every chunk alone have 1."""
+    if coder not in CHAINING_CODERS:
+        return 1
+    chunks = math.floor(Fraction(seconds) * fps / chunk_frames + Fraction(1, 2))
+    return min(max(chunks, 1), KEY_INTERVAL_RANGE[1])
+
+
+@dataclass
+class EncodeResult:
+    path: Path
+    width: int
+    height: int
+    frames: int
+    fps: Fraction
+    chunks: int
+    bytes: int  # the file's size, audio included
+    bpp: float  # 8 · bytes / (width · height · frames)
+    audio_bytes: int  # the audio track's share of `bytes` (0: none)
+    router: str
+    budget: float
+    realised_rate: float  # kept positions / all positions, over the whole video
+    chunk_rates: list[float]
+    rate: RateControl  # what the encode was asked for, as the header records it
+    seconds: dict[str, float] = field(default_factory=dict)
+    chunk_psnr: list[float] | None = None  # mode quality: each chunk's PSNR-RGB (dB), measured
+    unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
+    warning: str | None = None  # a size or bitrate target out of reach, and what was written
+    precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
+
+
+def encode_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    budget: float | None = None,
+    rate: RateControl | None = None,
+    router: str = "elbo",
+    model: LoadedModel | str | Path | None = None,
+    chunk_frames: int = 16,
+    coder: str = "context",
+    key_interval: float = KEY_SECONDS,
+    device: str = "auto",
+    bf16: bool | None = None,
+    force: bool = False,
+    audio: bool = True,
+    progress: Progress | None = None,
+) -> EncodeResult:
+    """Encode a video file into an `.itok` file: at `budget` of the full-rate token count, or
+    at any `rate` (quality, bitrate, file size; `infotok_codec.routing.rate_control`). Give at
+    most one; neither is budget 0.8. Key chunks come every `key_interval` seconds
+    (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
+    (`infotok_codec.bitstream.audio`). `bf16`: the network under bf16 autocast (None: where the
+    device runs it natively; `infotok_codec.model.precision`)."""
+    if budget is not None and rate is not None:
+        raise InfotokError("give a budget or a rate, not both")
+    rate = rate or choose_rate(budget=budget)
+    routing.check_router(router)
+    check_coder(coder)
+    check_key_interval(key_interval)
+    check_output(Path(dst), force)
+    with_error = rate_control.needs_error_map(router, rate)
+    with Analysis(
+        src,
+        model,
+        chunk_frames,
+        device,
+        with_error,
+        Path(dst).parent,
+        progress,
+        light=router == "light",
+        bf16=bf16,
+    ) as pass1:
+        return rate_control.write(
+            pass1,
+            dst,
+            rate,
+            router=router,
+            coder=coder,
+            key_interval=key_interval,
+            force=force,
+            audio=audio,
+        )
+
+
+@dataclass
+class _ChunkPlan:
+    """One chunk as pass 1 saw it: its size, and where its error map lies in the spill file."""
+
+    frames: int
+    shape: tuple[int, int, int]
+    offset: int | None  # None: no error map was computed
+    mean_error: float
+    features_offset: int | None = None  # the spilled conv features (`light` analyses only)
+
+    @property
+    def positions(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+
+class Analysis(Closing):
+    """Pass 1 of an encode: every chunk's full-rate error map, spilled to disk.
+
+    Routing needs only each chunk's mean error, so that is all it keeps in memory. Routers that
+    need no error map (`uniform`, or budget 1.0) skip the model here: the chunks follow from the
+    frame count. One analysis can be written out at any number of routers and budgets (`write`,
+    pass 2, reads the input again); `bench` relies on that. With `light`, the maps are the
+    `light` router's predictions (the model file's head on the conv features), and the features
+    are spilled too (up to `FEATURE_SPILL_LIMIT`) so that pass 2 runs only the compressor; such an
+    analysis serves `light` and `uniform` writes, the others `elbo`, `fixed` and `uniform`.
+    """
+
+    def __init__(
+        self,
+        src: str | Path,
+        model: LoadedModel | str | Path | None = None,
+        chunk_frames: int = 16,
+        device: str = "auto",
+        with_error: bool = True,
+        spill_dir: Path | None = None,
+        progress: Progress | None = None,
+        light: bool = False,
+        bf16: bool | None = None,
+    ) -> None:
+        check_chunk_frames(chunk_frames)
+        self.src = Path(src)
+        self.info = probe(self.src)
+        self.loaded = as_model(model)
+        self.engine = ChunkModel(self.loaded, device, bf16)
+        self.chunk_frames = chunk_frames
+        self.progress = progress
+        self.light = light
+        if light and with_error:
+            check_light_head(self.loaded)
+        self._spill: BinaryIO | None = None
+        started = time.perf_counter()
+        if with_error:
+            self._spill = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115
+            try:
+                self.chunks = self._run(self._spill)
+            except BaseException:
+                self._spill.close()
+                raise
+        else:
+            self.chunks = self._plan()
+        self.seconds = time.perf_counter() - started
+
+    def close(self) -> None:
+        """Remove the spill file (the analysis is then no longer usable for pass 2)."""
+        if self._spill is not None:
+            self._spill.close()
+
+    def _plan(self) -> list[_ChunkPlan]:
+        h, w = self.info.height, self.info.width
+        return [
+            _ChunkPlan(n, latent_shape(n, h, w), None, 0.0)
+            for start in range(0, self.info.frames, self.chunk_frames)
+            for n in [min(self.chunk_frames, self.info.frames - start)]
+        ]
+
+    def _run(self, spill: BinaryIO) -> list[_ChunkPlan]:
+        chunks: list[_ChunkPlan] = []
+        spilled_features = 0
+        for frames in self.read_chunks():
+            features = None
+            if self.light:
+                error, features = self.engine.light_error_map(frames)
+            else:
+                error = self.engine.error_map(frames)
+            offset = spill.tell()
+            np.save(spill, error)
+            features_offset = None
+            if features is not None and spilled_features + features.nbytes <= FEATURE_SPILL_LIMIT:
+                spilled_features += features.nbytes
+                features_offset = spill.tell()
+                np.save(spill, features)
+            mean = float(error.mean(dtype=np.float64))
+            chunks.append(_ChunkPlan(len(frames), error.shape, offset, mean, features_offset))
+            if self.progress:
+                self.progress("analyse", len(frames), self.info.frames)
+        return chunks
+
+    def read_chunks(self) -> Generator[np.ndarray, None, None]:
+        """The input's chunks of frames, checked against the probed frame count."""
+        total = 0
+        for frames in read_frames(self.src, self.chunk_frames):
+            total += len(frames)
+            if total > self.info.frames:
+                break
+            yield frames
+        if total != self.info.frames:
+            raise InfotokError(f"{self.src}: read {total} frames, expected {self.info.frames}")
+
+    def chunk_errors(self) -> Iterator[np.ndarray]:
+        """Each chunk's full-rate error map `(T', h, w)`, from the spill."""
+        for chunk in self.chunks:
+            yield self._error(chunk)
+
+    def _error(self, chunk: _ChunkPlan) -> np.ndarray:
+        if chunk.offset is None or self._spill is None:
+            raise InfotokError("this analysis computed no error maps")
+        self._spill.seek(chunk.offset)
+        return np.load(self._spill)
+
+    def _features(self, chunk: _ChunkPlan) -> np.ndarray | None:
+        """The chunk's spilled conv features `(dim, T', h, w)`, or None (pass 2 recomputes)."""
+        if chunk.features_offset is None or self._spill is None:
+            return None
+        self._spill.seek(chunk.features_offset)
+        return np.load(self._spill)
+
+    def header(
+        self,
+        router: str,
+        budget: float,
+        coder: str,
+        rate: RateControl | None = None,
+        key_interval: float = KEY_SECONDS,
+    ) -> Header:
+        """The header of this video written at `router`, `budget` (the mean rate aimed for),
+        `coder` with key chunks every `key_interval` seconds, recording `rate` (default: mode
+        budget)."""
+        info, loaded = self.info, self.loaded
+        rate = rate or RateControl.budget(budget)
+        return Header(
+            width=info.width,
+            height=info.height,
+            frames=info.frames,
+            fps_num=info.fps.numerator,
+            fps_den=info.fps.denominator,
+            chunk_frames=self.chunk_frames,
+            latent_height=-(-info.height // SPACE_FACTOR),
+            latent_width=-(-info.width // SPACE_FACTOR),
+            model_name=loaded.name,
+            model_hash=loaded.sha256,
+            fsq_levels=loaded.tokenizer.config.levels,
+            coder=coder,
+            router=router,
+            budget=budget,
+            lattice_share=routing.lattice_share(router),
+            key_interval=key_interval_chunks(key_interval, info.fps, self.chunk_frames, coder),
+            rate_mode=rate.mode,
+            rate_target=rate.target,
+        )
+
+    def write(
+        self,
+        dst: str | Path,
+        *,
+        router: str = "elbo",
+        budget: float = 0.8,
+        coder: str = "context",
+        key_interval: float = KEY_SECONDS,
+        force: bool = False,
+        counts: Sequence[int] | CountFeedback | None = None,
+        rate: RateControl | None = None,
+        audio: bool = True,
+    ) -> EncodeResult:
+        """Pass 2: route, choose positions, encode each chunk knowing its keep-mask, write;
+        then, with `audio`, the source's audio packets.
+
+        `counts` (kept positions per chunk) overrides the router's allocation; positions are then
+        still chosen by `router`. Bench's oracle and rate control use it; rate control's size
+        modes give a `CountFeedback`, asked for each chunk's count just before it is written.
+        `rate` is what the header records as asked for (default: mode budget at `budget`).
+        """
+        dst = Path(dst)
+        routing.check_router(router)
+        routing.check_budget(budget)
+        check_coder(coder)
+        check_key_interval(key_interval)
+        if routing.needs_error_map(router, budget):
+            if self._spill is None:
+                raise InfotokError(f"router {router} needs an analysis with error maps")
+            if (router == "light") != self.light:
+                made = "light" if self.light else "full-rate"
+                raise InfotokError(f"router {router} cannot use this analysis's {made} error maps")
+        check_output(dst, force)
+        info = self.info
+        header = self.header(router, budget, coder, rate, key_interval)
+        started = time.perf_counter()
+        positions = [c.positions for c in self.chunks]
+        errors = [c.mean_error for c in self.chunks]
+        if counts is None:
+            counts = routing.allocate_counts(router, budget, positions, errors)
+        elif not callable(counts) and len(counts) != len(positions):
+            raise InfotokError(f"{len(counts)} counts for {len(positions)} chunks")
+        route_s = time.perf_counter() - started
+        started = time.perf_counter()
+        # Demuxed before any chunk is coded, so a broken audio stream fails fast.
+        side = side_writer(header, *read_source_audio(self.src)) if audio else None
+        chain = Chain()
+        written, used = 0, []
+        with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
+            for k, (chunk, frames) in enumerate(zip(self.chunks, inputs, strict=True)):
+                count = counts(k, written) if callable(counts) else counts[k]
+                if frames.shape[:3] != (chunk.frames, info.height, info.width):
+                    raise InfotokError(
+                        f"{self.src}: chunk {k} is {frames.shape[:3]} (frames, height, width), "
+                        f"pass 1 saw {(chunk.frames, info.height, info.width)}: the input changed"
+                    )
+                error = (
+                    self._error(chunk) if router != "uniform" and count < chunk.positions else None
+                )
+                keep = routing.select_positions(router, error, chunk.shape, count)
+                indices = self.engine.tokens(frames, keep, self._features(chunk))
+                record = encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
+                writer.write_chunk(record)
+                written += record.nbytes
+                used.append(count)
+                if self.progress:
+                    self.progress("write", chunk.frames, info.frames)
+            writer.close(side)
+        write_s = time.perf_counter() - started
+        size = dst.stat().st_size
+        with ContainerReader(dst) as reader:
+            audio_bytes = reader.side_span[1]
+        return EncodeResult(
+            path=dst,
+            width=info.width,
+            height=info.height,
+            frames=info.frames,
+            fps=info.fps,
+            chunks=len(self.chunks),
+            bytes=size,
+            bpp=8 * size / (info.width * info.height * info.frames),
+            audio_bytes=audio_bytes,
+            router=router,
+            budget=budget,
+            realised_rate=sum(used) / sum(positions),
+            chunk_rates=[c / n for c, n in zip(used, positions, strict=True)],
+            seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
+            rate=header.rate,
+            precision=self.engine.precision,
+        )

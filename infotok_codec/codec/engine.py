@@ -1,0 +1,200 @@
+"""What encoding and decoding share: the tokenizer on a device, run tile by tile.
+
+`ChunkModel` turns a chunk of uint8 frames into token indices (full rate or knowing a keep-mask),
+error maps (the `elbo` router's and the `light` router's) and back into frames. Frames above
+about a megapixel run in `TILE`-pixel tiles that encoder and decoder derive alike from the frame
+size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infotok_codec.bitstream import (
+    FrequencyTables,
+    KeyPrior,
+)
+from infotok_codec.errors import InfotokError, ModelError
+from infotok_codec.model import (
+    SPACE_FACTOR,
+    LoadedModel,
+    autocast,
+    latent_shape,
+    load_model,
+    use_bf16,
+)
+
+Progress = Callable[[str, int, int], None]
+"""Called as `progress(pass_name, frames_just_done, total_frames)` after each chunk."""
+
+
+# -- running the model on one chunk ----------------------------------------------------------
+class ChunkModel:
+    """A loaded tokenizer on a device, working on uint8 frames `(n, H, W, 3)`."""
+
+    def __init__(self, model: LoadedModel, device: str = "auto", bf16: bool | None = None) -> None:
+        self.model = model
+        self.device = resolve_device(device)
+        self.bf16 = use_bf16(bf16, self.device)  # None: where the device runs it natively
+        self.tokenizer = model.tokenizer.to(self.device).eval()
+        self.light_head = (
+            model.light_head.to(self.device).eval() if model.light_head is not None else None
+        )
+        self.tables = (
+            FrequencyTables.from_json(model.tables_json)
+            if model.tables_json
+            else FrequencyTables.uniform(model.tokenizer.config.levels)
+        )
+        KeyPrior.of(self.tables)  # a damaged key prior is one error here, before any frame
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        return autocast(self.device, self.bf16)
+
+    def _video(self, frames: np.ndarray) -> torch.Tensor:
+        """`(n, H, W, 3)` uint8 → `(1, 3, n, H, W)` float in [-1, 1] on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        return x.permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)  # one float copy, not two
+
+    def tokens(
+        self,
+        frames: np.ndarray,
+        keep: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
+        (indices at dropped positions are meaningless). `features` `(dim, T', h, w)`, the conv
+        encoder's output for these frames as `light_error_map` keeps it (float32, or bf16 bits
+        as int16), skips the conv encoder."""
+        n, height, width = frames.shape[:3]
+        indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
+        for y0, y1, x0, x1 in tiles(height, width):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            mask = None
+            if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
+                mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
+            with self._autocast():
+                if features is None:
+                    idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
+                else:
+                    tile = torch.from_numpy(np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1]))
+                    if tile.dtype == torch.int16:  # bf16 bits, as the conv encoder made them
+                        tile = tile.view(torch.bfloat16)
+                    idx = self.tokenizer.encode_features(tile.to(self.device)[None], mask)
+            indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
+        return indices
+
+    @torch.no_grad()
+    def light_error_map(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The `light` router's predicted error `(T', h, w)` float32, and the conv features
+        `(dim, T', h, w)` it was predicted from (for `tokens`): float32, or under bf16 their
+        bf16 bits as int16 (numpy has no bf16): exact, and half the bytes to hold and spill."""
+        check_light_head(self.model)
+        assert self.light_head is not None  # moved to the device with the model
+        n, height, width = frames.shape[:3]
+        shape = latent_shape(n, height, width)
+        error = np.zeros(shape, dtype=np.float32)
+        dtype = np.int16 if self.bf16 else np.float32
+        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=dtype)
+        for y0, y1, x0, x1 in tiles(height, width):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            with self._autocast():
+                feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
+                error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
+            tile = feats[0].cpu()
+            tile = tile.to(torch.bfloat16).view(torch.int16) if self.bf16 else tile.float()
+            features[:, :, ly0:ly1, lx0:lx1] = tile.numpy()
+        return error, features
+
+    def error_map(self, frames: np.ndarray) -> np.ndarray:
+        """The router's ELBO proxy `(T', h, w)` float32: full-rate error per latent position."""
+        n, height, width = frames.shape[:3]
+        error = np.zeros(latent_shape(n, height, width), dtype=np.float32)
+        for y0, y1, x0, x1 in tiles(height, width):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            with self._autocast():
+                err = self.tokenizer.error_map(self._video(frames[:, y0:y1, x0:x1]))
+            error[:, ly0:ly1, lx0:lx1] = err[0].float().cpu()
+        return error
+
+    def frames(
+        self, indices: np.ndarray, keep: np.ndarray, n: int, height: int, width: int
+    ) -> np.ndarray:
+        """Indices `(T', h, w)` + keep-mask `(T', h, w)` → frames `(n, height, width, 3)` uint8."""
+        out = np.empty((n, height, width, 3), dtype=np.uint8)
+        for y0, y1, x0, x1 in tiles(height, width):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            tile_keep = keep[:, ly0:ly1, lx0:lx1]
+            tile_idx = np.where(tile_keep, indices[:, ly0:ly1, lx0:lx1], 0)
+            idx = torch.from_numpy(tile_idx).to(self.device)[None]
+            mask = None if tile_keep.all() else torch.from_numpy(tile_keep).to(self.device)[None]
+            with self._autocast():
+                video = self.tokenizer.decode(idx, mask, (n, y1 - y0, x1 - x0))[0]
+            # A frame at a time, in place: at a 512×512 tile a float copy of the whole video is
+            # 50 MB. (A bf16 frame is copied to float first: bf16 cannot hold every level from
+            # 128 to 255.)
+            for i in range(n):
+                frame = video[:, i].float().add_(1.0).mul_(127.5).round_().clamp_(0, 255)
+                out[i, y0:y1, x0:x1] = frame.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return out
+
+
+TILE = 512  # pixels; a multiple of the compressor's 64-pixel window, so windows never straddle
+TILE_ABOVE = 1024 * 1024  # frames of more pixels than this are coded in tiles
+
+
+def tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes (y0, y1, x0, x1) the model runs on, one at a time.
+
+    Frames up to about a megapixel run whole; larger ones in TILE×TILE tiles, so memory is bounded
+    at any resolution (3840×2160 included). Encoder and decoder derive the same tiles from the
+    frame size, so a stream needs no record of them.
+    """
+    if height * width <= TILE_ABOVE:
+        return [(0, height, 0, width)]
+    return [
+        (y, min(y + TILE, height), x, min(x + TILE, width))
+        for y in range(0, height, TILE)
+        for x in range(0, width, TILE)
+    ]
+
+
+def _latent_span(p0: int, p1: int) -> tuple[int, int]:
+    """Latent rows (or columns) covering pixel rows [p0, p1) of a tile."""
+    return p0 // SPACE_FACTOR, -(-p1 // SPACE_FACTOR)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InfotokError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InfotokError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def check_chunk_frames(chunk_frames: int) -> None:
+    if chunk_frames < 4 or chunk_frames % 4:
+        raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+
+
+def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def check_light_head(model: LoadedModel) -> None:
+    """Refuse the `light` router for a model file without its head, naming the fix."""
+    if model.light_head is None:
+        raise ModelError(
+            f"model {model.name} has no light router head: fit one with "
+            "`infotok fit-router MODEL --data DIR`"
+        )
