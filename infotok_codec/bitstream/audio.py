@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 from infotok_codec.bitstream.container import ContainerReader
-from infotok_codec.bitstream.header import U32, Cursor, Header, crc
+from infotok_codec.bitstream.header import U16, U32, Cursor, Header, crc, strip_crc
 from infotok_codec.errors import FormatError
 
 BLOCK_TAG = b"AUDB"
@@ -43,7 +43,6 @@ _PACKET = np.dtype([("pts", "<i8"), ("duration", "<u4"), ("flags", "u1"), ("size
 _DIRECTORY_HEAD = struct.Struct("<4sBI")  # tag, track count, chunk count
 _TRACK_FIXED = struct.Struct("<IHIIQ")  # sample rate, channels, time base num/den, bit rate
 _FOOTER = struct.Struct("<QI4s")  # directory offset, block count, magic
-_U16 = struct.Struct("<H")
 _BLOCK_OVERHEAD = _BLOCK_HEAD.size + U32.size  # + CRC
 
 
@@ -130,7 +129,7 @@ def chunk_of(packet: AudioPacket, track: AudioTrack, header: Header) -> int:
 
 # -- writing -----------------------------------------------------------------------------------
 def _encode_track(track: AudioTrack) -> bytes:
-    out = bytearray(_U16.pack(len(track.codec)) + track.codec.encode("ascii"))
+    out = bytearray(U16.pack(len(track.codec)) + track.codec.encode("ascii"))
     out += _TRACK_FIXED.pack(
         track.sample_rate,
         track.channels,
@@ -138,7 +137,7 @@ def _encode_track(track: AudioTrack) -> bytes:
         track.time_base.denominator,
         track.bit_rate,
     )
-    out += _U16.pack(len(track.layout)) + track.layout.encode("ascii")
+    out += U16.pack(len(track.layout)) + track.layout.encode("ascii")
     return bytes(out + U32.pack(len(track.extradata)) + track.extradata)
 
 
@@ -204,15 +203,6 @@ def side_writer(
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _check_crc(data: bytes, where: str) -> bytes:
-    """The record without its CRC32, which must match."""
-    (stored,) = U32.unpack(data[-U32.size :])
-    computed = crc(data[: -U32.size])
-    if stored != computed:
-        raise FormatError(f"{where}: CRC32 mismatch (stored {stored:08x}, computed {computed:08x})")
-    return data[: -U32.size]
-
-
 def _decode_track(cur: Cursor) -> AudioTrack:
     codec = cur.text("codec", "ascii")
     rate, channels, tb_num, tb_den, bit_rate = cur.unpack(_TRACK_FIXED, "fixed fields")
@@ -266,7 +256,7 @@ class AudioReader:
             raise FormatError(f"audio: directory offset {offset} outside the section")
         where = "audio: directory"
         length = end - _FOOTER.size - offset
-        body = _check_crc(self._reader.read_side(offset, length, "audio"), where)
+        body = strip_crc(self._reader.read_side(offset, length, "audio"), where)
         cur = Cursor(body, where, "record")
         tag, n_tracks, chunk_count = cur.unpack(_DIRECTORY_HEAD, "fixed fields")
         if tag != DIRECTORY_TAG:
@@ -304,7 +294,7 @@ class AudioReader:
             raise IndexError(f"audio block (chunk {k}, track {t}) out of range")
         b = k * len(self.tracks) + t
         where = f"audio: block {b} (chunk {k}, track {t})"
-        body = _check_crc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
+        body = strip_crc(self._reader.read_side(self._offsets[b], self._spans[b], "audio"), where)
         cur = Cursor(body, where, "record")
         tag, chunk, track, count = cur.unpack(_BLOCK_HEAD, "fixed fields")
         if tag != BLOCK_TAG:

@@ -42,6 +42,7 @@ from infotok_codec.bitstream.header import (
     VERSION,
     ChunkRecord,
     Header,
+    check_crc,
     check_range,
     check_record,
     crc,
@@ -49,6 +50,7 @@ from infotok_codec.bitstream.header import (
     decode_record,
     encode_header,
     encode_record,
+    strip_crc,
 )
 from infotok_codec.closing import Closing
 from infotok_codec.errors import FormatError, InfotokError
@@ -206,11 +208,7 @@ class ContainerReader(Closing):
             raise FormatError(f"header: length {length} runs past end of file")
         body_and_crc = self._read_at(PREAMBLE.size, length + U32.size, "header")
         (stored,) = U32.unpack(body_and_crc[length:])
-        computed = crc(preamble + body_and_crc[:length])
-        if stored != computed:
-            raise FormatError(
-                f"header: CRC32 mismatch (stored {stored:08x}, computed {computed:08x})"
-            )
+        check_crc(preamble + body_and_crc[:length], stored, "header")
         return decode_header(body_and_crc[:length], version)
 
     def _read_index(self) -> tuple[list[int], list[int]]:
@@ -248,12 +246,7 @@ class ContainerReader(Closing):
                 f"footer: index offset {index_offset} leaves no room for {count} chunks"
             )
         data = self._read_at(index_offset, index_size, "index")
-        (stored,) = U32.unpack(data[-U32.size :])
-        if stored != crc(data[: -U32.size]):
-            raise FormatError(
-                f"index: CRC32 mismatch (stored {stored:08x}, computed "
-                f"{crc(data[: -U32.size]):08x})"
-            )
+        strip_crc(data, "index")
         tag, stored_count = INDEX_HEAD.unpack(data[: INDEX_HEAD.size])
         if tag != INDEX_TAG:
             raise FormatError(f"index: tag {tag!r} is not {INDEX_TAG!r}")

@@ -66,7 +66,7 @@ INDEX_ENTRY = np.dtype(
 KEY_FLAG = 1
 FOOTER = struct.Struct("<QI4s")  # index offset, chunk count, magic
 U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
+U16 = struct.Struct("<H")
 _U8 = struct.Struct("<B")
 _F64 = struct.Struct("<d")
 
@@ -74,13 +74,13 @@ RECORD_OVERHEAD = _RECORD_FIXED.size + 2 * U32.size  # + tokens length + CRC
 MAX_HEADER_BODY = (
     HEADER_FIXED.size
     + _U8.size
-    + 16 * _U16.size
-    + 3 * _U16.size
+    + 16 * U16.size
+    + 3 * U16.size
     + MAX_MODEL_NAME_BYTES
     + max(len(c) for c in CODERS)
     + MAX_ROUTER_BYTES
-    + _U16.size  # key_interval
-    + _U16.size
+    + U16.size  # key_interval
+    + U16.size
     + max(len(m) for m in RATE_MODES)
     + _F64.size
 )
@@ -97,6 +97,20 @@ MIN_FILE = (
 
 def crc(data: bytes | memoryview) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def check_crc(covered: bytes | memoryview, stored: int, where: str) -> None:
+    """Refuse `covered` unless its CRC32 is `stored`: every checksum the format holds."""
+    computed = crc(covered)
+    if stored != computed:
+        raise FormatError(f"{where}: CRC32 mismatch (stored {stored:08x}, computed {computed:08x})")
+
+
+def strip_crc(data: bytes, where: str) -> bytes:
+    """A record that ends in the CRC32 of what precedes it, checked, without that CRC."""
+    (stored,) = U32.unpack(data[-U32.size :])
+    check_crc(data[: -U32.size], stored, where)
+    return data[: -U32.size]
 
 
 def check_range(section: str, name: str, value: int, lo: int, hi: int) -> None:
@@ -357,13 +371,13 @@ def encode_header(header: Header) -> bytes:
         )
     )
     body += _U8.pack(len(header.fsq_levels))
-    body += b"".join(_U16.pack(level) for level in header.fsq_levels)
+    body += b"".join(U16.pack(level) for level in header.fsq_levels)
     for text in (header.model_name, header.coder, header.router):
         raw = text.encode("utf-8")
-        body += _U16.pack(len(raw)) + raw
-    body += _U16.pack(header.key_interval)
+        body += U16.pack(len(raw)) + raw
+    body += U16.pack(header.key_interval)
     mode = header.rate_mode.encode("utf-8")
-    body += _U16.pack(len(mode)) + mode
+    body += U16.pack(len(mode)) + mode
     body += _F64.pack(header.rate.target)
     out = PREAMBLE.pack(MAGIC, VERSION, len(body)) + bytes(body)
     return out + U32.pack(crc(out))
@@ -388,7 +402,7 @@ class Cursor:
 
     def text(self, field: str, encoding: Literal["utf-8", "ascii"] = "utf-8") -> str:
         """A string after its u16 length, in `encoding` ("utf-8" or "ascii")."""
-        (length,) = self.unpack(_U16, f"{field} length")
+        (length,) = self.unpack(U16, f"{field} length")
         raw = self.take(length, f"{field} length {length}")
         try:
             return raw.decode(encoding)
@@ -415,12 +429,12 @@ def decode_header(body: bytes, version: int) -> Header:
         lattice_share,
     ) = cur.unpack(HEADER_FIXED, "fixed fields")
     (count,) = cur.unpack(_U8, "fsq_levels count")
-    levels = tuple(_U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
+    levels = tuple(U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
     model_name, coder, router = (cur.text(f) for f in ("model_name", "coder", "router"))
     key_interval, last = 1, "router"
     rate_mode, rate_target = "budget", None
     if version >= 4:
-        (key_interval,) = cur.unpack(_U16, "key_interval")
+        (key_interval,) = cur.unpack(U16, "key_interval")
         rate_mode = cur.text("rate_mode")
         (rate_target,), last = cur.unpack(_F64, "rate_target"), "rate_target"
     elif coder in CHAINING_CODERS:
@@ -484,10 +498,7 @@ def decode_record(data: bytes, k: int) -> ChunkRecord:
     (stored,) = cur.unpack(U32, "CRC32")
     if cur.pos != len(data):
         raise FormatError(f"{where}: record is {cur.pos} bytes but the index gives it {len(data)}")
-    if stored != crc(data[:end]):
-        raise FormatError(
-            f"{where}: CRC32 mismatch (stored {stored:08x}, computed {crc(data[:end]):08x})"
-        )
+    check_crc(data[:end], stored, where)
     return ChunkRecord(
         index=index,
         first_frame=first_frame,
