@@ -316,6 +316,44 @@ def test_set_budget_spends_one_budget_over_every_clip(
     assert entry["set_budget"] == 0.5 and set(entry["per_clip"]) == {"busy.mp4", "flat.mkv"}
 
 
+def test_set_budget_runs_pass_1_once_per_clip(
+    clip, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infotok_codec.bench import runner
+    from infotok_codec.bench.runner import BenchSettings, run_bench
+
+    made: list[Path] = []
+
+    class CountedAnalysis(runner.Analysis):  # the real pass 1, counted
+        def __init__(self, src, *args, **kwargs):  # type: ignore[no-untyped-def]
+            made.append(Path(src))
+            super().__init__(src, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "Analysis", CountedAnalysis)
+    a = clip(frames=16, width=64, height=64, name="a.mp4")
+    b = clip(frames=16, width=64, height=64, name="b.mkv")
+    settings = BenchSettings(
+        budgets=(0.5, 1.0),
+        routers=("elbo", "fixed"),
+        codecs=(),
+        metrics=("psnr",),
+        frames=16,
+        size=64,
+        set_budget=True,
+    )
+    report = run_bench([a, b], settings, tmp_path / "res", model=tiny_model, keep_files=True)
+    # One analysis per clip serves the set allocation and every row of that clip.
+    assert sorted(p.name for p in made) == ["a.mp4.source.mkv", "b.mkv.source.mkv"]
+    methods = {(r.clip, r.method, r.param) for r in report.results}
+    for name in ("a.mp4", "b.mkv"):
+        assert {(name, "global", 0.5), (name, "elbo", 0.5), (name, "fixed", 0.5)} <= methods
+    # Scored against the lossless source its analysis read: budget 1.0 is the same file for
+    # every method, so the same PSNR.
+    full = {(r.clip, r.method): r.metrics["psnr"] for r in report.results if r.param == 1.0}
+    for name in ("a.mp4", "b.mkv"):
+        assert full[(name, "elbo")] == full[(name, "fixed")] > 10
+
+
 def test_set_budget_needs_elbo_to_compare_with() -> None:
     from infotok_codec import InfotokError
     from infotok_codec.bench import BenchSettings

@@ -15,7 +15,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -125,10 +125,13 @@ def reference_frames(path: Path, frames: int, size: int) -> np.ndarray:
     )
 
 
-def prepare_source(path: Path, settings: BenchSettings, workdir: Path) -> tuple[np.ndarray, Path]:
-    """The reference frames, and a lossless file of exactly them for the codecs to read."""
+def prepare_source(
+    path: Path, settings: BenchSettings, workdir: Path, name: str | None = None
+) -> tuple[np.ndarray, Path]:
+    """The reference frames, and a lossless file of exactly them for the codecs to read
+    (`workdir/NAME.source.mkv`; NAME defaults to the clip's stem)."""
     frames = reference_frames(path, settings.frames, settings.size)
-    source = workdir / f"{path.stem}.source.mkv"
+    source = workdir / f"{name or path.stem}.source.mkv"
     with VideoWriter(source, frames.shape[2], frames.shape[1], probe(path).fps) as writer:
         writer.write(frames)
     return frames, source
@@ -147,14 +150,19 @@ def bench_tokenizer(
     workdir: Path,
     tick: Tick,
     global_counts: dict[float, list[int]] | None = None,
+    pass1: Analysis | None = None,
 ) -> list[BenchRow]:
     """Rows for every router × budget (and the oracle, quality targets, and with
-    `global_counts`, this clip's chunk counts of each budget spent over the whole set)."""
+    `global_counts`, this clip's chunk counts of each budget spent over the whole set). `pass1`:
+    the clip's full-rate analysis if one is already open (`--set-budget` made it); the caller
+    closes it."""
     rows: list[BenchRow] = []
     full_rate = [r for r in settings.routers if r != "light"]
     if full_rate or settings.oracle or settings.qualities or global_counts:
-        with Analysis(
-            source, model, device=settings.device, bf16=settings.bf16, with_error=True
+        with (
+            nullcontext(pass1)
+            if pass1 is not None
+            else Analysis(source, model, device=settings.device, bf16=settings.bf16)
         ) as analysis:
             rows += _router_rows(clip, analysis, full_rate, score, settings, model, workdir, tick)
             if settings.oracle:
@@ -403,28 +411,30 @@ def bench_classical(
 
 
 def _set_allocation(
-    clips: Sequence[Path], settings: BenchSettings, model: LoadedModel, workdir: Path
-) -> dict[str, dict[float, list[int]]]:
+    clips: Sequence[Path],
+    settings: BenchSettings,
+    model: LoadedModel,
+    workdir: Path,
+    held: ExitStack,
+) -> tuple[dict[str, Analysis], dict[str, dict[float, list[int]]]]:
     """Pass 1 over every clip first (chunk sizes and mean full-rate errors), then each budget's
-    `elbo` allocation over all their chunks (`set_budget.set_counts`). Each clip's pass 1 runs
-    again for its own rows: the spill files of every clip are not kept at once."""
+    `elbo` allocation over all their chunks (`set_budget.set_counts`). Every clip's analysis
+    stays open in `held` (its spill file and its source file in `workdir`: kilobytes and a few
+    megabytes at the bench's sizes) for its own rows, so no clip runs pass 1 twice."""
     names = [p.name for p in clips]
     if len(set(names)) != len(names):
         raise InfotokError("--set-budget needs clips of distinct file names (rows are by name)")
-    chunks: dict[str, tuple[list[int], list[float]]] = {}
+    analyses: dict[str, Analysis] = {}
     for path in clips:
-        _, source = prepare_source(path, settings, workdir)
-        try:
-            with Analysis(
-                source, model, device=settings.device, bf16=settings.bf16, with_error=True
-            ) as analysis:
-                chunks[path.name] = (
-                    [c.positions for c in analysis.chunks],
-                    [c.mean_error for c in analysis.chunks],
-                )
-        finally:
-            source.unlink()
-    return set_budget.set_counts(chunks, [b for b in settings.budgets if b < 1.0])
+        _, source = prepare_source(path, settings, workdir, name=path.name)
+        analyses[path.name] = held.enter_context(
+            Analysis(source, model, device=settings.device, bf16=settings.bf16)
+        )
+    chunks = {
+        name: ([c.positions for c in a.chunks], [c.mean_error for c in a.chunks])
+        for name, a in analyses.items()
+    }
+    return analyses, set_budget.set_counts(chunks, [b for b in settings.budgets if b < 1.0])
 
 
 # -- summaries -------------------------------------------------------------------------------
@@ -451,14 +461,20 @@ def run_bench(
     device = str(resolve_device(settings.device))
     rows: list[BenchRow] = []
     step = tick or (lambda _label: None)
-    with tempfile.TemporaryDirectory(prefix="infotok-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="infotok-bench-") as tmp, ExitStack() as held:
         work = out_dir / "files" if keep_files else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        counts_by_clip = (
-            _set_allocation(clips, settings, loaded, work) if settings.set_budget else {}
-        )
+        pass1: dict[str, Analysis] = {}
+        counts_by_clip: dict[str, dict[float, list[int]]] = {}
+        if settings.set_budget:
+            pass1, counts_by_clip = _set_allocation(clips, settings, loaded, work, held)
         for path in clips:
-            reference, source = prepare_source(path, settings, work)
+            analysis = pass1.pop(path.name, None)
+            if analysis is not None:
+                source = analysis.src
+                reference = _decoded(source)  # lossless: exactly the frames it was made of
+            else:
+                reference, source = prepare_source(path, settings, work)
             fps = probe(source).fps
             score = Scorer(reference, settings.metrics, settings.lpips_every)
             rows += bench_tokenizer(
@@ -470,11 +486,16 @@ def run_bench(
                 work,
                 step,
                 counts_by_clip.get(path.name),
+                analysis,
             )
             rows += bench_classical(path.name, score, fps, settings, work, step)
+            if analysis is not None:
+                analysis.close()
             if not keep_files:
+                pending = {a.src for a in pass1.values()}  # later clips' sources
                 for leftover in work.iterdir():
-                    leftover.unlink()
+                    if leftover not in pending:
+                        leftover.unlink()
     import av
     import torch
 
