@@ -1,4 +1,4 @@
-"""Reading and writing video (infotok_codec.video): counts, rates, sizes, round trips, errors.
+"""Reading and writing video (infotok_codec.media): counts, rates, sizes, round trips, errors.
 
 Test clips are made here with PyAV (add_stream -> encode -> mux), small so the file runs fast.
 """

@@ -167,7 +167,7 @@ class _Transcode:
 
 
 class AudioMuxer:
-    """The audio of a decode, muxed beside the video (a `video.SideStreams`).
+    """The audio of a decode, muxed beside the video (a `video_writer.SideStreams`).
 
     Args:
         tracks: the tracks' parameters.
