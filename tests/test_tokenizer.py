@@ -157,20 +157,25 @@ def test_model_hash_covers_weights_and_tables(tiny_model: Path, tmp_path: Path) 
 def test_large_activations_run_by_frame_as_the_batched_block_computes() -> None:
     # A clip activation of at least BY_FRAME_ABOVE values runs a frame at a time without
     # autograd (and adds into its input); it must compute what the batched training form does.
+    # Either memory layout, and two clips at once (each norm's statistics are per clip).
     torch.manual_seed(0)
     block = ResBlock(16)
     torch.nn.init.normal_(block.temporal.conv.weight, std=0.1)  # not the identity it starts as
-    x = torch.randn(1, 16, 8, 192, 192)
+    torch.nn.init.normal_(block.norm1.bias, std=0.5)
+    x = torch.randn(2, 16, 8, 192, 192) * 3 + 1
     assert x[0].numel() >= BY_FRAME_ABOVE
     with torch.enable_grad():
         batched = block(x).detach()
     with torch.no_grad():
         assert by_frame(x)
-        by_frames = block(x.clone())
-    torch.testing.assert_close(by_frames, batched, rtol=1e-4, atol=1e-4)
+        for layout in (torch.contiguous_format, torch.channels_last_3d):
+            by_frames = block(x.clone(memory_format=layout))
+            torch.testing.assert_close(by_frames, batched, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         conv = SpatialConv(16, 8)
-        torch.testing.assert_close(conv(x), conv.conv(x.transpose(1, 2)[0]).transpose(0, 1)[None])
+        one = x[:1]
+        frames = conv.conv(one.transpose(1, 2)[0]).transpose(0, 1)[None]
+        torch.testing.assert_close(conv(one), frames)
 
 
 def test_windows_in_groups_compute_what_one_pass_computes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,49 +12,41 @@ a streaming decoder would need per-frame normalisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def space_time_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    """`(B, C, T, H, W)` → `(B, C·t·s·s, T/t, H/s, W/s)`, lossless, in the conv layout."""
+    """`(B, C, T, H, W)` → `(B, C·t·s·s, T/t, H/s, W/s)`, lossless, channels-last."""
     b, c, tt, h, w = x.shape
     x = x.reshape(b, c, tt // t, t, h // s, s, w // s, s)
-    if by_frame(x):
-        x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
-        return x.reshape(b, c * t * s * s, tt // t, h // s, w // s)
     x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)
     return x.reshape(b, tt // t, h // s, w // s, c * t * s * s).permute(0, 4, 1, 2, 3)
 
 
 def space_time_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    """Inverse of `space_time_unshuffle`, in the conv layout."""
+    """Inverse of `space_time_unshuffle`, channels-last."""
     b, c, tt, h, w = x.shape
     c0 = c // (t * s * s)
     x = x.reshape(b, c0, t, s, s, tt, h, w)
-    if by_frame(x):
-        x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return x.reshape(b, c0, tt * t, h * s, w * s)
     x = x.permute(0, 5, 2, 6, 3, 7, 4, 1)
     return x.reshape(b, tt * t, h * s, w * s, c0).permute(0, 4, 1, 2, 3)
 
 
 def conv_layout(x: torch.Tensor) -> torch.Tensor:
-    """`x` `(B, C, T, H, W)` in the memory layout the conv stacks run in (a copy unless it is).
+    """`x` `(B, C, T, H, W)` channels-last ((B, T, H, W, C) in memory; a copy unless it is).
 
-    Batched activations are channels-last ((B, T, H, W, C) in memory): oneDNN's convolutions
-    read it without reordering, the 3×3 spatial conv runs as one 1×3×3 Conv3d with no
-    transposes, and a frame's pixels come out contiguous. Measured on 2 threads, bf16, 256×256
-    chunks (`benchmarks/tokenizer_quality.py`, three interleaved runs against frames-first
-    Conv2d with transposes): decode 48.7–55.7 → 58.9–66.5 frames/s, `elbo` encode 20.3–23.0 →
-    24.7–26.3. Activations that run a frame at a time (`by_frame`) stay frames-first: there,
-    frame slices of the channels-last layout fell to PyTorch's slow Conv3d and strided norm
-    statistics (1.5–2× slower at 512×512 tiles). Each conv stage's input is put in its own
-    layout, since a stage can fall on the other side of `BY_FRAME_ABOVE` than the one before
-    (the encoder's second stage at a 512×384 tile)."""
-    if by_frame(x):
-        return x.contiguous()
+    oneDNN's convolutions read this layout without reordering: batched, the 3×3 spatial conv
+    runs as one 1×3×3 Conv3d with no transposes; a frame at a time (`by_frame`), each frame
+    `x[:, :, i]` is a channels-last `(B, C, H, W)` image for a Conv2d, and the temporal conv is
+    one matrix product over the pixels. Measured on 2 threads, bf16: at 256×256 chunks
+    (`benchmarks/tokenizer_quality.py`, three interleaved runs against frames-first Conv2d with
+    transposes) decode 48.7–55.7 → 58.9–66.5 frames/s, `elbo` encode 20.3–23.0 → 24.7–26.3; on
+    one 128×128 frame of 96 channels, a 3×3 Conv2d ran 11.3 ms frames-first and 4.8 ms
+    channels-last, and the temporal conv 11.0 ms as a Conv3d and 3.0 ms as a matrix product."""
     return x.contiguous(memory_format=torch.channels_last_3d)
 
 
@@ -70,9 +62,70 @@ def by_frame(x: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and x[0].numel() >= BY_FRAME_ABOVE
 
 
+def map_frames(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`fn` applied to each frame `(B, C, H, W)` of `x` `(B, C, T, H, W)`, stacked back along T
+    into a channels-last tensor of `fn`'s dtype (bf16 under autocast)."""
+    out = torch.empty(0)
+    for i in range(x.shape[2]):
+        y = fn(x[:, :, i])
+        if i == 0:
+            b, c, h, w = y.shape
+            shape = (b, c, x.shape[2], h, w)
+            out = torch.empty(
+                shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last_3d
+            )
+        out[:, :, i] = y
+    return out
+
+
+def frame_conv(conv: nn.Module, frame: torch.Tensor) -> torch.Tensor:
+    """A 1×1 Conv3d or a SpatialConv applied to one frame `(B, C, H, W)`."""
+    if isinstance(conv, SpatialConv):
+        return conv.conv(frame)
+    assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
+    return F.conv2d(frame, conv.weight[:, :, 0], conv.bias)
+
+
+def group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm(x)` as a per-channel float32 `x * scale + shift` (each `(B, C, 1, 1)`), so that it
+    can be applied to one frame of `x` `(B, C, T, H, W)` at a time.
+
+    The statistics are summed a frame at a time, per channel, as a sum and a sum of squares
+    (float64 across frames): `torch.var_mean` over a group took 7 ms a 128×128×96 frame where
+    the two sums take 1.8 ms. The mean of squares less the squared mean would lose digits only
+    where a group's mean were far larger than its spread: on a 512×512×16 tile the shipped
+    network's conv encoder and decoder run this way within 2e-5 of the batched float32 form."""
+    b, c, t = x.shape[:3]
+    sums = torch.zeros(b, c, dtype=torch.float64, device=x.device)
+    squares = torch.zeros_like(sums)
+    for i in range(t):
+        pixels = x[:, :, i].permute(0, 2, 3, 1).reshape(b, -1, c).float()
+        sums += pixels.sum(1)
+        squares += (pixels * pixels).sum(1)
+    groups = norm.num_groups
+    count = x[0].numel() // groups
+    mean = sums.view(b, groups, -1).sum(2) / count
+    var = (squares.view(b, groups, -1).sum(2) / count - mean.square()).clamp_(min=0)
+    rstd = torch.rsqrt(var + norm.eps).float().repeat_interleave(c // groups, dim=1)
+    scale = rstd * norm.weight
+    shift = norm.bias - mean.float().repeat_interleave(c // groups, dim=1) * scale
+    return scale[:, :, None, None], shift[:, :, None, None]
+
+
+def norm_silu_conv_by_frame(norm: nn.GroupNorm, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`conv(silu(norm(x)))` a frame at a time: no whole normalised copy of `x` is held."""
+    scale, shift = group_norm_affine(norm, x)
+    return map_frames(lambda f: frame_conv(conv, normed_frame(f, scale, shift)), x)
+
+
+def normed_frame(frame: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`silu(frame * scale + shift)` in float32, in two passes over the frame."""
+    return F.silu(torch.addcmul(shift, frame, scale), inplace=True)
+
+
 class SpatialConv(nn.Module):
     """3×3 conv applied to every frame independently: a Conv2d's weights, run as a 1×3×3
-    Conv3d on batched (channels-last) activations and as the Conv2d frame by frame."""
+    Conv3d on batched activations and as the Conv2d frame by frame."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
@@ -80,15 +133,10 @@ class SpatialConv(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not by_frame(x):
-            padded = F.pad(x, (1, 1, 1, 1, 0, 0), mode="replicate")
-            return F.conv3d(padded, self.conv.weight.unsqueeze(2), self.conv.bias)
-        b, _, t, h, w = x.shape
-        # Straight into a (B, C, T, H, W) tensor: no copy into frame order and back.
-        y = x.new_empty(b, self.conv.out_channels, t, h, w)
-        for i in range(t):
-            y[:, :, i] = self.conv(x[:, :, i])
-        return y
+        if by_frame(x):
+            return map_frames(self.conv, x)
+        padded = F.pad(x, (1, 1, 1, 1, 0, 0), mode="replicate")
+        return F.conv3d(padded, self.conv.weight.unsqueeze(2), self.conv.bias)
 
 
 class CausalTemporalConv(nn.Module):
@@ -101,17 +149,33 @@ class CausalTemporalConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 0, 0, 0, 2, 0), mode="replicate"))
 
+    def add_by_frame(self, out: torch.Tensor, frames: Callable[[int], torch.Tensor]) -> None:
+        """`out += self(x)` a frame at a time, where `frames(i)` makes frame i of `x` as a
+        channels-last `(B, C, H, W)` and `out` `(B, C, T, H, W)` is channels-last.
 
-def group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`norm(x)` as a per-channel `x * scale + shift` (each `(B, C, 1, 1)`), so that it can be
-    applied to one frame of `x` `(B, C, T, H, W)` at a time."""
-    b, c = x.shape[:2]
-    groups = norm.num_groups
-    var, mean = torch.var_mean(x.reshape(b, groups, -1), dim=2, correction=0)
-    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(c // groups, dim=1)
-    scale = rstd * norm.weight
-    shift = norm.bias - mean.repeat_interleave(c // groups, dim=1) * scale
-    return scale[:, :, None, None], shift[:, :, None, None]
+        The padded sequence is p = (x0, x0, x0, x1, …); output frame i is one matrix product of
+        the pixels' [p_i, p_i+1, p_i+2] channels with the three taps. The three frames live in a
+        ring of three column blocks, each frame written once; which tap meets which block turns
+        with i, so the weight matrix is laid out once for each of the three turns."""
+        b, c, t, h, w = out.shape
+        dtype = out.dtype  # bf16 under autocast, as the batched conv would compute
+        taps = self.conv.weight[:, :, :, 0, 0]  # (C_out, C_in, 3)
+        # Block s holds p_j for j % 3 == s; at turn r, block s meets tap (s - r) % 3.
+        turns = [
+            torch.cat([taps[:, :, (s - r) % 3] for s in range(3)], dim=1).t().to(dtype)
+            for r in range(3)
+        ]
+        bias = self.conv.bias
+        bias = bias.to(dtype) if bias is not None else out.new_zeros(c)
+        ring = out.new_empty(b * h * w, 3 * c)
+        for i in range(t):
+            pixels = frames(i).permute(0, 2, 3, 1).reshape(b * h * w, c)
+            if i == 0:
+                ring[:, : 2 * c] = pixels.repeat(1, 2)  # p0 and p1
+            slot = (i + 2) % 3
+            ring[:, slot * c : (slot + 1) * c] = pixels
+            result = torch.addmm(bias, ring, turns[i % 3])
+            out[:, :, i] += result.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class ResBlock(nn.Module):
@@ -139,17 +203,9 @@ class ResBlock(nn.Module):
         """The same block without autograd, a frame at a time from the norms' whole-chunk
         statistics, adding into `x` in place (which it returns): it holds `x` and the spatial
         conv's output where the batched form holds five activations (`BY_FRAME_ABOVE`)."""
-        scale, shift = group_norm_affine(self.norm1, x)
-        h = torch.empty_like(x)
-        for i in range(x.shape[2]):
-            h[:, :, i] = self.spatial.conv(F.silu(x[:, :, i] * scale + shift, inplace=True))
+        h = norm_silu_conv_by_frame(self.norm1, self.spatial, x)
         scale, shift = group_norm_affine(self.norm2, h)
-        normed: dict[int, torch.Tensor] = {}
-        for i in range(x.shape[2]):
-            normed[i] = F.silu(h[:, :, i] * scale + shift, inplace=True)
-            normed.pop(i - 3, None)
-            past = torch.stack([normed[max(i - 2, 0)], normed[max(i - 1, 0)], normed[i]], dim=2)
-            x[:, :, i : i + 1] += self.temporal.conv(past)
+        self.temporal.add_by_frame(x, lambda i: normed_frame(h[:, :, i], scale, shift))
         return x
 
 
@@ -168,6 +224,8 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stage1(conv_layout(self.conv_in(space_time_unshuffle(x, 2, 4))))
         h = self.stage2(conv_layout(self.down(space_time_unshuffle(h, 2, 2))))
+        if by_frame(h):
+            return norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -186,4 +244,8 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.stage2(conv_layout(self.conv_in(conv_layout(z))))
         h = self.stage1(conv_layout(space_time_shuffle(self.up(h), 2, 2)))
-        return space_time_shuffle(self.conv_out(F.silu(self.norm_out(h))), 2, 4)
+        if by_frame(h):
+            out = norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
+        else:
+            out = self.conv_out(F.silu(self.norm_out(h)))
+        return space_time_shuffle(out, 2, 4)
