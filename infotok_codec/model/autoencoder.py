@@ -12,6 +12,7 @@ a streaming decoder would need per-frame normalisation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,13 +28,32 @@ def space_time_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
     return x.reshape(b, tt // t, h // s, w // s, c * t * s * s).permute(0, 4, 1, 2, 3)
 
 
-def space_time_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    """Inverse of `space_time_unshuffle`, channels-last."""
+def depth_first_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """`space_time_unshuffle` with the channels in (t, s, s, C) order: on channels-last `x`
+    each output pixel is t·s·s runs of C contiguous channels, where the (C, t, s, s) order
+    gathers every channel alone (a 512×512 tile's stage-2 input, bf16: 98–192 → 8 ms; the
+    decoder's two shuffles 18–26 → 6 ms and 44 → 10 ms). The conv on either side takes or
+    makes its channels in this order (`depth_first_order`)."""
+    b, c, tt, h, w = x.shape
+    x = x.permute(0, 2, 3, 4, 1).reshape(b, tt // t, t, h // s, s, w // s, s, c)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, tt // t, h // s, w // s, t * s * s * c).permute(0, 4, 1, 2, 3)
+
+
+def depth_first_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """Inverse of `depth_first_unshuffle`, channels-last."""
     b, c, tt, h, w = x.shape
     c0 = c // (t * s * s)
-    x = x.reshape(b, c0, t, s, s, tt, h, w)
-    x = x.permute(0, 5, 2, 6, 3, 7, 4, 1)
+    x = x.permute(0, 2, 3, 4, 1).reshape(b, tt, h, w, t, s, s, c0)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7)
     return x.reshape(b, tt * t, h * s, w * s, c0).permute(0, 4, 1, 2, 3)
+
+
+@functools.cache
+def depth_first_order(channels: int, t: int, s: int) -> torch.Tensor:
+    """Index of each depth-first channel (t, s, s, C) in the (C, t, s, s) order of
+    `space_time_unshuffle`, which the weights were trained in."""
+    return torch.arange(channels * t * s * s).reshape(channels, t * s * s).t().reshape(-1)
 
 
 def conv_layout(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +101,7 @@ def map_frames(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
 def frame_conv(conv: nn.Module, frame: torch.Tensor) -> torch.Tensor:
     """A 1×1 Conv3d or a SpatialConv applied to one frame `(B, C, H, W)`."""
     if isinstance(conv, SpatialConv):
-        return conv.conv(frame)
+        return conv.frame(frame)
     assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
     return F.conv2d(frame, conv.weight[:, :, 0], conv.bias)
 
@@ -125,18 +145,33 @@ def normed_frame(frame: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
 
 class SpatialConv(nn.Module):
     """3×3 conv applied to every frame independently: a Conv2d's weights, run as a 1×3×3
-    Conv3d on batched activations and as the Conv2d frame by frame."""
+    Conv3d on batched activations and as the Conv2d frame by frame. With `out_order`, output
+    channel k is the Conv2d's channel `out_order[k]` (the weights are stored in their trained
+    order)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, out_order: torch.Tensor | None = None) -> None:
         super().__init__()
         # The padding mode serves the frame-by-frame path; the batched path pads alike by hand.
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
+        self.out_order = out_order
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight, bias = self.conv.weight, self.conv.bias
+        if self.out_order is None:
+            return weight, bias
+        return weight[self.out_order], None if bias is None else bias[self.out_order]
+
+    def frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """The conv on one frame `(B, C, H, W)`."""
+        weight, bias = self.weights()
+        return F.conv2d(F.pad(frame, (1, 1, 1, 1), mode="replicate"), weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if by_frame(x):
-            return map_frames(self.conv, x)
+            return map_frames(self.frame, x)
+        weight, bias = self.weights()
         padded = F.pad(x, (1, 1, 1, 1, 0, 0), mode="replicate")
-        return F.conv3d(padded, self.conv.weight.unsqueeze(2), self.conv.bias)
+        return F.conv3d(padded, weight.unsqueeze(2), bias)
 
 
 class CausalTemporalConv(nn.Module):
@@ -223,7 +258,9 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stage1(conv_layout(self.conv_in(space_time_unshuffle(x, 2, 4))))
-        h = self.stage2(conv_layout(self.down(space_time_unshuffle(h, 2, 2))))
+        order = depth_first_order(h.shape[1], 2, 2)
+        h = F.conv3d(depth_first_unshuffle(h, 2, 2), self.down.weight[:, order], self.down.bias)
+        h = self.stage2(conv_layout(h))
         if by_frame(h):
             return norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
         return self.conv_out(F.silu(self.norm_out(h)))
@@ -239,13 +276,16 @@ class ConvDecoder(nn.Module):
         self.up = nn.Conv3d(c2, c1 * 8, 1)
         self.stage1 = nn.Sequential(*[ResBlock(c1) for _ in range(blocks1)])
         self.norm_out = nn.GroupNorm(8, c1)
-        self.conv_out = SpatialConv(c1, 3 * 2 * 4 * 4)
+        self.conv_out = SpatialConv(c1, 3 * 2 * 4 * 4, out_order=depth_first_order(3, 2, 4))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.stage2(conv_layout(self.conv_in(conv_layout(z))))
-        h = self.stage1(conv_layout(space_time_shuffle(self.up(h), 2, 2)))
+        order = depth_first_order(self.up.out_channels // 8, 2, 2)
+        bias = self.up.bias
+        h = F.conv3d(h, self.up.weight[order], None if bias is None else bias[order])
+        h = self.stage1(conv_layout(depth_first_shuffle(h, 2, 2)))
         if by_frame(h):
             out = norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
         else:
             out = self.conv_out(F.silu(self.norm_out(h)))
-        return space_time_shuffle(out, 2, 4)
+        return depth_first_shuffle(out, 2, 4)
