@@ -12,7 +12,15 @@ from safetensors.torch import save_file
 
 from infotok_codec import ModelError
 from infotok_codec.model import FSQ, Tokenizer, TokenizerConfig, compressor, load_model
-from infotok_codec.model.autoencoder import BY_FRAME_ABOVE, ResBlock, SpatialConv, by_frame
+from infotok_codec.model.autoencoder import (
+    BY_FRAME_ABOVE,
+    ResBlock,
+    SpatialConv,
+    by_frame,
+    depth_first_order,
+    depth_first_shuffle,
+    depth_first_unshuffle,
+)
 from infotok_codec.model.compressor import WindowTransformer
 
 from helpers import TINY
@@ -191,3 +199,16 @@ def test_windows_in_groups_compute_what_one_pass_computes(monkeypatch: pytest.Mo
         whole = net(x)
     torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(regrouped, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_depth_first_shuffles_are_the_trained_order_permuted_and_invert() -> None:
+    # The weights were trained on (C, t, s, s) channels; the depth-first (t, s, s, C) layout
+    # must be exactly that order permuted by `depth_first_order`, and shuffle must undo it.
+    x = torch.randn(2, 5, 8, 16, 24)
+    b, c, tt, h, w = x.shape
+    trained = x.reshape(b, c, tt // 2, 2, h // 4, 4, w // 4, 4).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    trained = trained.reshape(b, c * 32, tt // 2, h // 4, w // 4)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        depth_first = depth_first_unshuffle(x.clone(memory_format=layout), 2, 4)
+        assert torch.equal(depth_first, trained[:, depth_first_order(c, 2, 4)])
+        assert torch.equal(depth_first_shuffle(depth_first, 2, 4), x)

@@ -20,20 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def space_time_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    """`(B, C, T, H, W)` → `(B, C·t·s·s, T/t, H/s, W/s)`, lossless, channels-last."""
-    b, c, tt, h, w = x.shape
-    x = x.reshape(b, c, tt // t, t, h // s, s, w // s, s)
-    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return x.reshape(b, tt // t, h // s, w // s, c * t * s * s).permute(0, 4, 1, 2, 3)
-
-
 def depth_first_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
-    """`space_time_unshuffle` with the channels in (t, s, s, C) order: on channels-last `x`
-    each output pixel is t·s·s runs of C contiguous channels, where the (C, t, s, s) order
-    gathers every channel alone (a 512×512 tile's stage-2 input, bf16: 98–192 → 8 ms; the
-    decoder's two shuffles 18–26 → 6 ms and 44 → 10 ms). The conv on either side takes or
-    makes its channels in this order (`depth_first_order`)."""
+    """`(B, C, T, H, W)` → `(B, t·s·s·C, T/t, H/s, W/s)`, lossless, channels-last, each
+    t×s×s cell's values in (t, s, s, C) order.
+
+    The weights were trained with the channels in (C, t, s, s) order; the conv on either side
+    of a shuffle takes or makes its channels in this order by indexing its weights
+    (`depth_first_order`). On channels-last activations each output pixel is then t·s·s runs
+    of C contiguous values, where (C, t, s, s) gathers every value alone. bf16, 2 threads, a
+    512×512 tile: the encoder's stage-2 unshuffle 98–192 → 8 ms and its input's 67 → 39 ms
+    (float32), the decoder's two shuffles 18–26 → 6 ms and 44 → 10 ms."""
     b, c, tt, h, w = x.shape
     x = x.permute(0, 2, 3, 4, 1).reshape(b, tt // t, t, h // s, s, w // s, s, c)
     x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)
@@ -51,8 +47,8 @@ def depth_first_shuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
 
 @functools.cache
 def depth_first_order(channels: int, t: int, s: int) -> torch.Tensor:
-    """Index of each depth-first channel (t, s, s, C) in the (C, t, s, s) order of
-    `space_time_unshuffle`, which the weights were trained in."""
+    """Index of each depth-first channel (t, s, s, C) in the (C, t, s, s) order the weights
+    were trained in."""
     return torch.arange(channels * t * s * s).reshape(channels, t * s * s).t().reshape(-1)
 
 
@@ -145,21 +141,30 @@ def normed_frame(frame: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
 
 class SpatialConv(nn.Module):
     """3×3 conv applied to every frame independently: a Conv2d's weights, run as a 1×3×3
-    Conv3d on batched activations and as the Conv2d frame by frame. With `out_order`, output
-    channel k is the Conv2d's channel `out_order[k]` (the weights are stored in their trained
-    order)."""
+    Conv3d on batched activations and as the Conv2d frame by frame. With `in_order`, input
+    channel k is the Conv2d's channel `in_order[k]`, and with `out_order` output channel k is
+    its `out_order[k]` (the weights are stored in their trained order)."""
 
-    def __init__(self, c_in: int, c_out: int, out_order: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        in_order: torch.Tensor | None = None,
+        out_order: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         # The padding mode serves the frame-by-frame path; the batched path pads alike by hand.
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
-        self.out_order = out_order
+        self.in_order, self.out_order = in_order, out_order
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = self.conv.weight, self.conv.bias
-        if self.out_order is None:
-            return weight, bias
-        return weight[self.out_order], None if bias is None else bias[self.out_order]
+        if self.in_order is not None:
+            weight = weight[:, self.in_order]
+        if self.out_order is not None:
+            weight = weight[self.out_order]
+            bias = None if bias is None else bias[self.out_order]
+        return weight, bias
 
     def frame(self, frame: torch.Tensor) -> torch.Tensor:
         """The conv on one frame `(B, C, H, W)`."""
@@ -249,7 +254,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, c1: int, c2: int, blocks1: int, blocks2: int, out_channels: int) -> None:
         super().__init__()
-        self.conv_in = SpatialConv(3 * 2 * 4 * 4, c1)
+        self.conv_in = SpatialConv(3 * 2 * 4 * 4, c1, in_order=depth_first_order(3, 2, 4))
         self.stage1 = nn.Sequential(*[ResBlock(c1) for _ in range(blocks1)])
         self.down = nn.Conv3d(c1 * 8, c2, 1)
         self.stage2 = nn.Sequential(*[ResBlock(c2) for _ in range(blocks2)])
@@ -257,7 +262,7 @@ class ConvEncoder(nn.Module):
         self.conv_out = nn.Conv3d(c2, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stage1(conv_layout(self.conv_in(space_time_unshuffle(x, 2, 4))))
+        h = self.stage1(conv_layout(self.conv_in(depth_first_unshuffle(x, 2, 4))))
         order = depth_first_order(h.shape[1], 2, 2)
         h = F.conv3d(depth_first_unshuffle(h, 2, 2), self.down.weight[:, order], self.down.bias)
         h = self.stage2(conv_layout(h))
