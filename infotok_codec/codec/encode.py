@@ -281,7 +281,7 @@ class Analysis(Closing):
         return np.load(self._spill)
 
     def _features(self, chunk: _ChunkPlan) -> np.ndarray | None:
-        """The chunk's spilled conv features `(dim, T', h, w)`, or None (pass 2 recomputes)."""
+        """The chunk's spilled conv features `(T', h, w, dim)`, or None (pass 2 recomputes)."""
         if chunk.features_offset is None or self._spill is None:
             return None
         self._spill.seek(chunk.features_offset)

@@ -71,7 +71,7 @@ class ChunkModel:
         features: np.ndarray | None = None,
     ) -> np.ndarray:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
-        (indices at dropped positions are meaningless). `features` `(dim, T', h, w)`, the conv
+        (indices at dropped positions are meaningless). `features` `(T', h, w, dim)`, the conv
         encoder's output for these frames as `light_error_map` keeps it (float32, or bf16 bits
         as int16), skips the conv encoder."""
         n, height, width = frames.shape[:3]
@@ -85,33 +85,35 @@ class ChunkModel:
                 if features is None:
                     idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
-                    tile = torch.from_numpy(np.ascontiguousarray(features[:, :, ly0:ly1, lx0:lx1]))
+                    tile = torch.from_numpy(np.ascontiguousarray(features[:, ly0:ly1, lx0:lx1]))
                     if tile.dtype == torch.int16:  # bf16 bits, as the conv encoder made them
                         tile = tile.view(torch.bfloat16)
-                    idx = self.tokenizer.encode_features(tile.to(self.device)[None], mask)
+                    tile = tile.to(self.device).permute(3, 0, 1, 2)[None]  # channels-last view
+                    idx = self.tokenizer.encode_features(tile, mask)
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
 
     @torch.no_grad()
     def light_error_map(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The `light` router's predicted error `(T', h, w)` float32, and the conv features
-        `(dim, T', h, w)` it was predicted from (for `tokens`): float32, or under bf16 their
-        bf16 bits as int16 (numpy has no bf16): exact, and half the bytes to hold and spill."""
+        `(T', h, w, dim)` it was predicted from (for `tokens`): float32, or under bf16 their
+        bf16 bits as int16 (numpy has no bf16): exact, and half the bytes to hold and spill.
+        Channels last, as the conv encoder makes them: the copy moves whole feature vectors."""
         check_light_head(self.model)
         assert self.light_head is not None  # moved to the device with the model
         n, height, width = frames.shape[:3]
         shape = latent_shape(n, height, width)
         error = np.zeros(shape, dtype=np.float32)
         dtype = np.int16 if self.bf16 else np.float32
-        features = np.zeros((self.tokenizer.config.dim, *shape), dtype=dtype)
+        features = np.zeros((*shape, self.tokenizer.config.dim), dtype=dtype)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
             with self._autocast():
                 feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
                 error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
-            tile = feats[0].cpu()
+            tile = feats[0].permute(1, 2, 3, 0).cpu()
             tile = tile.to(torch.bfloat16).view(torch.int16) if self.bf16 else tile.float()
-            features[:, :, ly0:ly1, lx0:lx1] = tile.numpy()
+            features[:, ly0:ly1, lx0:lx1] = tile.numpy()
         return error, features
 
     def error_map(self, frames: np.ndarray) -> np.ndarray:
