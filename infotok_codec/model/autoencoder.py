@@ -81,25 +81,43 @@ def by_frame(x: torch.Tensor) -> bool:
 def map_frames(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """`fn` applied to each frame `(B, C, H, W)` of `x` `(B, C, T, H, W)`, stacked back along T
     into a channels-last tensor of `fn`'s dtype (bf16 under autocast)."""
-    out = torch.empty(0)
-    for i in range(x.shape[2]):
-        y = fn(x[:, :, i])
-        if i == 0:
-            b, c, h, w = y.shape
-            shape = (b, c, x.shape[2], h, w)
-            out = torch.empty(
-                shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last_3d
-            )
-        out[:, :, i] = y
+    first = fn(x[:, :, 0])
+    b, c, h, w = first.shape
+    shape = (b, c, x.shape[2], h, w)
+    out = torch.empty(
+        shape, dtype=first.dtype, device=first.device, memory_format=torch.channels_last_3d
+    )
+    out[:, :, 0] = first
+    for i in range(1, x.shape[2]):
+        out[:, :, i] = fn(x[:, :, i])
     return out
 
 
-def frame_conv(conv: nn.Module, frame: torch.Tensor) -> torch.Tensor:
-    """A 1×1 Conv3d or a SpatialConv applied to one frame `(B, C, H, W)`."""
+def per_frame(conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A 1×1 Conv3d or a SpatialConv as a function of one frame `(B, C, H, W)`, its weights
+    (reordered, for a SpatialConv) taken once for all the frames."""
     if isinstance(conv, SpatialConv):
-        return conv.frame(frame)
+        weight, bias = conv.weights()
+        return lambda f: F.conv2d(F.pad(f, (1, 1, 1, 1), mode="replicate"), weight, bias)
     assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
-    return F.conv2d(frame, conv.weight[:, :, 0], conv.bias)
+    return lambda f: F.conv2d(f, conv.weight[:, :, 0], conv.bias)
+
+
+def ordered_weights(
+    conv: nn.Conv2d | nn.Conv3d,
+    in_order: torch.Tensor | None = None,
+    out_order: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`conv`'s weight and bias with input channel k its `in_order[k]` and output channel k
+    its `out_order[k]`: how a conv beside a depth-first shuffle reads or makes its channels
+    while its weights stay stored in their trained order."""
+    weight, bias = conv.weight, conv.bias
+    if in_order is not None:
+        weight = weight[:, in_order]
+    if out_order is not None:
+        weight = weight[out_order]
+        bias = None if bias is None else bias[out_order]
+    return weight, bias
 
 
 def group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +149,8 @@ def group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor
 def norm_silu_conv_by_frame(norm: nn.GroupNorm, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`conv(silu(norm(x)))` a frame at a time: no whole normalised copy of `x` is held."""
     scale, shift = group_norm_affine(norm, x)
-    return map_frames(lambda f: frame_conv(conv, normed_frame(f, scale, shift)), x)
+    conv_frame = per_frame(conv)
+    return map_frames(lambda f: conv_frame(normed_frame(f, scale, shift)), x)
 
 
 def normed_frame(frame: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -158,22 +177,11 @@ class SpatialConv(nn.Module):
         self.in_order, self.out_order = in_order, out_order
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight, bias = self.conv.weight, self.conv.bias
-        if self.in_order is not None:
-            weight = weight[:, self.in_order]
-        if self.out_order is not None:
-            weight = weight[self.out_order]
-            bias = None if bias is None else bias[self.out_order]
-        return weight, bias
-
-    def frame(self, frame: torch.Tensor) -> torch.Tensor:
-        """The conv on one frame `(B, C, H, W)`."""
-        weight, bias = self.weights()
-        return F.conv2d(F.pad(frame, (1, 1, 1, 1), mode="replicate"), weight, bias)
+        return ordered_weights(self.conv, self.in_order, self.out_order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if by_frame(x):
-            return map_frames(self.frame, x)
+            return map_frames(per_frame(self), x)
         weight, bias = self.weights()
         padded = F.pad(x, (1, 1, 1, 1, 0, 0), mode="replicate")
         return F.conv3d(padded, weight.unsqueeze(2), bias)
@@ -263,8 +271,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stage1(conv_layout(self.conv_in(depth_first_unshuffle(x, 2, 4))))
-        order = depth_first_order(h.shape[1], 2, 2)
-        h = F.conv3d(depth_first_unshuffle(h, 2, 2), self.down.weight[:, order], self.down.bias)
+        weight, bias = ordered_weights(self.down, in_order=depth_first_order(h.shape[1], 2, 2))
+        h = F.conv3d(depth_first_unshuffle(h, 2, 2), weight, bias)
         h = self.stage2(conv_layout(h))
         if by_frame(h):
             return norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
@@ -286,8 +294,7 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.stage2(conv_layout(self.conv_in(conv_layout(z))))
         order = depth_first_order(self.up.out_channels // 8, 2, 2)
-        bias = self.up.bias
-        h = F.conv3d(h, self.up.weight[order], None if bias is None else bias[order])
+        h = F.conv3d(h, *ordered_weights(self.up, out_order=order))
         h = self.stage1(conv_layout(depth_first_shuffle(h, 2, 2)))
         if by_frame(h):
             out = norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
