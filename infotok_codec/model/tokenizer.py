@@ -57,7 +57,7 @@ class TokenizerConfig:
     enc_blocks1: int = 2
     enc_blocks2: int = 2
     dec_blocks1: int = 3
-    dec_blocks2: int = 3
+    dec_blocks2: int = 6  # 3 until run 12 grew the decoder (MODEL.md)
     dim: int = 256  # transformer width
     enc_depth: int = 2
     dec_depth: int = 3
