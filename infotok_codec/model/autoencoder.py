@@ -100,7 +100,8 @@ def per_frame(conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         weight, bias = conv.weights()
         return lambda f: F.conv2d(F.pad(f, (1, 1, 1, 1), mode="replicate"), weight, bias)
     assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1)
-    return lambda f: F.conv2d(f, conv.weight[:, :, 0], conv.bias)
+    weight = conv.weight[:, :, 0]  # (C_out, C_in, 1, 1)
+    return lambda f: F.conv2d(f, weight, conv.bias)
 
 
 def ordered_weights(
@@ -172,7 +173,8 @@ class SpatialConv(nn.Module):
         out_order: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        # The padding mode serves the frame-by-frame path; the batched path pads alike by hand.
+        # What the module computes: this replicate-padded Conv2d on every frame. Both paths
+        # apply its (reordered) weights functionally and pad by hand.
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="replicate")
         self.in_order, self.out_order = in_order, out_order
 
