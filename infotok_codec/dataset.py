@@ -30,6 +30,7 @@ from infotok_codec.codec import (
     KEY_SECONDS,
     as_model,
     check_chunk_frames,
+    check_refine,
     encode_file,
     resolve_device,
 )
@@ -157,6 +158,7 @@ class EncodeSettings:
     chunk_frames: int
     audio: bool = True  # the sources' audio copied in (`encode --no-audio`: False)
     key_interval: float = KEY_SECONDS  # seconds between key chunks (`encode --key-interval`)
+    refine: int = 0  # steps of encoder-side refinement (`encode --refine`)
 
 
 class _Encoder:
@@ -196,6 +198,7 @@ class _Encoder:
                     chunk_frames=self.settings.chunk_frames,
                     audio=self.settings.audio,
                     key_interval=self.settings.key_interval,
+                    refine=self.settings.refine,
                     model=self.model,
                     device=self.device,
                     bf16=self.bf16,
@@ -249,6 +252,7 @@ def encode_dataset(
     threads: int | None = None,
     force: bool = False,
     audio: bool = True,
+    refine: int = 0,
     tick: Tick | None = None,
     shard: Shard | None = None,
 ) -> DatasetResult:
@@ -268,6 +272,7 @@ def encode_dataset(
     routing.check_budget(budget)
     check_coder(coder)
     check_chunk_frames(chunk_frames)
+    check_refine(refine)
     if not src.is_dir():
         raise InfotokError(f"{src}: not a folder")
     if dst.exists() and not dst.is_dir():
@@ -287,7 +292,7 @@ def encode_dataset(
     if chosen_threads is not None:
         torch.set_num_threads(chosen_threads)
     dst.mkdir(exist_ok=True)
-    settings = EncodeSettings(budget, router, coder, chunk_frames, audio, key_interval)
+    settings = EncodeSettings(budget, router, coder, chunk_frames, audio, key_interval, refine)
     encoder = _Encoder(src, dst, settings, loaded, device, bf16, force)
     claimed: dict[Path, Path] = {}
     owners = [claimed.setdefault(rel.with_suffix(STREAM_SUFFIX), rel) for rel in files]

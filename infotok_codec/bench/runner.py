@@ -28,7 +28,13 @@ from infotok_codec.bench import set_budget
 from infotok_codec.bench.classical import CODECS, encode_classical
 from infotok_codec.bench.quality import chunk_psnr, quality_rows
 from infotok_codec.bench.report import check_results_folder, summarise, write_outputs
-from infotok_codec.codec import Analysis, check_light_head, decode_file, resolve_device
+from infotok_codec.codec import (
+    Analysis,
+    check_light_head,
+    check_refine,
+    decode_file,
+    resolve_device,
+)
 from infotok_codec.errors import InfotokError
 from infotok_codec.media import VideoWriter, find_videos, probe, read_frames
 from infotok_codec.metrics import Scorer, check_metrics, default_metrics, judges
@@ -53,6 +59,7 @@ class BenchSettings:
     lpips_every: int = 1  # LPIPS on frames 0, k, 2k, ... (the network is the bench's costliest)
     device: str = "auto"
     bf16: bool | None = None  # the network in bf16 (None: where the device runs it natively)
+    refine: int = 0  # steps of encoder-side refinement in every encode (`encode --refine`)
     oracle: bool = False
     qualities: tuple[float, ...] = ()  # `--quality` targets in dB, with the first router
     # Also spend each budget over the whole set of clips (`global`, InfoTok's global ELBO).
@@ -68,6 +75,7 @@ class BenchSettings:
         for budget in self.budgets:
             routing.check_budget(budget)
         check_metrics(self.metrics)
+        check_refine(self.refine)
         if "psnr" not in self.metrics:
             raise InfotokError("metrics must include psnr (the BD-rates and summaries use it)")
         for q in self.qualities:
@@ -162,7 +170,9 @@ def bench_tokenizer(
         with (
             nullcontext(pass1)
             if pass1 is not None
-            else Analysis(source, model, device=settings.device, bf16=settings.bf16)
+            else Analysis(
+                source, model, device=settings.device, bf16=settings.bf16, refine=settings.refine
+            )
         ) as analysis:
             rows += _router_rows(clip, analysis, full_rate, score, settings, model, workdir, tick)
             if settings.oracle:
@@ -191,7 +201,13 @@ def bench_tokenizer(
                 tick(f"{clip} {set_budget.METHOD} {budget}")
     if "light" in settings.routers:
         with Analysis(
-            source, model, device=settings.device, bf16=settings.bf16, with_error=True, light=True
+            source,
+            model,
+            device=settings.device,
+            bf16=settings.bf16,
+            refine=settings.refine,
+            with_error=True,
+            light=True,
         ) as analysis:
             rows += _router_rows(clip, analysis, ["light"], score, settings, model, workdir, tick)
     return rows
@@ -428,7 +444,9 @@ def _set_allocation(
     for path in clips:
         _, source = prepare_source(path, settings, workdir, name=path.name)
         analyses[path.name] = held.enter_context(
-            Analysis(source, model, device=settings.device, bf16=settings.bf16)
+            Analysis(
+                source, model, device=settings.device, bf16=settings.bf16, refine=settings.refine
+            )
         )
     chunks = {
         name: ([c.positions for c in a.chunks], [c.mean_error for c in a.chunks])

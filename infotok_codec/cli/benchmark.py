@@ -84,6 +84,9 @@ def bench(
             "InfoTok's global allocation).",
         ),
     ] = False,
+    refine: Annotated[
+        int, typer.Option(help="Steps of encoder-side refinement in every encode (0: off).")
+    ] = 0,
     model: ModelOption = None,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
@@ -117,6 +120,7 @@ def bench(
         lpips_every=lpips_every,
         device=device,
         bf16=bf16,
+        refine=refine,
         oracle=oracle,
         qualities=_floats(qualities, "--qualities") if qualities else (),
         set_budget=set_budget,

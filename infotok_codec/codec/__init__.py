@@ -22,17 +22,20 @@ from infotok_codec.codec.encode import (
     key_interval_chunks,
 )
 from infotok_codec.codec.engine import (
+    MAX_REFINE,
     ChunkModel,
     Progress,
     as_model,
     check_chunk_frames,
     check_light_head,
+    check_refine,
     resolve_device,
     tiles,
 )
 
 __all__ = [
     "KEY_SECONDS",
+    "MAX_REFINE",
     "Analysis",
     "ChunkModel",
     "CountFeedback",
@@ -43,6 +46,7 @@ __all__ = [
     "check_chunk_frames",
     "check_light_head",
     "check_model_matches",
+    "check_refine",
     "decode_file",
     "encode_file",
     "iter_tokens",

@@ -44,6 +44,7 @@ from infotok_codec.codec.engine import (
     as_model,
     check_chunk_frames,
     check_light_head,
+    check_refine,
 )
 from infotok_codec.errors import InfotokError
 from infotok_codec.media import probe, read_frames, read_source_audio
@@ -105,6 +106,7 @@ class EncodeResult:
     unreachable_chunks: int = 0  # mode quality: chunks below the target even at full rate
     warning: str | None = None  # a size or bitrate target out of reach, and what was written
     precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
+    refine: int = 0  # steps of encoder-side refinement per chunk (`infotok_codec.model.refine`)
 
 
 def encode_file(
@@ -122,6 +124,7 @@ def encode_file(
     bf16: bool | None = None,
     force: bool = False,
     audio: bool = True,
+    refine: int = 0,
     progress: Progress | None = None,
 ) -> EncodeResult:
     """Encode a video file into an `.itok` file: at `budget` of the full-rate token count, or
@@ -129,13 +132,16 @@ def encode_file(
     most one; neither is budget 0.8. Key chunks come every `key_interval` seconds
     (`key_interval_chunks`); with `audio`, the source's audio streams are copied in as they are
     (`infotok_codec.bitstream.audio`). `bf16`: the network under bf16 autocast (None: where the
-    device runs it natively; `infotok_codec.model.precision`)."""
+    device runs it natively; `infotok_codec.model.precision`). `refine`: steps of encoder-side
+    search of every chunk's codes against the decoder (`infotok_codec.model.refine`; 0: none),
+    in every mode, so rate control measures and spends the refined tokens."""
     if budget is not None and rate is not None:
         raise InfotokError("give a budget or a rate, not both")
     rate = rate or choose_rate(budget=budget)
     routing.check_router(router)
     check_coder(coder)
     check_key_interval(key_interval)
+    check_refine(refine)
     check_output(Path(dst), force)
     with_error = rate_control.needs_error_map(router, rate)
     with Analysis(
@@ -148,6 +154,7 @@ def encode_file(
         progress,
         light=router == "light",
         bf16=bf16,
+        refine=refine,
     ) as pass1:
         return rate_control.write(
             pass1,
@@ -199,12 +206,14 @@ class Analysis(Closing):
         progress: Progress | None = None,
         light: bool = False,
         bf16: bool | None = None,
+        refine: int = 0,
     ) -> None:
         check_chunk_frames(chunk_frames)
+        check_refine(refine)
         self.src = Path(src)
         self.info = probe(self.src)
         self.loaded = as_model(model)
-        self.engine = ChunkModel(self.loaded, device, bf16)
+        self.engine = ChunkModel(self.loaded, device, bf16, refine)
         self.chunk_frames = chunk_frames
         self.progress = progress
         self.light = light
@@ -410,4 +419,5 @@ class Analysis(Closing):
             seconds={"analyse": self.seconds, "route": route_s, "write": write_s},
             rate=header.rate,
             precision=self.engine.precision,
+            refine=self.engine.refine,
         )

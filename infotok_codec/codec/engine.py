@@ -26,6 +26,7 @@ from infotok_codec.model import (
     autocast,
     latent_shape,
     load_model,
+    refine_indices,
     use_bf16,
 )
 
@@ -37,8 +38,12 @@ Progress = Callable[[str, int, int], None]
 class ChunkModel:
     """A loaded tokenizer on a device, working on uint8 frames `(n, H, W, 3)`."""
 
-    def __init__(self, model: LoadedModel, device: str = "auto", bf16: bool | None = None) -> None:
+    def __init__(
+        self, model: LoadedModel, device: str = "auto", bf16: bool | None = None, refine: int = 0
+    ) -> None:
+        check_refine(refine)
         self.model = model
+        self.refine = refine  # steps of encoder-side refinement for every `tokens` (model.refine)
         self.device = resolve_device(device)
         self.bf16 = use_bf16(bf16, self.device)  # None: where the device runs it natively
         self.tokenizer = model.tokenizer.to(self.device).eval()
@@ -81,15 +86,20 @@ class ChunkModel:
             mask = None
             if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
                 mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
+            feats = None
+            if features is not None:
+                feats = torch.from_numpy(np.ascontiguousarray(features[:, ly0:ly1, lx0:lx1]))
+                if feats.dtype == torch.int16:  # bf16 bits, as the conv encoder made them
+                    feats = feats.view(torch.bfloat16)
+                feats = feats.to(self.device).permute(3, 0, 1, 2)[None]  # channels-last view
             with self._autocast():
-                if features is None:
+                if self.refine:
+                    video = self._video(frames[:, y0:y1, x0:x1])
+                    idx = refine_indices(self.tokenizer, video, self.refine, mask, feats)
+                elif feats is None:
                     idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
-                    tile = torch.from_numpy(np.ascontiguousarray(features[:, ly0:ly1, lx0:lx1]))
-                    if tile.dtype == torch.int16:  # bf16 bits, as the conv encoder made them
-                        tile = tile.view(torch.bfloat16)
-                    tile = tile.to(self.device).permute(3, 0, 1, 2)[None]  # channels-last view
-                    idx = self.tokenizer.encode_features(tile, mask)
+                    idx = self.tokenizer.encode_features(feats, mask)
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
 
@@ -149,6 +159,8 @@ class ChunkModel:
         return out
 
 
+MAX_REFINE = 200
+"""Refinement steps at most: the gain has levelled off long before (`model.refine`)."""
 TILE = 512  # pixels; a multiple of the compressor's 64-pixel window, so windows never straddle
 TILE_ABOVE = 1024 * 1024  # frames of more pixels than this are coded in tiles
 
@@ -182,6 +194,11 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InfotokError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+def check_refine(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_REFINE:
+        raise InfotokError(f"refine steps {steps!r} outside 0..{MAX_REFINE}")
 
 
 def check_chunk_frames(chunk_frames: int) -> None:

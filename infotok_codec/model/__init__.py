@@ -1,5 +1,6 @@
-"""The network and its file: conv autoencoder, compressor, FSQ, the light router's head, and the
-safetensors model file that carries their weights, config, coder tables and head.
+"""The network and its file: conv autoencoder, compressor, FSQ, the light router's head,
+encoder-side refinement of the codes against the decoder, and the safetensors model file that
+carries their weights, config, coder tables and head.
 
 Nothing here imports the stream format or its coders: the coder tables travel in the model file
 as JSON text (`LoadedModel.tables_json`), parsed only where tokens are coded.
@@ -8,6 +9,7 @@ as JSON text (`LoadedModel.tables_json`), parsed only where tokens are coded.
 from infotok_codec.model.averaging import WeightAverage
 from infotok_codec.model.fsq import FSQ
 from infotok_codec.model.precision import autocast, use_bf16
+from infotok_codec.model.refine import refine_indices
 from infotok_codec.model.tokenizer import (
     SPACE_FACTOR,
     LoadedModel,
@@ -31,6 +33,7 @@ __all__ = [
     "latent_shape",
     "load_model",
     "read_model_metadata",
+    "refine_indices",
     "replace_tables",
     "save_model",
     "use_bf16",

@@ -2,10 +2,10 @@
 
 bf16 halves the bytes every activation moves and, on CPUs with AVX512-BF16 (or AMX) and on CUDA,
 doubles the matmul and convolution rate. Autocast keeps the norms and reductions in float32, and
-the tokenizer quantizes in float32 (`Tokenizer.codes_from_features`), so only the network's
-activations are rounded. The stream is exact either way: its indices are integers and the coder
-is integer arithmetic; what bf16 changes is which indices an encode picks and the pixels a decode
-writes (`benchmarks/tokenizer_quality.py --precision` and `benchmarks/speed_large.py
+the tokenizer projects to codes and quantizes in float32 (`Tokenizer.code_inputs`), so only the
+network's activations are rounded. The stream is exact either way: its indices are integers and
+the coder is integer arithmetic; what bf16 changes is which indices an encode picks and the
+pixels a decode writes (`benchmarks/tokenizer_quality.py --precision` and `benchmarks/speed_large.py
 --precision` measure both).
 """
 

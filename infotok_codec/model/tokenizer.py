@@ -177,14 +177,19 @@ class Tokenizer(nn.Module):
     ) -> torch.Tensor:
         """Conv features `(B, dim, T', h, w)` → FSQ codes `(B, T', h, w, D)`, as
         `quantized_codes`: the compressor half, for callers that kept the features."""
+        return self.fsq(self.code_inputs(features, keep))
+
+    def code_inputs(self, features: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Conv features → the FSQ's input `(B, T', h, w, D)` float32, before bounding and
+        rounding (what encoder-side refinement searches over)."""
         if keep is not None:
             dropped = (~keep).unsqueeze(1).to(features.dtype)
             features = features + dropped * self.will_drop.to(features.dtype)[:, None, None, None]
         features = self.compressor(features).permute(0, 2, 3, 4, 1)
-        # Quantized in float32 even under autocast: bf16 holds 8 significant bits, so rounding
+        # Projected in float32 even under autocast: bf16 holds 8 significant bits, so rounding
         # its projection to the FSQ grid would move codes that sit near a level boundary.
         with float32(features.device):
-            return self.fsq(self.to_code(features.float()))
+            return self.to_code(features.float())
 
     def decode_codes(
         self, codes: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
