@@ -59,6 +59,21 @@ def test_refinement_never_decodes_further_than_the_encoders_codes(tiny_model: Pa
         refine_indices(tokenizer, video, 0)
 
 
+def test_codes_are_chosen_at_their_price_in_bits(tiny_model: Path) -> None:
+    tokenizer = load_model(tiny_model).tokenizer
+    video = torch.from_numpy(pattern(8, 32, 48)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    own = tokenizer.encode(video)
+    free = refine_indices(tokenizer, video, 4)
+    assert not torch.equal(free, own)  # the search moved codes (else this test shows nothing)
+    # Bits that do not change: the lowest error wins, as without a count.
+    assert torch.equal(refine_indices(tokenizer, video, 4, bits=lambda idx: 1000.0), free)
+    # Any change priced out of reach: the encoder's own codes.
+    dear = refine_indices(
+        tokenizer, video, 4, bits=lambda idx: 1e3 + 1e9 * float((idx != own).sum())
+    )
+    assert torch.equal(dear, own)
+
+
 def test_a_refined_stream_is_an_ordinary_stream(clip, tiny_model: Path, tmp_path: Path) -> None:
     src = clip(frames=20)
     run = infotok(

@@ -19,6 +19,7 @@ from infotok_codec.bitstream import (
     FrequencyTables,
     KeyPrior,
 )
+from infotok_codec.bitstream.context_coder import encode_tokens
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import (
     SPACE_FACTOR,
@@ -95,13 +96,31 @@ class ChunkModel:
             with self._autocast():
                 if self.refine:
                     video = self._video(frames[:, y0:y1, x0:x1])
-                    idx = refine_indices(self.tokenizer, video, self.refine, mask, feats)
+                    tile_keep = (
+                        keep[:, ly0:ly1, lx0:lx1]
+                        if keep is not None
+                        else np.ones((indices.shape[0], ly1 - ly0, lx1 - lx0), dtype=bool)
+                    )
+                    idx = refine_indices(
+                        self.tokenizer, video, self.refine, mask, feats, self._bits(tile_keep)
+                    )
                 elif feats is None:
                     idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
                     idx = self.tokenizer.encode_features(feats, mask)
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
+
+    def _bits(self, keep: np.ndarray) -> Callable[[torch.Tensor], float]:
+        """What a tile's indices `(1, T', h, w)` cost under `keep`, coded by the context coder
+        as a key chunk: refinement's measure of the bits its codes add (the chunk's real coder
+        and chain may differ; it needs the change, not the count)."""
+
+        def bits(indices: torch.Tensor) -> float:
+            kept = indices[0].cpu().numpy()[keep]
+            return 8.0 * len(encode_tokens(kept, keep, self.tables, None)[0])
+
+        return bits
 
     @torch.no_grad()
     def light_error_map(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
