@@ -79,7 +79,8 @@ class ChunkModel:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
         (indices at dropped positions are meaningless). `features` `(T', h, w, dim)`, the conv
         encoder's output for these frames as `light_error_map` keeps it (float32, or bf16 bits
-        as int16), skips the conv encoder."""
+        as int16), skips the conv encoder. With `refine` steps, each tile's codes are then
+        searched against the decoder, tile by tile as `frames` decodes them (`model.refine`)."""
         n, height, width = frames.shape[:3]
         indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
         for y0, y1, x0, x1 in tiles(height, width):
