@@ -168,11 +168,7 @@ def bench_tokenizer(
     full_rate = [r for r in settings.routers if r != "light"]
     if full_rate or settings.oracle or settings.qualities or global_counts:
         with (
-            nullcontext(pass1)
-            if pass1 is not None
-            else Analysis(
-                source, model, device=settings.device, bf16=settings.bf16, refine=settings.refine
-            )
+            nullcontext(pass1) if pass1 is not None else _analysis(source, model, settings)
         ) as analysis:
             rows += _router_rows(clip, analysis, full_rate, score, settings, model, workdir, tick)
             if settings.oracle:
@@ -200,17 +196,24 @@ def bench_tokenizer(
                 )
                 tick(f"{clip} {set_budget.METHOD} {budget}")
     if "light" in settings.routers:
-        with Analysis(
-            source,
-            model,
-            device=settings.device,
-            bf16=settings.bf16,
-            refine=settings.refine,
-            with_error=True,
-            light=True,
-        ) as analysis:
+        with _analysis(source, model, settings, light=True) as analysis:
             rows += _router_rows(clip, analysis, ["light"], score, settings, model, workdir, tick)
     return rows
+
+
+def _analysis(
+    source: Path, model: LoadedModel, settings: BenchSettings, light: bool = False
+) -> Analysis:
+    """Pass 1 of `source` with the bench's device, precision and refinement: full-rate error
+    maps, or with `light` the `light` router's (and the conv features)."""
+    return Analysis(
+        source,
+        model,
+        device=settings.device,
+        bf16=settings.bf16,
+        refine=settings.refine,
+        light=light,
+    )
 
 
 def _router_rows(
@@ -443,11 +446,7 @@ def _set_allocation(
     analyses: dict[str, Analysis] = {}
     for path in clips:
         _, source = prepare_source(path, settings, workdir, name=path.name)
-        analyses[path.name] = held.enter_context(
-            Analysis(
-                source, model, device=settings.device, bf16=settings.bf16, refine=settings.refine
-            )
-        )
+        analyses[path.name] = held.enter_context(_analysis(source, model, settings))
     chunks = {
         name: ([c.positions for c in a.chunks], [c.mean_error for c in a.chunks])
         for name, a in analyses.items()

@@ -103,7 +103,7 @@ def encode(
     across ranks under torchrun) and write OUT/manifest.json.
     """
     from infotok_codec.bitstream import CODERS
-    from infotok_codec.codec import MAX_REFINE, encode_file
+    from infotok_codec.codec import check_refine, encode_file
     from infotok_codec.rate import choose_rate, parse_quantity
     from infotok_codec.routing import ROUTERS
 
@@ -122,8 +122,10 @@ def encode(
         raise typer.BadParameter(f"--coder {coder!r}: choose one of {', '.join(CODERS)}")
     if not 0.0 <= key_interval <= 3600.0:
         raise typer.BadParameter(f"--key-interval {key_interval} outside [0, 3600] seconds")
-    if not 0 <= refine <= MAX_REFINE:
-        raise typer.BadParameter(f"--refine {refine} outside 0..{MAX_REFINE} steps")
+    try:
+        check_refine(refine)
+    except InfotokError as exc:
+        raise typer.BadParameter(f"--refine: {exc}") from None
     set_threads(threads)
     if src.is_dir() and dst.suffix.lower() != ".itok":
         if rate.mode != "budget":

@@ -22,7 +22,6 @@ from infotok_codec.codec.encode import (
     key_interval_chunks,
 )
 from infotok_codec.codec.engine import (
-    MAX_REFINE,
     ChunkModel,
     Progress,
     as_model,
@@ -35,7 +34,6 @@ from infotok_codec.codec.engine import (
 
 __all__ = [
     "KEY_SECONDS",
-    "MAX_REFINE",
     "Analysis",
     "ChunkModel",
     "CountFeedback",
