@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import infotok_codec.model.refine as refinement
 from infotok_codec.codec import Analysis, ChunkModel, decode_file, encode_file
 from infotok_codec.inspect import file_info
 from infotok_codec.media import read_frames
@@ -57,6 +58,30 @@ def test_refinement_never_decodes_further_than_the_encoders_codes(tiny_model: Pa
     assert all(p.requires_grad for p in tokenizer.parameters())  # left as it found them
     with pytest.raises(ValueError, match="at least 1"):
         refine_indices(tokenizer, video, 0)
+
+
+@pytest.mark.skipif(not DEV.is_dir(), reason="needs ../shared/data/dev")
+def test_recomputing_activations_changes_no_gradient_and_no_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large tiles recompute the decoder's activations in the backward pass (less memory): the
+    gradients and the refined tokens are those of the held activations."""
+    tokenizer = load_model().tokenizer
+    frames = dev_window(size=64)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        start = tokenizer.code_inputs(tokenizer.features(video))
+    grads = []
+    for recompute in (False, True):
+        inputs = start.clone().requires_grad_(True)
+        recon = tokenizer.decode_codes(tokenizer.fsq(inputs), None, (16, 64, 64), recompute)
+        (grad,) = torch.autograd.grad((recon - video).square().mean(), inputs)
+        grads.append(grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-9)
+    held = refine_indices(tokenizer, video, 3)
+    monkeypatch.setattr(refinement, "RECOMPUTE_ABOVE", 1)
+    assert torch.equal(refine_indices(tokenizer, video, 3), held)
 
 
 def test_codes_are_chosen_at_their_price_in_bits(tiny_model: Path) -> None:

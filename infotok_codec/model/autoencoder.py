@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def depth_first_unshuffle(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
@@ -259,6 +260,16 @@ class ResBlock(nn.Module):
         return x
 
 
+def run_blocks(blocks: nn.Sequential, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """`blocks(x)`; with `recompute`, each block is checkpointed: its input is held and its
+    inner activations are recomputed in the backward pass."""
+    if not recompute:
+        return blocks(x)
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
+
+
 class ConvEncoder(nn.Module):
     """`(B, 3, T, H, W)` in [-1, 1] → `(B, out_channels, T/4, H/8, W/8)`."""
 
@@ -293,11 +304,13 @@ class ConvDecoder(nn.Module):
         self.norm_out = nn.GroupNorm(8, c1)
         self.conv_out = SpatialConv(c1, 3 * 2 * 4 * 4, out_order=depth_first_order(3, 2, 4))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.stage2(conv_layout(self.conv_in(conv_layout(z))))
+    def forward(self, z: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """With `recompute` (under autograd), each residual block's activations are recomputed
+        in the backward pass rather than held (`torch.utils.checkpoint`)."""
+        h = run_blocks(self.stage2, conv_layout(self.conv_in(conv_layout(z))), recompute)
         order = depth_first_order(self.up.out_channels // 8, 2, 2)
         h = F.conv3d(h, *ordered_weights(self.up, out_order=order))
-        h = self.stage1(conv_layout(depth_first_shuffle(h, 2, 2)))
+        h = run_blocks(self.stage1, conv_layout(depth_first_shuffle(h, 2, 2)), recompute)
         if by_frame(h):
             out = norm_silu_conv_by_frame(self.norm_out, self.conv_out, h)
         else:

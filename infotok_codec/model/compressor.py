@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 WINDOW_GROUP = 16  # windows per pass through the blocks (a 512×512 tile has 64)
 
@@ -61,7 +62,9 @@ class WindowTransformer(nn.Module):
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """With `recompute` (under autograd), each block's activations are recomputed in the
+        backward pass rather than held (`torch.utils.checkpoint`)."""
         b, d, t, h, w = x.shape
         win = self.window
         ph, pw = -h % win, -w % win
@@ -86,7 +89,10 @@ class WindowTransformer(nn.Module):
         for first in range(0, seq.shape[0], WINDOW_GROUP):
             part, part_mask = seq[first : first + WINDOW_GROUP], mask[first : first + WINDOW_GROUP]
             for block in self.blocks:
-                part = block(part, part_mask)
+                if recompute:
+                    part = checkpoint(block, part, part_mask, use_reentrant=False)
+                else:
+                    part = block(part, part_mask)
             parts.append(self.norm(part))
         seq = torch.cat(parts) if len(parts) > 1 else parts[0]
         # (B, d, t, h, w) as a view of (B, t, h, w, d): the decoder copies it into its layout.

@@ -41,6 +41,12 @@ STEP_SIZE = 0.01
 """Each step moves the FSQ input by this times the gradient over its root mean square."""
 SHRINK = 0.003
 """The soft threshold towards the encoder's input after each step (FSQ input units)."""
+RECOMPUTE_ABOVE = 1 << 23
+"""Clips of at least this many values (3 × T × H × W: a 512×512×16 tile has 12.6M, a 256×256
+chunk of 16 frames 3.1M) recompute the decoder's activations in the backward pass rather than
+hold them. On a 512×512×16 tile, bf16, 2 threads, two steps (`benchmarks/refine_memory.py`):
+peak memory 3,344 → 1,670 MiB, the same indices, 24.6 → 28.4 s on a loaded machine. On
+256×256 chunks, where memory is no concern, it cost 30–75% a step, so they hold theirs."""
 PRICE_DB_PER_PERCENT = 0.03
 """With a way to count bits, a step's codes are chosen only if they buy at least this many dB
 for each 1% of bits they add over the encoder's codes: about the slope of the budget curve
@@ -70,6 +76,7 @@ def refine_indices(
         )
     fsq = tokenizer.fsq
     size = tuple(video.shape[2:])
+    recompute = video[0].numel() >= RECOMPUTE_ABOVE
     kept = None if keep is None else keep.unsqueeze(-1).to(start.dtype)
     target = video.float()
     inputs = start.clone().requires_grad_(True)
@@ -84,7 +91,7 @@ def refine_indices(
                 codes = fsq(inputs)
                 if kept is not None:
                     codes = codes * kept
-                recon = tokenizer.decode_codes(codes, keep, size)  # type: ignore[arg-type]
+                recon = tokenizer.decode_codes(codes, keep, size, recompute)  # type: ignore[arg-type]
                 error = (recon.float().clamp(-1, 1) - target).square().mean()
                 cost = 10 * math.log10(max(error.item(), 1e-12))  # −PSNR, up to a constant
                 if bits is not None:

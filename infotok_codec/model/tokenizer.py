@@ -192,13 +192,20 @@ class Tokenizer(nn.Module):
             return self.to_code(features.float())
 
     def decode_codes(
-        self, codes: torch.Tensor, keep: torch.Tensor | None, size: tuple[int, int, int]
+        self,
+        codes: torch.Tensor,
+        keep: torch.Tensor | None,
+        size: tuple[int, int, int],
+        recompute: bool = False,
     ) -> torch.Tensor:
-        """FSQ codes `(B, T', h, w, D)` + keep-mask → video `(B, 3, T, H, W)` cropped to `size`."""
+        """FSQ codes `(B, T', h, w, D)` + keep-mask → video `(B, 3, T, H, W)` cropped to `size`.
+        `recompute`: under autograd, hold each block's input only and recompute the rest in
+        the backward pass (less memory, one more forward pass)."""
         x = self.from_code(codes)
         if keep is not None:
             x = torch.where(keep.unsqueeze(-1), x, self.dropped.to(x.dtype))
-        y = self.decoder(self.decompressor(x.permute(0, 4, 1, 2, 3)))
+        y = self.decompressor(x.permute(0, 4, 1, 2, 3), recompute)
+        y = self.decoder(y, recompute)
         t, h, w = size
         return y[:, :, :t, :h, :w]
 
