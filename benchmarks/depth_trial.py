@@ -13,7 +13,7 @@ The gate (the issue): build depth into the codec only if depth D leads depth 1 b
 on validation and is still rising. The trial code stays out of the package until then.
 
 Run: ``python benchmarks/depth_trial.py ../shared/data/train --init
-infotok_codec/models/infotok-s.safetensors --out runs/depth --minutes 150 --threads 1``;
+infotok_codec/models/infotok-s.safetensors.zst --out runs/depth --minutes 150 --threads 1``;
 ``--resume`` continues `OUT/trial.ckpt.pt`. Writes `OUT/history.json` (one row per check) and
 `OUT/history.png`.
 This script runs on the CPU; `gpu_campaign.py train --depth` runs the same trial on a GPU with

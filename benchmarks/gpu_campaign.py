@@ -30,11 +30,11 @@ On the device (the command, within its 2,000 characters; `carry`: gpu_data and .
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && \
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_campaign.py train gpu_data \
-        --init infotok_codec/models/infotok-s.safetensors --minutes 8 --out $OUT
+        --init infotok_codec/models/infotok-s.safetensors.zst --minutes 8 --out $OUT
 
 Here: ``python benchmarks/gpu_campaign.py prepare ../shared/data/train`` before, and
 ``python benchmarks/gpu_campaign.py assemble /work/.device/... --init
-infotok_codec/models/infotok-s.safetensors --out runs/gpu/model.safetensors`` after.
+infotok_codec/models/infotok-s.safetensors.zst --out runs/gpu/model.safetensors`` after.
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ from infotok_codec.bitstream import (
     side_writer,
 )
 from infotok_codec.bitstream.context_coder import fit_key_prior
-from infotok_codec.errors import FormatError
+from infotok_codec.errors import FormatError, ModelError
+from infotok_codec.model import load_model
+from infotok_codec.model.tokenizer import PACKED_MAGIC, pack_model
 from infotok_codec.routing.router import lattice_then_error
 
 LEVELS = (8, 8, 8, 5, 5, 5)
@@ -458,3 +460,32 @@ def test_damaged_audio_records_raise_format_error_and_nothing_else(tmp_path: Pat
         assert time.perf_counter() - start < 1.0, what
     # The audio checks behind the CRCs are reached, not only the checksums.
     assert outcomes["audio"] > 500
+
+
+def test_damaged_packed_models_raise_model_error_and_nothing_else(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Packed model files (`pack_model`: the shipped model's form), truncated, bit-flipped and
+    overwritten, are refused with a ModelError, never another exception."""
+    packed = tmp_path / "tiny.safetensors.zst"
+    pack_model(tiny_model, packed)
+    data = packed.read_bytes()
+    rng = np.random.default_rng(SEED)
+    cases = [data[:cut] for cut in sorted(set(rng.integers(0, len(data), 40).tolist()))]
+    for _ in range(80):
+        damaged = bytearray(data)
+        for at in rng.integers(0, len(data), int(rng.integers(1, 4))):
+            damaged[at] ^= 1 << int(rng.integers(0, 8))
+        cases.append(bytes(damaged))
+    cases.append(PACKED_MAGIC + bytes(64))
+    target = tmp_path / "damaged.safetensors.zst"
+    refused = 0
+    for damaged in cases:
+        target.write_bytes(damaged)
+        try:
+            load_model(target)
+        except ModelError:
+            refused += 1
+        except Exception as e:
+            raise AssertionError(f"{type(e).__name__}: {e}") from e
+    assert refused == len(cases)  # the frame carries a checksum: no damage loads

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from infotok_codec import ModelError
+from infotok_codec import InfotokError, ModelError
 from infotok_codec.model import FSQ, Tokenizer, TokenizerConfig, compressor, load_model
 from infotok_codec.model.autoencoder import (
     BY_FRAME_ABOVE,
@@ -22,6 +22,12 @@ from infotok_codec.model.autoencoder import (
     depth_first_unshuffle,
 )
 from infotok_codec.model.compressor import WindowTransformer
+from infotok_codec.model.tokenizer import (
+    DEFAULT_MODEL_PATH,
+    PACKED_MAGIC,
+    pack_model,
+    read_model_metadata,
+)
 
 from helpers import TINY
 
@@ -212,3 +218,23 @@ def test_depth_first_shuffles_are_the_trained_order_permuted_and_invert() -> Non
         depth_first = depth_first_unshuffle(x.clone(memory_format=layout), 2, 4)
         assert torch.equal(depth_first, trained[:, depth_first_order(c, 2, 4)])
         assert torch.equal(depth_first_shuffle(depth_first, 2, 4), x)
+
+
+def test_a_packed_model_loads_as_its_safetensors_file_with_the_same_hash(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    packed = tmp_path / "tiny.safetensors.zst"
+    pack_model(tiny_model, packed)
+    assert packed.read_bytes()[:4] == PACKED_MAGIC
+    plain, again = load_model(tiny_model), load_model(packed)
+    assert again.sha256 == plain.sha256 and again.tables_json == plain.tables_json
+    for name, tensor in plain.tokenizer.state_dict().items():
+        assert torch.equal(again.tokenizer.state_dict()[name], tensor), name
+    assert read_model_metadata(packed) == read_model_metadata(tiny_model)
+    with pytest.raises(InfotokError, match="exists"):
+        pack_model(tiny_model, packed)
+
+
+def test_the_shipped_model_is_packed_and_under_25_mb() -> None:
+    assert DEFAULT_MODEL_PATH.read_bytes()[:4] == PACKED_MAGIC
+    assert DEFAULT_MODEL_PATH.stat().st_size < 25_000_000

@@ -8,12 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model.light_router import split_head
-from infotok_codec.model.tokenizer import Tokenizer, TokenizerConfig, read_model_metadata
+from infotok_codec.model.tokenizer import Tokenizer, TokenizerConfig, read_model_file
 from infotok_codec.training.options import GROWABLE
 
 
@@ -26,11 +24,10 @@ def init_weights(model: Tokenizer, path: Path) -> list[str]:
     exactly as the file's. Tensors the file lacks (added since it was written) keep their
     initialisation too, and every tensor it has must fit.
     """
-    metadata, _ = read_model_metadata(path)
+    tensors, metadata, _ = read_model_file(path)
     try:
-        tensors = load_file(str(path))
         saved = TokenizerConfig.from_json(metadata.get("config", ""))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except ValueError as exc:
         raise InfotokError(f"{path}: not a safetensors model ({exc})") from None
     if not _grows(saved, model.config):
         raise InfotokError(f"{path}: its model config differs from the one being trained")
