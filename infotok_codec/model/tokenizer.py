@@ -376,8 +376,7 @@ def _read_model(
         raise ModelError(f"{path}: model file not found")
     data = _safetensors_bytes(path)
     try:
-        (length,) = struct.unpack_from("<Q", data)
-        header = json.loads(data[8 : 8 + length])
+        header = json.loads(data[8 : _weights_offset(data)])
         metadata = dict(header.get("__metadata__") or {})
         weights = load(data) if tensors else {}
     except (SafetensorError, struct.error, ValueError, AttributeError, TypeError) as exc:
@@ -404,14 +403,19 @@ def _safetensors_bytes(path: Path) -> bytes:
         raise ModelError(f"{path}: damaged packed model ({exc})") from None
     if len(packed) > MAX_MODEL_BYTES or len(packed) < 8:
         raise ModelError(f"{path}: damaged packed model ({len(packed)} bytes unpacked)")
-    (length,) = struct.unpack_from("<Q", packed)
-    body = np.frombuffer(packed, dtype=np.uint8, offset=min(8 + length, len(packed)))
-    if 8 + length > len(packed) or len(body) % 2:
+    start = _weights_offset(packed)
+    if start > len(packed) or (len(packed) - start) % 2:
         raise ModelError(f"{path}: damaged packed model (its planes do not fit)")
-    half = len(body) // 2
+    body = np.frombuffer(packed, dtype=np.uint8, offset=start)
     planes = np.empty_like(body)
-    planes[0::2], planes[1::2] = body[:half], body[half:]
-    return packed[: 8 + length] + planes.tobytes()
+    planes[0::2], planes[1::2] = np.split(body, 2)
+    return packed[:start] + planes.tobytes()
+
+
+def _weights_offset(data: bytes) -> int:
+    """Where a safetensors file's weights start: after its 8-byte header length and header."""
+    (length,) = struct.unpack_from("<Q", data)
+    return 8 + length
 
 
 def pack_model(src: str | Path, dst: str | Path, *, force: bool = False) -> None:
@@ -422,12 +426,13 @@ def pack_model(src: str | Path, dst: str | Path, *, force: bool = False) -> None
     one (the repository takes no file of 25 MB or more)."""
     src, dst = Path(src), Path(dst)
     check_output(dst, force)
+    read_model_metadata(src)  # a model file, or a one-line ModelError
     data = _safetensors_bytes(src)
-    (length,) = struct.unpack_from("<Q", data)
-    body = np.frombuffer(data, dtype=np.uint8, offset=8 + length)
+    start = _weights_offset(data)
+    body = np.frombuffer(data, dtype=np.uint8, offset=start)
     if len(body) % 2:
         raise ModelError(f"{src}: weights of odd byte length cannot be packed")
-    packed = data[: 8 + length] + body[0::2].tobytes() + body[1::2].tobytes()
+    packed = data[:start] + body[0::2].tobytes() + body[1::2].tobytes()
     with atomic_file(dst) as tmp:
         tmp.write_bytes(zstandard.ZstdCompressor(level=19, write_checksum=True).compress(packed))
 
