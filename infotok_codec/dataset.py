@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from infotok_codec.codec import (
     check_chunk_frames,
     check_refine,
     encode_file,
+    key_interval_chunks,
     resolve_device,
 )
 from infotok_codec.errors import FormatError, InfotokError, VideoError
@@ -222,12 +224,19 @@ class _Encoder:
         except FormatError as exc:
             raise InfotokError(f"exists but is damaged ({exc}); --force re-encodes") from None
         wanted = self.settings
+        fps, chunk, coder = Fraction(h.fps_num, h.fps_den), wanted.chunk_frames, wanted.coder
         found = {
             "model": (h.model_hash.hex()[:12], self.model.sha256.hex()[:12]),
             "router": (h.router, wanted.router),
             "budget": (h.budget, wanted.budget),
             "coder": (h.coder, wanted.coder),
             "chunk_frames": (h.chunk_frames, wanted.chunk_frames),
+            "key_interval": (
+                h.key_interval,
+                key_interval_chunks(wanted.key_interval, fps, chunk, coder),
+            ),
+            # Files before version 6 did not record it, and --force is how to be sure.
+            "refine": ("unrecorded" if h.refine is None else h.refine, wanted.refine),
         }
         differ = [f"{k} {old} (not {new})" for k, (old, new) in found.items() if old != new]
         if differ:

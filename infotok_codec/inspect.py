@@ -53,6 +53,7 @@ class FileInfo:
     budget: float
     rate_mode: str  # what the encode was asked for: budget, quality, bitrate or size
     rate_target: float  # the budget, dB, bits per second or bytes
+    refine: int | None  # the encoder's refinement steps (None: a file before version 6)
     lattice_share: int  # 256ths of each mask's kept positions on the spread-order lattice
     coder: str
     fsq_levels: list[int]
@@ -116,6 +117,7 @@ def file_info(path: str | Path) -> FileInfo:
         budget=h.budget,
         rate_mode=h.rate.mode,
         rate_target=h.rate.target,
+        refine=h.refine,
         lattice_share=h.lattice_share,
         coder=h.coder,
         fsq_levels=list(h.fsq_levels),

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from infotok_codec.bitstream import ContainerReader, FrequencyTables
+from infotok_codec.bitstream import VERSION, ContainerReader, FrequencyTables
 from infotok_codec.bitstream.context_state import KeyPrior
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.model import load_model
@@ -64,7 +64,7 @@ def test_a_stream_coded_from_the_key_prior_round_trips(fitted: Path, tmp_path: P
     out = tmp_path / "o.itok"
     encode_file(src, out, budget=0.6, model=fitted)
     with ContainerReader(out) as reader:
-        assert reader.version == 5 and reader.header.coder == "context"
+        assert reader.version == VERSION and reader.header.coder == "context"
     # Tokens read back equal the tokens the decoder turns into pixels, frame for frame.
     video = tmp_path / "r.mkv"
     decode_file(out, video, model=fitted)

@@ -323,7 +323,7 @@ def test_tables_for_other_levels_are_a_model_error(valid) -> None:
     ("boundary", "message"),
     [
         ("header_body", "file: 10 bytes is too short"),
-        ("header_crc", "header: length 127 runs past end of file"),
+        ("header_crc", "header: length 129 runs past end of file"),
         ("chunk0", "footer: missing, the file ends 0 bytes after the header"),
         ("chunk1", "footer: magic .* \\(file truncated"),
         ("index", "footer: magic .* \\(file truncated"),
@@ -360,7 +360,7 @@ def test_wrong_magic_is_named(valid) -> None:
         ContainerReader(valid[0])
 
 
-@pytest.mark.parametrize("version", [1, 2, 6])
+@pytest.mark.parametrize("version", [1, 2, 7])
 def test_unsupported_version_is_named(valid, version: int) -> None:
     patch(valid[0], 4, struct.pack("<H", version))
     with pytest.raises(FormatError, match=f"header: unsupported version {version}"):
@@ -545,6 +545,22 @@ def test_the_rate_mode_and_target_come_back(tmp_path: Path, mode: str, target: f
     with ContainerReader(tmp_path / "v.itok") as reader:
         assert (reader.header.rate.mode, reader.header.rate.target) == (mode, target)
         assert reader.header == header
+
+
+def test_the_refinement_steps_come_back_and_older_files_did_not_record_them(
+    tmp_path: Path,
+) -> None:
+    header = make_header(refine=200)
+    write_file(tmp_path / "v.itok", header, make_chunks(header))
+    with ContainerReader(tmp_path / "v.itok") as reader:
+        assert reader.header == header and reader.header.refine == 200
+    for old in ("v5_context.itok", "v4_context.itok", "v3_range.itok"):
+        with ContainerReader(DATA / old) as reader:
+            assert reader.header.refine is None
+    with pytest.raises(FormatError, match="refine is not recorded in a version-6 file"):
+        make_header(refine=None)
+    with pytest.raises(FormatError, match=r"refine 65536 outside \[0, 65535\]"):
+        make_header(refine=65536)
 
 
 @pytest.mark.parametrize("coder", sorted(V3_DECODED))

@@ -154,6 +154,19 @@ def test_force_re_encodes_and_damaged_or_differently_set_streams_are_not_skipped
     assert single.read_bytes() == (out / "a.itok").read_bytes()
 
 
+def test_streams_written_with_other_refinement_or_key_interval_are_not_skipped(
+    dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    encode_dataset(dataset, out, model=tiny_model, budget=0.5)
+    result = encode_dataset(dataset, out, model=tiny_model, budget=0.5, refine=1, key_interval=0)
+    mismatched = [e.error or "" for e in result.failed if e.source != BROKEN]
+    assert len(mismatched) == 5 and result.count("encoded") == 0
+    # 2 s at 25 fps in 16-frame chunks is 3 chunks; 0 s makes every chunk a key.
+    want = "key_interval 3 (not 1), refine 0 (not 1); --force re-encodes"
+    assert all(error.endswith(want) for error in mismatched), mismatched
+
+
 def test_two_videos_with_one_stream_name_fail_the_second(tiny_model: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -89,6 +89,7 @@ def make_header(coder: str, lattice_share: int, key_interval: int = 1) -> Header
         key_interval=key_interval,
         rate_mode="size",
         rate_target=12345.0,
+        refine=7,
     )
 
 
@@ -187,13 +188,14 @@ def layout(path: Path) -> tuple[list[Field], list[Field]]:
     (header_length,) = struct.unpack_from("<I", data, 6)
     header_crc = (0, 10 + header_length)
     numbers = [Field(6, 4, header_crc), Field(8, 4, header_crc)]  # length; width (overlaps)
-    # The body ends with key_interval (u16), rate_mode ("size": u16 length, 4 bytes) and
-    # rate_target (f64).
+    # The body ends with key_interval (u16), rate_mode ("size": u16 length, 4 bytes),
+    # rate_target (f64) and refine (u16).
     body_end = 10 + header_length
     numbers += [
+        Field(body_end - 18, 2, header_crc),
         Field(body_end - 16, 2, header_crc),
-        Field(body_end - 14, 2, header_crc),
-        Field(body_end - 8, 8, header_crc),
+        Field(body_end - 10, 8, header_crc),
+        Field(body_end - 2, 2, header_crc),
     ]
     payloads = []
     with ContainerReader(path) as reader:

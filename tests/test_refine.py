@@ -110,7 +110,9 @@ def test_a_refined_stream_is_an_ordinary_stream(clip, tiny_model: Path, tmp_path
     assert read_all(tmp_path / "r.mkv").shape == read_all(src).shape
     plain = encode_file(src, tmp_path / "p.itok", model=tiny_model)
     assert plain.refine == 0
-    assert file_info(tmp_path / "r.itok").positions == file_info(tmp_path / "p.itok").positions
+    refined, plain_info = file_info(tmp_path / "r.itok"), file_info(tmp_path / "p.itok")
+    assert refined.positions == plain_info.positions
+    assert (refined.refine, plain_info.refine) == (2, 0)  # the header records it
 
 
 @pytest.mark.parametrize("steps", ["-1", "201", "two"])

@@ -29,15 +29,16 @@ MAGIC = b"ITOK"
 FOOTER_MAGIC = b"KOTI"
 RECORD_TAG = b"CHNK"
 INDEX_TAG = b"INDX"
-VERSION = 5
+VERSION = 6
 """The version `ContainerWriter` writes; docs/FORMAT.md says when it changes."""
-READ_VERSIONS = (3, 4, 5)
-"""Versions `ContainerReader` reads. Version 4's layout is version 5's; in version 4 a `context` key
-chunk starts from counts derived from the frequency tables, in version 5 from the tables' key
-prior when they carry one (`context_state.KeyPrior`). Version 3 has no key interval (every chunk
-is a key chunk), no key flags in its index, no side section and no rate mode and target (its
-mode is `budget`, its target the budget); its coders and their payloads are those of version
-4."""
+READ_VERSIONS = (3, 4, 5, 6)
+"""Versions `ContainerReader` reads. Version 6 is version 5 with the encoder's refinement steps at
+the end of the header (`Header.refine`). Version 4's layout is version 5's; in version 4 a
+`context` key chunk starts from counts derived from the frequency tables, in version 5 from the
+tables' key prior when they carry one (`context_state.KeyPrior`). Version 3 has no key interval
+(every chunk is a key chunk), no key flags in its index, no side section and no rate mode and
+target (its mode is `budget`, its target the budget); its coders and their payloads are those of
+version 4."""
 CHAINING_CODERS = ("context",)
 """Coders whose chunks may reference the chunk before (`Header.key_interval` above 1)."""
 
@@ -51,6 +52,7 @@ MODEL_HASH_BYTES = 32
 MAX_MODEL_NAME_BYTES = 255
 MAX_ROUTER_BYTES = 32
 KEY_INTERVAL_RANGE = (1, 65535)
+REFINE_RANGE = (0, 65535)
 SPATIAL_STRIDE = 8
 TEMPORAL_STRIDE = 4
 
@@ -83,6 +85,7 @@ MAX_HEADER_BODY = (
     + U16.size
     + max(len(m) for m in RATE_MODES)
     + _F64.size
+    + U16.size  # refine
 )
 MIN_FILE = (
     PREAMBLE.size
@@ -144,6 +147,10 @@ class Header:
             1 for the others, and for version-3 files).
         rate_mode, rate_target: what the encode was asked for (`infotok_codec.rate`); the
             target of mode `budget` is the budget (None stands for it).
+        refine: steps of encoder-side refinement every chunk's codes had
+            (`infotok_codec.model.refine`), in `REFINE_RANGE`; None in files before version 6,
+            which did not record it. The decoder does not need it: it says how the tokens were
+            chosen, as an encoder's settings do.
         version: the format version of the file it was read from (`READ_VERSIONS`); a writer
             writes only `VERSION`.
 
@@ -169,6 +176,7 @@ class Header:
     key_interval: int = 1
     rate_mode: str = "budget"
     rate_target: float | None = None
+    refine: int | None = 0
     version: int = VERSION
 
     def __post_init__(self) -> None:
@@ -236,6 +244,16 @@ class Header:
             raise FormatError(f"header: budget {self.budget!r} outside (0, 1]")
         check_range("header", "lattice_share", self.lattice_share, 0, SHARE_DENOMINATOR)
         check_range("header", "key_interval", self.key_interval, *KEY_INTERVAL_RANGE)
+        if self.refine is None:
+            if self.version >= 6:
+                raise FormatError(
+                    f"header: refine is not recorded in a version-{self.version} file"
+                )
+        elif isinstance(self.refine, bool) or not isinstance(self.refine, (int, np.integer)):
+            raise FormatError(f"header: refine {self.refine!r} is not an integer")
+        else:
+            object.__setattr__(self, "refine", int(self.refine))
+            check_range("header", "refine", self.refine, *REFINE_RANGE)
         if self.version not in READ_VERSIONS:
             raise FormatError(f"header: version {self.version} is not one of {READ_VERSIONS}")
         if self.key_interval != 1 and self.coder not in CHAINING_CODERS:
@@ -379,6 +397,7 @@ def encode_header(header: Header) -> bytes:
     mode = header.rate_mode.encode("utf-8")
     body += U16.pack(len(mode)) + mode
     body += _F64.pack(header.rate.target)
+    body += U16.pack(header.refine)
     out = PREAMBLE.pack(MAGIC, VERSION, len(body)) + bytes(body)
     return out + U32.pack(crc(out))
 
@@ -432,13 +451,15 @@ def decode_header(body: bytes, version: int) -> Header:
     levels = tuple(U16.unpack(cur.take(2, f"fsq level {i}"))[0] for i in range(count))
     model_name, coder, router = (cur.text(f) for f in ("model_name", "coder", "router"))
     key_interval, last = 1, "router"
-    rate_mode, rate_target = "budget", None
+    rate_mode, rate_target, refine = "budget", None, None
     if version >= 4:
         (key_interval,) = cur.unpack(U16, "key_interval")
         rate_mode = cur.text("rate_mode")
         (rate_target,), last = cur.unpack(_F64, "rate_target"), "rate_target"
     elif coder in CHAINING_CODERS:
         raise FormatError(f"header: coder {coder!r} needs version 4, the file is version 3")
+    if version >= 6:
+        (refine,), last = cur.unpack(U16, "refine"), "refine"
     if cur.pos != len(body):
         raise FormatError(f"header: {len(body) - cur.pos} trailing bytes after {last}")
     return Header(
@@ -460,6 +481,7 @@ def decode_header(body: bytes, version: int) -> Header:
         key_interval=key_interval,
         rate_mode=rate_mode,
         rate_target=rate_target,
+        refine=refine,
         version=version,
     )
 

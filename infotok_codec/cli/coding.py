@@ -323,11 +323,13 @@ def info(
     # In mode budget the target is the budget; other modes also say the budget they planned.
     asked = RateControl(h.rate_mode, h.rate_target).describe()
     planned = "" if h.rate_mode == "budget" else f", budget {h.budget:.4g}"
+    steps = h.refine or 0  # None: a file before version 6, which did not record it
+    refined = f", refined for {steps} step{'s' * (steps != 1)}" if steps else ""
     console.print(
         f"[bold]{src}[/]  (.itok version {h.version})  {h.width}×{h.height}, {h.frames} frames "
         f"at {h.fps} fps, chunks of {h.chunk_frames}, a key chunk every {h.key_interval}\n"
         f"model {h.model} ({h.model_hash[:12]}), router {h.router}, "
-        f"{asked}{planned}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
+        f"{asked}{planned}{refined}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
     )
     table = Table(
         "chunk",

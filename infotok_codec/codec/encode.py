@@ -306,7 +306,7 @@ class Analysis(Closing):
     ) -> Header:
         """The header of this video written at `router`, `budget` (the mean rate aimed for),
         `coder` with key chunks every `key_interval` seconds, recording `rate` (default: mode
-        budget)."""
+        budget) and the engine's refinement steps."""
         info, loaded = self.info, self.loaded
         rate = rate or RateControl.budget(budget)
         return Header(
@@ -328,6 +328,7 @@ class Analysis(Closing):
             key_interval=key_interval_chunks(key_interval, info.fps, self.chunk_frames, coder),
             rate_mode=rate.mode,
             rate_target=rate.target,
+            refine=self.engine.refine,
         )
 
     def write(
