@@ -488,39 +488,31 @@ def test_version_3_streams_still_decode_bit_identically(coder: str) -> None:
     assert digest.hexdigest() == V3_DECODED[coder]
 
 
-def test_version_4_context_streams_still_decode_bit_identically() -> None:
-    """tests/data/v4_context.itok was written by the version-4 code (commit d69f911) from 48
-    frames of the sample clip at 64×64, budget 0.6, key chunks 0 and 2; v4_tables.json holds
-    the shipped model's tables of the time. The hash is of what that code decoded (packed
-    masks, then indices as int64)."""
-    tables = FrequencyTables.from_json((DATA / "v4_tables.json").read_text())
-    with ContainerReader(DATA / "v4_context.itok") as reader:
+CONTEXT_DECODED = {
+    4: "7f1cb069d5b641a961e052ac7b388e15659d8475ed6f53643dfa1710e5a6c116",
+    5: "fd42acddf91e572e9a02fdbec808f7b67939bcb46dfeecb723e4a6f17af11aa3",
+}
+"""What the code of each version decoded from tests/data/v{N}_context.itok with v{N}_tables.json
+(the shipped model's tables of the time; version 5's carry a key prior): packed masks, then
+indices as int64. Each file is 48 frames at 64×64, budget 0.6, key chunks 0 and 2: version 4's
+of the sample clip (written by commit d69f911), version 5's of dev clip sam2_juggle (commit
+82b2e26)."""
+
+
+@pytest.mark.parametrize("version", sorted(CONTEXT_DECODED))
+def test_older_context_streams_still_decode_bit_identically(version: int) -> None:
+    tables = FrequencyTables.from_json((DATA / f"v{version}_tables.json").read_text())
+    assert (tables.context_prior is not None) == (version >= 5)
+    with ContainerReader(DATA / f"v{version}_context.itok") as reader:
         header = reader.header
-        assert reader.version == 4 and header.coder == "context" and header.key_interval == 2
+        assert reader.version == version and header.coder == "context"
+        assert header.key_interval == 2
         chain, digest = Chain(), hashlib.sha256()
         for rec in reader.chunks():
             mask, indices = decode_chunk(header, rec, tables, chain)
             digest.update(np.packbits(mask).tobytes())
             digest.update(indices.astype("<i8").tobytes())
-    assert digest.hexdigest() == "7f1cb069d5b641a961e052ac7b388e15659d8475ed6f53643dfa1710e5a6c116"
-
-
-def test_version_5_context_streams_still_decode_bit_identically() -> None:
-    """tests/data/v5_context.itok was written by the version-5 code (commit 82b2e26) from 48
-    frames of dev clip sam2_juggle at 64×64, budget 0.6, key chunks 0 and 2; v5_tables.json
-    holds the shipped model's tables of the time, key prior included. The hash is of what that
-    code decoded (packed masks, then indices as int64)."""
-    tables = FrequencyTables.from_json((DATA / "v5_tables.json").read_text())
-    assert tables.context_prior is not None
-    with ContainerReader(DATA / "v5_context.itok") as reader:
-        header = reader.header
-        assert reader.version == 5 and header.coder == "context" and header.key_interval == 2
-        chain, digest = Chain(), hashlib.sha256()
-        for rec in reader.chunks():
-            mask, indices = decode_chunk(header, rec, tables, chain)
-            digest.update(np.packbits(mask).tobytes())
-            digest.update(indices.astype("<i8").tobytes())
-    assert digest.hexdigest() == "fd42acddf91e572e9a02fdbec808f7b67939bcb46dfeecb723e4a6f17af11aa3"
+    assert digest.hexdigest() == CONTEXT_DECODED[version]
 
 
 def test_a_version_3_header_cannot_name_the_context_coder(tmp_path: Path) -> None:
