@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import subprocess
 from collections.abc import Callable
@@ -289,3 +290,12 @@ def test_bench_light_without_a_head_is_refused_before_any_work(
     out = tmp_path / "res"
     assert_one_line_error(_bench(src, tiny_model, out, "light"), 1, "no light router head")
     assert not out.exists()
+
+
+def test_fit_router_defaults_are_the_librarys() -> None:
+    # The CLI writes the defaults out (it imports no torch until it runs); they must not drift.
+    from infotok_codec.cli.training import fit_router
+    from infotok_codec.routing import FIT_STEPS, FIT_WINDOWS
+
+    params = inspect.signature(fit_router).parameters
+    assert (params["windows"].default, params["steps"].default) == (FIT_WINDOWS, FIT_STEPS)

@@ -125,8 +125,9 @@ def fit_router(
     model: Annotated[Path, typer.Argument(help="Model file (.safetensors) to fit a head for.")],
     data: FitDataOption,
     out: FitOutOption = None,
-    windows: Annotated[int, typer.Option(min=2, help="Training windows to fit on.")] = 100,
-    steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 300,
+    # routing.FIT_WINDOWS and FIT_STEPS, written out: the CLI imports no torch until it runs.
+    windows: Annotated[int, typer.Option(min=2, help="Training windows to fit on.")] = 400,
+    steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 600,
     threads: ThreadsOption = None,
     force: ForceOption = False,
 ) -> None:

@@ -5,10 +5,17 @@ Callers use the modules as namespaces (`from infotok_codec.routing import router
 `rate_control`) or the names below.
 """
 
-from infotok_codec.routing.light_router_fit import fit_light_router, refit_model_file
+from infotok_codec.routing.light_router_fit import (
+    FIT_STEPS,
+    FIT_WINDOWS,
+    fit_light_router,
+    refit_model_file,
+)
 from infotok_codec.routing.router import ROUTERS, allocate_counts, keep_count, select_positions
 
 __all__ = [
+    "FIT_STEPS",
+    "FIT_WINDOWS",
     "ROUTERS",
     "allocate_counts",
     "fit_light_router",
