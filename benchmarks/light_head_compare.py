@@ -40,7 +40,7 @@ def main() -> None:
             if k in fields
         }
     )
-    out: dict[str, object] = {"elbo_run": str(args.elbo_run), "light_runs": {}}
+    compared: dict[str, object] = {}
     for run in args.light_runs:
         report = json.loads((run / "results.json").read_text())
         for key in COMPARED:
@@ -50,13 +50,14 @@ def main() -> None:
         if {r.clip for r in light} != {r.clip for r in rows(base, "elbo")}:
             raise SystemExit(f"error: {run} has other clips than {args.elbo_run}")
         summary = summarise(rows(base, "elbo") + light, settings)
-        out["light_runs"][str(run)] = {  # type: ignore[index]
+        compared[str(run)] = {
             "model_sha256": report["settings"].get("model_sha256"),
             "light_minus_elbo_db": {
                 budget: point["margins_db"]["light_minus_elbo"]
                 for budget, point in summary["psnr_at_equal_bpp"].items()
             },
         }
+    out = {"elbo_run": str(args.elbo_run), "light_runs": compared}
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 
