@@ -14,6 +14,7 @@ from infotok_codec.bitstream.lattice import lattice_count, spread_order
 from infotok_codec.codec import decode_file, encode_file, read_tokens
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.pack import pack_file
+from infotok_codec.rate import RateControl
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern, read_all
 
@@ -71,6 +72,37 @@ def test_pack_reproduces_the_encoded_bytes_for_every_router_and_coder(
     result = pack_file(tmp_path / "t.npz", tmp_path / "p.itok", model=tiny_model)
     assert (tmp_path / "p.itok").read_bytes() == itok.read_bytes()
     assert result.bytes == itok.stat().st_size and result.router == router
+
+
+def test_pack_reproduces_a_refined_quality_encode_and_old_token_files_read_as_budget(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    src = clip(frames=14, width=40, height=24)
+    itok = tmp_path / "o.itok"
+    encode_file(
+        src,
+        itok,
+        rate=RateControl("quality", 21.5),
+        refine=2,
+        model=tiny_model,
+        chunk_frames=8,
+        audio=False,
+    )
+    tokens = tmp_path / "t.npz"
+    decode_file(itok, None, tokens_out=tokens, model=tiny_model)
+    pack_file(tokens, tmp_path / "p.itok", model=tiny_model)
+    assert (tmp_path / "p.itok").read_bytes() == itok.read_bytes()
+    header = TokenReader(tokens).header
+    assert (header.rate_mode, header.rate_target, header.refine) == ("quality", 21.5, 2)
+    # A token file written before these keys existed (or by hand without them): mode budget,
+    # whose target is the budget, and no refinement.
+    arrays = {k: v for k, v in np.load(tokens).items() if k not in ("rate_mode", "rate_target")}
+    np.savez(tmp_path / "bare.npz", **{k: v for k, v in arrays.items() if k != "refine"})
+    bare = TokenReader(tmp_path / "bare.npz").header
+    assert (bare.rate_mode, bare.rate_target, bare.refine) == ("budget", bare.budget, 0)
+    np.savez(tmp_path / "odd.npz", **arrays, rate_target=np.array(3.0))
+    with pytest.raises(FormatError, match="rate_target: given without rate_mode"):
+        TokenReader(tmp_path / "odd.npz")
 
 
 def test_tokens_a_model_writes_with_numpy_savez_pack_and_decode(

@@ -57,10 +57,12 @@ HEADER_KEYS = (
     "budget",
     "lattice_share",
 )
-OPTIONAL_KEYS = ("key_interval",)
-"""Header keys a token file may leave out: `key_interval` (chunks; default 1, every chunk a key
-chunk) is how the stream was coded, which `pack` needs to give the same bytes, not what the
-tokens are."""
+OPTIONAL_KEYS = ("key_interval", "rate_mode", "rate_target", "refine")
+"""Header keys a token file may leave out. They say how the stream was coded, not what the
+tokens are, and `pack` needs them to give back the same bytes: `key_interval` (chunks; default
+1, every chunk a key chunk); `rate_mode` and `rate_target` (default: mode budget; the target
+only with a mode, and left out for mode budget, whose target is the budget); `refine` (default
+0; absent where the stream did not record it, before format version 6)."""
 CHUNK_KEYS = ("indices", "keep", "first_frame")
 _CHUNK_KEY = re.compile(r"(indices|keep|first_frame)_(0|[1-9][0-9]{0,8})")
 
@@ -154,7 +156,18 @@ def _header_arrays(header: Header) -> dict[str, np.ndarray]:
         "budget": np.array(header.budget, dtype=np.float64),
         "lattice_share": np.array(header.lattice_share, dtype=np.int64),
         "key_interval": np.array(header.key_interval, dtype=np.int64),
-    }
+        "rate_mode": np.array(header.rate_mode),
+    } | _optional_arrays(header)
+
+
+def _optional_arrays(header: Header) -> dict[str, np.ndarray]:
+    # Mode budget's target is the budget: left out, so a file whose budget is edited stays whole.
+    arrays = {}
+    if header.rate_mode != "budget":
+        arrays["rate_target"] = np.array(header.rate_target, dtype=np.float64)
+    if header.refine is not None:
+        arrays["refine"] = np.array(header.refine, dtype=np.int64)
+    return arrays
 
 
 class TokenWriter(WholeOrNothing):
@@ -407,6 +420,13 @@ class TokenReader(Closing):
         width, height = int(self._int("width")), int(self._int("height"))
         fps = self._int("fps", (2,))
         budget = float(self._array("budget", _NUMBER, ()).item())
+        rate_mode, rate_target = "budget", None
+        if "rate_mode.npy" in self._members:
+            rate_mode = self._text("rate_mode")
+            if "rate_target.npy" in self._members:
+                rate_target = float(self._array("rate_target", _NUMBER, ()).item())
+        elif "rate_target.npy" in self._members:
+            raise FormatError("rate_target: given without rate_mode")
         return Header(
             width=width,
             height=height,
@@ -427,6 +447,9 @@ class TokenReader(Closing):
             key_interval=(
                 int(self._int("key_interval")) if "key_interval.npy" in self._members else 1
             ),
+            rate_mode=rate_mode,
+            rate_target=rate_target,
+            refine=int(self._int("refine")) if "refine.npy" in self._members else 0,
         )
 
     @property
