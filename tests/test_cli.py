@@ -296,8 +296,13 @@ def test_json_summaries(tmp_path: Path, tiny_model: Path, clip) -> None:
     assert sum(c["tokens"] for c in info["chunks"]) == info["tokens"]
     assert info["version"] == VERSION and info["key_interval"] == 3  # 2 s at 25 fps
     assert summary["precision"] in ("bf16", "fp32")
-    text = infotok("info", tmp_path / "o.itok").stdout
-    assert f".itok version {VERSION}" in text and "a key chunk every 3" in text
+    # A name rich would read as markup prints as it is.
+    odd = tmp_path / "o [eng] [bold].itok"
+    odd.write_bytes((tmp_path / "o.itok").read_bytes())
+    run = infotok("info", odd)
+    assert run.returncode == 0, run.stderr
+    assert f"{odd}  (.itok version {VERSION})" in run.stdout
+    assert "a key chunk every 3 chunks (1.92 s)" in run.stdout  # 3 chunks of 16 frames, 25 fps
 
 
 def test_decode_threads_do_not_change_tokens(tmp_path: Path, tiny_model: Path, itok: Path) -> None:

@@ -133,10 +133,10 @@ def bench(
         check_light_head(loaded)  # as run_bench does, before the bar shows
     total = settings.points(len(find_videos(paths)))
     bars = Progress(
-        TextColumn("[bold]bench"),
+        TextColumn("bench", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         TimeElapsedColumn(),
         console=err_console,
         disable=as_json,

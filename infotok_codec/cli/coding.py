@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from infotok_codec.cli.common import (
     Bf16Option,
@@ -199,12 +201,12 @@ def _encode_folder(
 
     shard = Shard.from_env()
     bars = Progress(
-        TextColumn("[bold]  encode"),
+        TextColumn("  encode", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("files" + (f" (rank 0 of {shard.world})" if shard.world > 1 else "")),
         TimeElapsedColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         console=err_console,
         disable=quiet or as_json or shard.rank != 0,
     )
@@ -325,11 +327,18 @@ def info(
     planned = "" if h.rate_mode == "budget" else f", budget {h.budget:.4g}"
     steps = h.refine or 0  # None: a file before version 6, which did not record it
     refined = f", refined for {steps} step{'s' * (steps != 1)}" if steps else ""
+    seconds = float(h.key_interval * h.chunk_frames / Fraction(h.fps))
+    plural = "s" * (h.key_interval != 1)
+    keys = f"a key chunk every {h.key_interval} chunk{plural} ({seconds:.3g} s)"
     console.print(
-        f"[bold]{src}[/]  (.itok version {h.version})  {h.width}×{h.height}, {h.frames} frames "
-        f"at {h.fps} fps, chunks of {h.chunk_frames}, a key chunk every {h.key_interval}\n"
-        f"model {h.model} ({h.model_hash[:12]}), router {h.router}, "
-        f"{asked}{planned}{refined}, lattice {h.lattice_share}/256 of kept, coder {h.coder}"
+        Text.assemble(
+            (str(src), "bold"),
+            f"  (.itok version {h.version})  {h.width}×{h.height}, {h.frames} frames at {h.fps} "
+            f"fps, chunks of {h.chunk_frames}, {keys}\n"
+            f"model {h.model} ({h.model_hash[:12]}), router {h.router}, "
+            f"{asked}{planned}{refined}, lattice {h.lattice_share}/256 of kept, coder {h.coder}",
+        ),
+        soft_wrap=True,
     )
     table = Table(
         "chunk",

@@ -28,8 +28,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: paths, router and model names are printed as they are ("clip [eng].mp4", or a
+# header's "[/x]", which rich would read as a closing tag and raise on); styles go by argument.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 ModelOption = Annotated[
     Path | None, typer.Option("--model", help="Model file (default: the shipped model).")
@@ -112,7 +114,7 @@ def progress_bars(quiet: bool) -> Iterator[Any]:
         yield None
         return
     bars = Progress(
-        TextColumn("[bold]{task.description:>8}"),
+        TextColumn("{task.description:>8}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("frames"),

@@ -71,7 +71,7 @@ def train(opts: TrainOptions) -> TrainReport:
         torch.cuda.set_device(device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    console = Console(stderr=True, quiet=rank != 0)
+    console = Console(stderr=True, quiet=rank != 0, markup=False)  # paths print as they are
     torch.manual_seed(opts.seed + rank)
     random.seed(opts.seed + rank)
 
@@ -154,7 +154,7 @@ def train(opts: TrainOptions) -> TrainReport:
     amp = use_bf16(opts.bf16, device)
     epoch = state.step // (len(dataset) // (opts.batch * world))
     progress = Progress(
-        TextColumn("[bold]train"),
+        TextColumn("train", style="bold", markup=False),
         BarColumn(),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
