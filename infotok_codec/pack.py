@@ -75,4 +75,5 @@ def pack_file(
         chunk_rates=[c / n for c, n in zip(counts, positions, strict=True)],
         seconds={"pack": time.perf_counter() - started},
         rate=header.rate,
+        refine=header.refine or 0,  # as the token file recorded it (None: not recorded)
     )

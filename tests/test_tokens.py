@@ -90,8 +90,9 @@ def test_pack_reproduces_a_refined_quality_encode_and_old_token_files_read_as_bu
     )
     tokens = tmp_path / "t.npz"
     decode_file(itok, None, tokens_out=tokens, model=tiny_model)
-    pack_file(tokens, tmp_path / "p.itok", model=tiny_model)
+    packed = pack_file(tokens, tmp_path / "p.itok", model=tiny_model)
     assert (tmp_path / "p.itok").read_bytes() == itok.read_bytes()
+    assert (packed.rate.mode, packed.refine) == ("quality", 2)
     header = TokenReader(tokens).header
     assert (header.rate_mode, header.rate_target, header.refine) == ("quality", 21.5, 2)
     # A token file written before these keys existed (or by hand without them): mode budget,
