@@ -420,12 +420,7 @@ class TokenReader(Closing):
         width, height = int(self._int("width")), int(self._int("height"))
         fps = self._int("fps", (2,))
         budget = float(self._array("budget", _NUMBER, ()).item())
-        rate_mode, rate_target = "budget", None
-        if "rate_mode.npy" in self._members:
-            rate_mode = self._text("rate_mode")
-            if "rate_target.npy" in self._members:
-                rate_target = float(self._array("rate_target", _NUMBER, ()).item())
-        elif "rate_target.npy" in self._members:
+        if self._has("rate_target") and not self._has("rate_mode"):
             raise FormatError("rate_target: given without rate_mode")
         return Header(
             width=width,
@@ -444,13 +439,19 @@ class TokenReader(Closing):
             router=self._text("router"),
             budget=budget,
             lattice_share=int(self._int("lattice_share")),
-            key_interval=(
-                int(self._int("key_interval")) if "key_interval.npy" in self._members else 1
+            key_interval=int(self._int("key_interval")) if self._has("key_interval") else 1,
+            rate_mode=self._text("rate_mode") if self._has("rate_mode") else "budget",
+            rate_target=(
+                float(self._array("rate_target", _NUMBER, ()).item())
+                if self._has("rate_target")
+                else None
             ),
-            rate_mode=rate_mode,
-            rate_target=rate_target,
-            refine=int(self._int("refine")) if "refine.npy" in self._members else 0,
+            refine=int(self._int("refine")) if self._has("refine") else 0,
         )
+
+    def _has(self, key: str) -> bool:
+        """Whether optional key `key` is present (`OPTIONAL_KEYS`)."""
+        return f"{key}.npy" in self._members
 
     @property
     def span(self) -> tuple[int, int]:
