@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -20,14 +20,25 @@ from infotok_codec.closing import Closing
 from infotok_codec.errors import InfotokError
 
 
-def check_output(path: Path, force: bool, *, folder_ok: bool = False) -> None:
+def check_output(
+    path: Path,
+    force: bool,
+    *,
+    folder_ok: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> None:
     """Refuse to overwrite, and fail before any work when the output cannot be written.
 
     Args:
         path: the destination.
         force: an existing destination may be replaced.
         folder_ok: the output may itself be a folder (a decoded video as PNG frames).
+        inputs: files the command reads; the output may not be one of them, --force or not
+            (as ffmpeg refuses "Output same as Input"): that would replace the source.
     """
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise InfotokError(f"{path}: is also the input {source}")
     if path.is_dir() and not folder_ok:
         raise InfotokError(f"{path}: is a folder")
     if path.exists() and not force:
@@ -37,6 +48,13 @@ def check_output(path: Path, force: bool, *, folder_ok: bool = False) -> None:
         raise InfotokError(f"{parent}: output folder does not exist")
     if not os.access(parent, os.W_OK):
         raise InfotokError(f"{parent}: output folder is not writable")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same resolved path, or a link to the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def make_temp(path: Path, *, folder: bool = False) -> str:

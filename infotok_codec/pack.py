@@ -35,7 +35,7 @@ def pack_file(
         ModelError: `model` is not the one the header names by hash.
     """
     dst = Path(dst)
-    check_output(dst, force)
+    check_output(dst, force, inputs=[src])
     started = time.perf_counter()
     with TokenReader(src) as source:
         header = source.header

@@ -114,6 +114,43 @@ def test_output_that_is_a_folder_is_refused_even_with_force(
     assert only(tmp_path) == sorted(["o.itok", src.name]) and only(tmp_path / "o.itok") == []
 
 
+def test_the_output_may_never_be_the_input(tmp_path: Path, tiny_model: Path, clip) -> None:
+    src = clip(frames=4, name="clip.mp4")
+    source = src.read_bytes()
+    run = infotok("encode", src, src, "--model", tiny_model, "--force")
+    assert_one_line_error(run, 1, "is also the input")
+    (tmp_path / "link.mp4").symlink_to(src)  # another name for the same file
+    run = infotok("encode", src, tmp_path / "link.mp4", "--model", tiny_model, "--force")
+    assert_one_line_error(run, 1, "is also the input")
+    itok = tmp_path / "o.itok"
+    assert infotok("encode", src, itok, "--model", tiny_model).returncode == 0
+    stream = itok.read_bytes()
+    run = infotok("decode", itok, "--tokens", itok, "--model", tiny_model, "--force")
+    assert_one_line_error(run, 1, "is also the input")
+    run = infotok("info", itok, "--heatmap", itok, "--model", tiny_model, "--force")
+    assert_one_line_error(run, 1, "is also the input")
+    assert src.read_bytes() == source and itok.read_bytes() == stream
+    assert only(tmp_path) == sorted([src.name, "link.mp4", "o.itok"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--device", "cuda:abc", "unknown device 'cuda:abc'"),
+        ("--device", "tpu", "unknown device 'tpu'"),
+        ("--chunk-frames", "2048", "4..1024"),
+        ("--chunk-frames", "6", "multiple of 4"),
+    ],
+)
+def test_bad_device_and_chunk_size_are_usage_errors_before_any_work(
+    tmp_path: Path, tiny_model: Path, option: str, value: str, needle: str
+) -> None:
+    # The input does not exist: a usage error is found before the input is even opened.
+    run = infotok("encode", tmp_path / "nope.mp4", tmp_path / "o.itok", option, value)
+    assert_one_line_error(run, 2, needle)
+    assert only(tmp_path) == []
+
+
 def test_unknown_coder_is_a_usage_error(tmp_path: Path, clip) -> None:
     run = infotok("encode", clip(frames=4), tmp_path / "o.itok", "--coder", "lzma")
     assert_one_line_error(run, 2, "--coder 'lzma'", "context", "adaptive")

@@ -89,10 +89,17 @@ def test_frame_range_decodes_only_those_frames(clip, tiny_model: Path, tmp_path:
     src = clip(frames=40)
     encode_file(src, tmp_path / "o.itok", budget=0.5, model=tiny_model)
     decode_file(tmp_path / "o.itok", tmp_path / "all.mkv", model=tiny_model)
+    done: list[tuple[int, int]] = []
     result = decode_file(
-        tmp_path / "o.itok", tmp_path / "part.mkv", frames="18:35", model=tiny_model
+        tmp_path / "o.itok",
+        tmp_path / "part.mkv",
+        frames="18:35",
+        model=tiny_model,
+        progress=lambda name, frames, total: done.append((frames, total)),
     )
     assert result.frames == 17 and probe(tmp_path / "part.mkv").frames == 17
+    # The bar counts the frames written, not the chunks' whole lengths: 14 + 3 of 17.
+    assert done == [(14, 17), (3, 17)]
     whole = np.concatenate(list(read_frames(tmp_path / "all.mkv")))
     part = np.concatenate(list(read_frames(tmp_path / "part.mkv")))
     assert np.array_equal(part, whole[18:35])

@@ -133,9 +133,9 @@ def decode_file(
     if out is None and tokens_path is None:
         raise InfotokError("nothing to write: give an output video and/or --tokens")
     if out is not None:
-        check_output(out, force, folder_ok=True)  # a folder of PNG frames
+        check_output(out, force, folder_ok=True, inputs=[src])  # or a folder of PNG frames
     if tokens_path is not None:
-        check_output(tokens_path, force)
+        check_output(tokens_path, force, inputs=[src] + ([out] if out is not None else []))
     started = time.perf_counter()
     with ExitStack() as stack:
         source: ContainerReader | TokenReader
@@ -183,18 +183,19 @@ def decode_file(
         if muxer is not None:
             notes.extend(muxer.notes)
         for chunk in chunks:
+            # The frames of this chunk inside [first, stop): a range cuts its first and last.
+            lo = max(first - chunk.first_frame, 0)
+            hi = min(stop - chunk.first_frame, chunk.frames)
             if tokens is not None:
                 tokens.write(chunk)
             if writer is not None and engine is not None:
                 video = engine.frames(
                     chunk.indices, chunk.keep, chunk.frames, header.height, header.width
                 )
-                lo = max(first - chunk.first_frame, 0)
-                hi = min(stop - chunk.first_frame, chunk.frames)
                 writer.write(video[lo:hi])
                 del video  # not held while the next chunk decodes: 100 MB a chunk at 1080p
             if progress:
-                progress("decode", chunk.frames, stop - first)
+                progress("decode", hi - lo, stop - first)
     return DecodeResult(
         path=out,
         tokens_path=tokens_path,

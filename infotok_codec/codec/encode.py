@@ -46,7 +46,7 @@ from infotok_codec.codec.engine import (
     check_light_head,
     check_refine,
 )
-from infotok_codec.errors import InfotokError
+from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.media import probe, read_frames, read_source_audio
 from infotok_codec.model import (
     SPACE_FACTOR,
@@ -142,7 +142,7 @@ def encode_file(
     check_coder(coder)
     check_key_interval(key_interval)
     check_refine(refine)
-    check_output(Path(dst), force)
+    check_output(Path(dst), force, inputs=[src])
     with_error = rate_control.needs_error_map(router, rate)
     with Analysis(
         src,
@@ -211,14 +211,20 @@ class Analysis(Closing):
         check_chunk_frames(chunk_frames)
         check_refine(refine)
         self.src = Path(src)
-        self.info = probe(self.src)
+        # The model, device and head are checked before the input is probed (a full decode),
+        # and the header before pass 1: a mistake costs seconds, not a pass over the video.
         self.loaded = as_model(model)
         self.engine = ChunkModel(self.loaded, device, bf16, refine)
+        if light and with_error:
+            check_light_head(self.loaded)
         self.chunk_frames = chunk_frames
         self.progress = progress
         self.light = light
-        if light and with_error:
-            check_light_head(self.loaded)
+        self.info = probe(self.src)
+        try:
+            self.header("uniform", 1.0, "zstd")
+        except FormatError as exc:
+            raise InfotokError(f"{self.src}: cannot be written as .itok ({exc})") from None
         self._spill: BinaryIO | None = None
         started = time.perf_counter()
         if with_error:
@@ -363,7 +369,7 @@ class Analysis(Closing):
             if (router == "light") != self.light:
                 made = "light" if self.light else "full-rate"
                 raise InfotokError(f"router {router} cannot use this analysis's {made} error maps")
-        check_output(dst, force)
+        check_output(dst, force, inputs=[self.src])
         info = self.info
         header = self.header(router, budget, coder, rate, key_interval)
         started = time.perf_counter()
