@@ -232,6 +232,18 @@ def test_the_spent_budget_never_prices_above_the_target(spender: ByteSpender, sh
 
 
 @settings(max_examples=50, deadline=None)
+@given(spender=spenders(), budget=st.floats(1e-9, 1.0), start=st.integers(0, 5))
+def test_pricing_reads_each_chunks_curve_at_its_count(
+    spender: ByteSpender, budget: float, start: int
+) -> None:
+    # `priced` interpolates every curve at once; it must be each curve read on its own.
+    start = min(start, len(spender.curves) - 1)
+    counts = spender.counts(budget, start)
+    each = sum(c.at(n) for c, n in zip(spender.curves[start:], counts, strict=True))
+    assert spender.priced(budget, start) == pytest.approx(each, rel=1e-12, abs=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
 @given(spender=spenders(), share=st.floats(0.0, 1.0))
 def test_pass_2_feedback_spends_what_the_written_chunks_left(
     spender: ByteSpender, share: float

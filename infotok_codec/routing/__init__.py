@@ -11,12 +11,19 @@ from infotok_codec.routing.light_router_fit import (
     fit_light_router,
     refit_model_file,
 )
-from infotok_codec.routing.router import ROUTERS, allocate_counts, keep_count, select_positions
+from infotok_codec.routing.router import (
+    ROUTERS,
+    allocate_array,
+    allocate_counts,
+    keep_count,
+    select_positions,
+)
 
 __all__ = [
     "FIT_STEPS",
     "FIT_WINDOWS",
     "ROUTERS",
+    "allocate_array",
     "allocate_counts",
     "fit_light_router",
     "keep_count",

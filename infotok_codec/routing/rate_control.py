@@ -413,6 +413,10 @@ def byte_curves(
     return curves
 
 
+def _padded(values: tuple[int, ...], width: int) -> list[int]:
+    return list(values) + [values[-1]] * (width - len(values))
+
+
 class ByteSpender:
     """The router's allocation at the budget that the byte curves price at a target size.
 
@@ -433,8 +437,17 @@ class ByteSpender:
     ) -> None:
         if not len(curves) == len(positions) == len(errors):
             raise InfotokError(f"{len(curves)} byte curves for {len(positions)} chunks")
+        routing.check_router(router)
         self.router, self.positions, self.errors = router, positions, errors
         self.framing, self.curves = framing, curves
+        # Pass 2 re-solves a budget for every chunk, each by bisection over the chunks left:
+        # arrays, not per-chunk Python, keep that from growing with the square of the length.
+        self._n = np.asarray(positions, dtype=np.int64)
+        self._e = np.asarray(errors, dtype=np.float64)
+        width = max([2] + [len(c.counts) for c in curves])
+        # Each curve padded to `width` samples by repeating its last (flat beyond it, as np.interp).
+        self._xs = np.array([_padded(c.counts, width) for c in curves], dtype=np.float64)
+        self._ys = np.array([_padded(c.bytes, width) for c in curves], dtype=np.float64)
 
     @classmethod
     def of(
@@ -458,14 +471,26 @@ class ByteSpender:
 
     def counts(self, budget: float, start: int = 0) -> list[int]:
         """The router's counts for chunks `start..` at `budget` of their positions."""
-        return routing.allocate_counts(
-            self.router, budget, self.positions[start:], self.errors[start:]
-        )
+        return [int(v) for v in self._counts(budget, start)]
+
+    def _counts(self, budget: float, start: int) -> np.ndarray:
+        routing.check_budget(budget)
+        return routing.allocate_array(self.router, budget, self._n[start:], self._e[start:])
 
     def priced(self, budget: float, start: int = 0) -> float:
-        """Predicted record bytes of chunks `start..` at `budget`."""
-        counts = self.counts(budget, start)
-        return sum(c.at(n) for c, n in zip(self.curves[start:], counts, strict=True))
+        """Predicted record bytes of chunks `start..` at `budget` (each `ByteCurve.at`)."""
+        count = self._counts(budget, start).astype(np.float64)
+        xs, ys = self._xs[start:], self._ys[start:]
+        if not len(count):
+            return 0.0
+        # np.interp row by row: the segment each count falls in, clamped to the ends.
+        seg = np.clip((xs <= count[:, None]).sum(axis=1) - 1, 0, xs.shape[1] - 2)
+        rows = np.arange(len(count))
+        x0, x1 = xs[rows, seg], xs[rows, seg + 1]
+        y0, y1 = ys[rows, seg], ys[rows, seg + 1]
+        span = np.where(x1 > x0, x1 - x0, 1.0)
+        t = np.clip((count - x0) / span, 0.0, 1.0)
+        return float((y0 + t * (y1 - y0)).sum())
 
     def smallest(self) -> float:
         """The smallest file: one position per chunk (sampled, so exact)."""

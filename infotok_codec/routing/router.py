@@ -74,17 +74,23 @@ def allocate_counts(
     check_router(router)
     check_budget(budget)
     n = np.asarray(positions, dtype=np.int64)
-    if budget >= 1.0:
-        return [int(v) for v in n]
-    if router not in _RATE_BY_ERROR:
-        return [keep_count(budget, int(v)) for v in n]
-    if chunk_errors is None or len(chunk_errors) != len(n):
+    if router in _RATE_BY_ERROR and (chunk_errors is None or len(chunk_errors) != len(n)):
         raise InfotokError(f"the {router} router needs one error per chunk")
-    e = np.asarray(chunk_errors, dtype=np.float64)
+    e = None if chunk_errors is None else np.asarray(chunk_errors, dtype=np.float64)
+    return [int(v) for v in allocate_array(router, budget, n, e)]
+
+
+def allocate_array(router: str, budget: float, n: np.ndarray, e: np.ndarray | None) -> np.ndarray:
+    """`allocate_counts` on arrays, unchecked: positions `n` int64, mean errors `e` float64
+    (None for routers that need none). Rate control prices thousands of budgets with it."""
+    if budget >= 1.0:
+        return n.copy()
+    if router not in _RATE_BY_ERROR or e is None:
+        return _keep_counts(budget, n)
     # Weight by positions so a short last chunk counts for what it is.
     mean = float((e * n).sum() / n.sum())
     if not math.isfinite(mean) or mean <= 0:
-        return [keep_count(budget, int(v)) for v in n]
+        return _keep_counts(budget, n)
     floor = min(MIN_RATE, budget)
     target = budget * n.sum()
 
@@ -97,6 +103,8 @@ def allocate_counts(
         hi *= 2
     best = counts(budget)
     for _ in range(_BISECTION_STEPS):
+        if abs(best.sum() - target) <= 0.5:
+            break  # no integer total can come strictly nearer
         mid = (lo + hi) / 2
         c = counts(mid)
         if abs(c.sum() - target) < abs(best.sum() - target):
@@ -105,7 +113,12 @@ def allocate_counts(
             lo = mid
         else:
             hi = mid
-    return [int(v) for v in best]
+    return best
+
+
+def _keep_counts(budget: float, n: np.ndarray) -> np.ndarray:
+    """`keep_count` of every chunk."""
+    return np.maximum(1, np.minimum(n, np.ceil(budget * n - 1e-9))).astype(np.int64)
 
 
 def lattice_share(router: str) -> int:
