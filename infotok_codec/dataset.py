@@ -37,7 +37,7 @@ from infotok_codec.codec import (
     resolve_device,
 )
 from infotok_codec.errors import FormatError, InfotokError, VideoError
-from infotok_codec.media import VIDEO_SUFFIXES
+from infotok_codec.media import VIDEO_SUFFIXES, read_source_audio
 from infotok_codec.model import LoadedModel
 from infotok_codec.outputs import atomic_file
 from infotok_codec.routing import router as routing
@@ -187,7 +187,8 @@ class _Encoder:
             if claimed_by is not None:
                 raise InfotokError(f"{out.as_posix()} is also the stream of {claimed_by}")
             if (self.dst / out).exists() and not self.force:
-                entry.frames, entry.bytes, entry.bpp = self._existing(self.dst / out)
+                existing = self._existing(self.dst / out, self.src / source)
+                entry.frames, entry.bytes, entry.bpp = existing
                 entry.status = "skipped"
             else:
                 (self.dst / out).parent.mkdir(parents=True, exist_ok=True)
@@ -215,15 +216,20 @@ class _Encoder:
         entry.seconds = time.perf_counter() - started
         return entry
 
-    def _existing(self, path: Path) -> tuple[int, int, float]:
-        """(frames, bytes, bpp) of a stream an earlier run left, if written with these
-        settings and this model (`InfotokError` otherwise)."""
+    def _existing(self, path: Path, source: Path) -> tuple[int, int, float]:
+        """(frames, bytes, bpp) of a stream an earlier run left from `source`, if written with
+        these settings and this model (`InfotokError` otherwise)."""
         try:
             with ContainerReader(path) as reader:
                 h, size = reader.header, reader.file_size
+                has_audio = reader.side_span[1] > 0
         except FormatError as exc:
             raise InfotokError(f"exists but is damaged ({exc}); --force re-encodes") from None
         wanted = self.settings
+        audio = "copied" if has_audio else "left out"
+        wanted_audio = "copied" if wanted.audio else "left out"
+        if wanted.audio and not has_audio and not read_source_audio(source)[0]:
+            wanted_audio = "left out"  # the source has none to copy (only then is it read)
         fps, chunk, coder = Fraction(h.fps_num, h.fps_den), wanted.chunk_frames, wanted.coder
         found = {
             "model": (h.model_hash.hex()[:12], self.model.sha256.hex()[:12]),
@@ -237,6 +243,7 @@ class _Encoder:
             ),
             # Files before version 6 did not record it, and --force is how to be sure.
             "refine": ("unrecorded" if h.refine is None else h.refine, wanted.refine),
+            "audio": (audio, wanted_audio),
         }
         differ = [f"{k} {old} (not {new})" for k, (old, new) in found.items() if old != new]
         if differ:

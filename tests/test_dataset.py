@@ -14,7 +14,7 @@ from infotok_codec.codec import encode_file
 from infotok_codec.dataset import encode_dataset
 from infotok_codec.errors import InfotokError, VideoError
 
-from helpers import assert_one_line_error, infotok, make_clip, pattern
+from helpers import assert_one_line_error, infotok, make_av_clip, make_clip, pattern
 
 GOOD = ("a.mp4", "b.mkv", "sub/c.mp4", "sub/e.mp4", "sub/deep/d.mkv")
 BROKEN = "sub/broken.mp4"
@@ -165,6 +165,28 @@ def test_streams_written_with_other_refinement_or_key_interval_are_not_skipped(
     # 2 s at 25 fps in 16-frame chunks is 3 chunks; 0 s makes every chunk a key.
     want = "key_interval 3 (not 1), refine 0 (not 1); --force re-encodes"
     assert all(error.endswith(want) for error in mismatched), mismatched
+
+
+def test_streams_that_copied_or_left_out_the_audio_are_skipped_only_under_the_same_choice(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_av_clip(src / "voiced.mkv", 8)
+    make_clip(src / "silent.mkv", pattern(8, 32, 32), codec="ffv1")
+    out = tmp_path / "out"
+    encode_dataset(src, out, model=tiny_model, audio=False)
+    result = encode_dataset(src, out, model=tiny_model, audio=True)
+    (failed,) = result.failed  # a stream without audio suits a source that has none
+    assert failed.source == "voiced.mkv" and result.count("skipped") == 1
+    assert failed.error == (
+        "exists, written with other settings: audio left out (not copied); --force re-encodes"
+    )
+    encode_dataset(src, out, model=tiny_model, audio=True, force=True)
+    result = encode_dataset(src, out, model=tiny_model, audio=False)
+    (failed,) = result.failed
+    assert failed.source == "voiced.mkv" and result.count("skipped") == 1
+    assert failed.error is not None and "audio copied (not left out)" in failed.error
 
 
 def test_two_videos_with_one_stream_name_fail_the_second(tiny_model: Path, tmp_path: Path) -> None:
