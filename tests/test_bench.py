@@ -133,6 +133,8 @@ def test_bench_qualities_reports_each_chunk_against_its_target(
         ("--budgets", "0.5,2", "budget 2.0 outside"),
         ("--routers", "tail", "unknown router 'tail'"),
         ("--qualities", "25,0", "quality target 0 outside"),
+        ("--crfs", "23.5", "whole numbers only"),
+        ("--device", "cuda:x", "unknown device"),
     ],
 )
 def test_bad_settings_are_one_line_before_any_work(
@@ -140,7 +142,7 @@ def test_bad_settings_are_one_line_before_any_work(
 ) -> None:
     src = clip(frames=4)
     run = infotok("bench", src, option, value, "--out", tmp_path / "res")
-    assert_one_line_error(run, 1, needle)
+    assert_one_line_error(run, 2, needle)  # a usage error, as on every command
     assert not (tmp_path / "res").exists()
 
 

@@ -44,6 +44,9 @@ def main() -> None:
         _fail(message, getattr(exc, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
+    except OSError as exc:  # the system refused (disk full, permissions, a vanished folder)
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", 1)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -27,6 +27,7 @@ from infotok_codec.cli.common import (
     print_json,
     set_threads,
 )
+from infotok_codec.errors import InfotokError
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -36,6 +37,13 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         raise typer.BadParameter(
             f"{what} {text!r} is not a comma-separated list of numbers"
         ) from None
+
+
+def _integers(text: str, what: str) -> tuple[int, ...]:
+    values = _floats(text, what)
+    if not all(v.is_integer() for v in values):
+        raise typer.BadParameter(f"{what} {text!r}: whole numbers only")
+    return tuple(int(v) for v in values)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -108,23 +116,26 @@ def bench(
 
     set_threads(threads)
     codec_names = tuple(c for c in _names(codecs) if c != "none")
-    crf_values = tuple(int(v) for v in _floats(crfs, "--crfs")) if crfs else ()
-    settings = BenchSettings(
-        budgets=_floats(budgets, "--budgets"),
-        routers=_names(routers),
-        codecs=codec_names,
-        crfs={c: crf_values for c in codec_names} if crf_values else {},
-        frames=frames,
-        size=size,
-        metrics=_names(metrics) if metrics is not None else default_metrics(),
-        lpips_every=lpips_every,
-        device=device,
-        bf16=bf16,
-        refine=refine,
-        oracle=oracle,
-        qualities=_floats(qualities, "--qualities") if qualities else (),
-        set_budget=set_budget,
-    )
+    crf_values = _integers(crfs, "--crfs") if crfs else ()
+    try:  # a bad value among the settings is a usage error, as encode's are
+        settings = BenchSettings(
+            budgets=_floats(budgets, "--budgets"),
+            routers=_names(routers),
+            codecs=codec_names,
+            crfs={c: crf_values for c in codec_names} if crf_values else {},
+            frames=frames,
+            size=size,
+            metrics=_names(metrics) if metrics is not None else default_metrics(),
+            lpips_every=lpips_every,
+            device=device,
+            bf16=bf16,
+            refine=refine,
+            oracle=oracle,
+            qualities=_floats(qualities, "--qualities") if qualities else (),
+            set_budget=set_budget,
+        )
+    except InfotokError as exc:
+        raise typer.BadParameter(str(exc)) from None
     from infotok_codec.media import find_videos
 
     check_results_folder(out, force)  # run_bench checks too; here it fails before the bar shows

@@ -35,6 +35,16 @@ from infotok_codec.cli.common import (
 from infotok_codec.errors import InfotokError
 
 
+def _check_chunk(chunk_frames: int) -> int:
+    from infotok_codec.codec import check_chunk_frames
+
+    try:
+        check_chunk_frames(chunk_frames)
+    except InfotokError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return chunk_frames
+
+
 @app.command()
 def encode(
     src: Annotated[
@@ -65,7 +75,10 @@ def encode(
         typer.Option(help="elbo, fixed, uniform, or light (elbo predicted: no decode pass)."),
     ] = "elbo",
     model: ModelOption = None,
-    chunk_frames: Annotated[int, typer.Option(help="Frames per chunk, a multiple of 4.")] = 16,
+    chunk_frames: Annotated[
+        int,
+        typer.Option(help="Frames per chunk, a multiple of 4 up to 1024.", callback=_check_chunk),
+    ] = 16,
     coder: Annotated[
         str,
         typer.Option(
@@ -314,7 +327,7 @@ def info(
     from infotok_codec.rate import RateControl
 
     if heatmap is not None:
-        check_output(heatmap, force)
+        check_output(heatmap, force, inputs=[src])
     summary = file_info(src)
     if heatmap is not None:
         token_heatmap(src, heatmap, model=model)

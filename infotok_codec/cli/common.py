@@ -36,7 +36,23 @@ err_console = Console(stderr=True, markup=False)
 ModelOption = Annotated[
     Path | None, typer.Option("--model", help="Model file (default: the shipped model).")
 ]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
+def _check_device(device: str) -> str:
+    """A device this machine lacks is a usage error, found before any file is read."""
+    from infotok_codec.codec import resolve_device
+    from infotok_codec.errors import InfotokError
+
+    try:
+        resolve_device(device)
+    except InfotokError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return device
+
+
+DeviceOption = Annotated[
+    str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)
+]
 Bf16Option = Annotated[
     bool | None,
     typer.Option(

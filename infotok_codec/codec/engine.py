@@ -20,6 +20,7 @@ from infotok_codec.bitstream import (
     KeyPrior,
 )
 from infotok_codec.bitstream.context_coder import encode_tokens
+from infotok_codec.bitstream.header import CHUNK_FRAMES_RANGE, TEMPORAL_STRIDE
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.model import (
     SPACE_FACTOR,
@@ -207,12 +208,19 @@ def _latent_span(p0: int, p1: int) -> tuple[int, int]:
 
 
 def resolve_device(device: str) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N`, checked against the devices this machine has."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InfotokError(f"unknown device {device!r}: use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InfotokError("--device cuda asked for, but no CUDA device is available")
+    if device == "cpu":
+        return torch.device("cpu")
+    kind, _, number = device.partition(":")
+    if kind != "cuda" or (device != "cuda" and not number.isdigit()):
+        raise InfotokError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise InfotokError(f"--device {device} asked for, but no CUDA device is available")
+    if number and int(number) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InfotokError(f"--device {device}: this machine has {count} CUDA device(s)")
     return torch.device(device)
 
 
@@ -222,8 +230,11 @@ def check_refine(steps: int) -> None:
 
 
 def check_chunk_frames(chunk_frames: int) -> None:
-    if chunk_frames < 4 or chunk_frames % 4:
-        raise InfotokError(f"chunk frames {chunk_frames} is not a positive multiple of 4")
+    lo, hi = CHUNK_FRAMES_RANGE
+    if not lo <= chunk_frames <= hi or chunk_frames % TEMPORAL_STRIDE:
+        raise InfotokError(
+            f"chunk frames {chunk_frames} is not a multiple of {TEMPORAL_STRIDE} in {lo}..{hi}"
+        )
 
 
 def as_model(model: LoadedModel | str | Path | None) -> LoadedModel:
