@@ -37,7 +37,7 @@ def check_output(
             (as ffmpeg refuses "Output same as Input"): that would replace the source.
     """
     for source in inputs:
-        if _same_file(path, Path(source)):
+        if same_file(path, Path(source)):
             raise InfotokError(f"{path}: is also the input {source}")
     if path.is_dir() and not folder_ok:
         raise InfotokError(f"{path}: is a folder")
@@ -50,9 +50,9 @@ def check_output(
         raise InfotokError(f"{parent}: output folder is not writable")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """One file under two names: the same resolved path, or a link to the same inode."""
-    if a.resolve() == b.resolve():
+    if os.path.realpath(a) == os.path.realpath(b):  # realpath: a symlink loop is no error
         return True
     return a.exists() and b.exists() and os.path.samefile(a, b)
 

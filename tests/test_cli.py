@@ -129,6 +129,9 @@ def test_the_output_may_never_be_the_input(tmp_path: Path, tiny_model: Path, cli
     assert_one_line_error(run, 1, "is also the input")
     run = infotok("info", itok, "--heatmap", itok, "--model", tiny_model, "--force")
     assert_one_line_error(run, 1, "is also the input")
+    video = tmp_path / "v.mkv"
+    run = infotok("decode", itok, video, "--tokens", video, "--model", tiny_model)
+    assert_one_line_error(run, 1, "v.mkv: is also the output video")
     assert src.read_bytes() == source and itok.read_bytes() == stream
     assert only(tmp_path) == sorted([src.name, "link.mp4", "o.itok"])
 

@@ -243,6 +243,13 @@ def test_pricing_reads_each_chunks_curve_at_its_count(
     assert spender.priced(budget, start) == pytest.approx(each, rel=1e-12, abs=1e-9)
 
 
+def test_pricing_reads_curves_that_repeat_a_count() -> None:
+    # The longest curve ends in a repeated count: np.interp reads its last byte count there.
+    curves = [ByteCurve((1, 5, 5), (10, 20, 30)), ByteCurve((3, 3), (7, 9)), ByteCurve((1,), (4,))]
+    spender = ByteSpender("fixed", [5, 3, 1], [1.0, 1.0, 1.0], 0, curves)
+    assert spender.priced(1.0) == 30 + 9 + 4 == sum(c.at(c.counts[-1]) for c in curves)
+
+
 @settings(max_examples=50, deadline=None)
 @given(spender=spenders(), share=st.floats(0.0, 1.0))
 def test_pass_2_feedback_spends_what_the_written_chunks_left(

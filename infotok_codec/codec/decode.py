@@ -36,7 +36,7 @@ from infotok_codec.media import HOLDS_SIDE_STREAMS, AudioMuxer, VideoWriter, out
 from infotok_codec.model import (
     LoadedModel,
 )
-from infotok_codec.outputs import check_output
+from infotok_codec.outputs import check_output, same_file
 
 
 @dataclass
@@ -135,7 +135,9 @@ def decode_file(
     if out is not None:
         check_output(out, force, folder_ok=True, inputs=[src])  # or a folder of PNG frames
     if tokens_path is not None:
-        check_output(tokens_path, force, inputs=[src] + ([out] if out is not None else []))
+        check_output(tokens_path, force, inputs=[src])
+        if out is not None and same_file(tokens_path, out):
+            raise InfotokError(f"{tokens_path}: is also the output video")
     started = time.perf_counter()
     with ExitStack() as stack:
         source: ContainerReader | TokenReader

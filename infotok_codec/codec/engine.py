@@ -214,7 +214,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "cpu":
         return torch.device("cpu")
     kind, _, number = device.partition(":")
-    if kind != "cuda" or (device != "cuda" and not number.isdigit()):
+    if kind != "cuda" or (device != "cuda" and not (number.isascii() and number.isdecimal())):
         raise InfotokError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise InfotokError(f"--device {device} asked for, but no CUDA device is available")

@@ -444,8 +444,9 @@ class ByteSpender:
         # arrays, not per-chunk Python, keep that from growing with the square of the length.
         self._n = np.asarray(positions, dtype=np.int64)
         self._e = np.asarray(errors, dtype=np.float64)
-        width = max([2] + [len(c.counts) for c in curves])
-        # Each curve padded to `width` samples by repeating its last (flat beyond it, as np.interp).
+        # Each curve padded by repeating its last sample at least once (flat beyond it, as
+        # np.interp), so the last segment a count can fall in always ends at the curve's end.
+        width = 1 + max([1] + [len(c.counts) for c in curves])
         self._xs = np.array([_padded(c.counts, width) for c in curves], dtype=np.float64)
         self._ys = np.array([_padded(c.bytes, width) for c in curves], dtype=np.float64)
 

@@ -74,7 +74,11 @@ def allocate_counts(
     check_router(router)
     check_budget(budget)
     n = np.asarray(positions, dtype=np.int64)
-    if router in _RATE_BY_ERROR and (chunk_errors is None or len(chunk_errors) != len(n)):
+    if (
+        budget < 1.0
+        and router in _RATE_BY_ERROR
+        and (chunk_errors is None or len(chunk_errors) != len(n))
+    ):
         raise InfotokError(f"the {router} router needs one error per chunk")
     e = None if chunk_errors is None else np.asarray(chunk_errors, dtype=np.float64)
     return [int(v) for v in allocate_array(router, budget, n, e)]
