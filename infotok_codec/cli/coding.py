@@ -26,6 +26,7 @@ from infotok_codec.cli.common import (
     ModelOption,
     ThreadsOption,
     app,
+    checked_by,
     console,
     err_console,
     print_json,
@@ -33,16 +34,6 @@ from infotok_codec.cli.common import (
     set_threads,
 )
 from infotok_codec.errors import InfotokError
-
-
-def _check_chunk(chunk_frames: int) -> int:
-    from infotok_codec.codec import check_chunk_frames
-
-    try:
-        check_chunk_frames(chunk_frames)
-    except InfotokError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return chunk_frames
 
 
 @app.command()
@@ -77,7 +68,10 @@ def encode(
     model: ModelOption = None,
     chunk_frames: Annotated[
         int,
-        typer.Option(help="Frames per chunk, a multiple of 4 up to 1024.", callback=_check_chunk),
+        typer.Option(
+            help="Frames per chunk, a multiple of 4 up to 1024.",
+            callback=checked_by("check_chunk_frames"),
+        ),
     ] = 16,
     coder: Annotated[
         str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -38,20 +38,25 @@ ModelOption = Annotated[
 ]
 
 
-def _check_device(device: str) -> str:
-    """A device this machine lacks is a usage error, found before any file is read."""
-    from infotok_codec.codec import resolve_device
-    from infotok_codec.errors import InfotokError
+def checked_by(check: str) -> Callable[[Any], Any]:
+    """An option callback: `infotok_codec.codec.<check>(value)`, whose `InfotokError` becomes a
+    usage error found while parsing, before any file is read (imported then: it needs torch)."""
 
-    try:
-        resolve_device(device)
-    except InfotokError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return device
+    def callback(value: Any) -> Any:
+        import infotok_codec.codec
+        from infotok_codec.errors import InfotokError
+
+        try:
+            getattr(infotok_codec.codec, check)(value)
+        except InfotokError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return callback
 
 
 DeviceOption = Annotated[
-    str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)
+    str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=checked_by("resolve_device"))
 ]
 Bf16Option = Annotated[
     bool | None,
