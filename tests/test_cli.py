@@ -17,7 +17,7 @@ import pytest
 from infotok_codec.bitstream import VERSION, ContainerReader
 from infotok_codec.media import probe
 
-from helpers import assert_one_line_error, infotok, read_all
+from helpers import assert_one_line_error, infotok, make_av_clip, read_all
 
 
 def only(folder: Path) -> list[str]:
@@ -151,6 +151,50 @@ def test_bad_device_and_chunk_size_are_usage_errors_before_any_work(
     # The input does not exist: a usage error is found before the input is even opened.
     run = infotok("encode", tmp_path / "nope.mp4", tmp_path / "o.itok", option, value)
     assert_one_line_error(run, 2, needle)
+    assert only(tmp_path) == []
+
+
+def _piped(
+    *args: str | Path, stdin: bytes = b"", cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """`infotok` with bytes on its standard input and bytes from its standard output."""
+    command = [sys.executable, "-m", "infotok_codec", *map(str, args)]
+    return subprocess.run(command, input=stdin, capture_output=True, timeout=300, cwd=cwd)
+
+
+def test_encode_reads_a_pipe_and_decode_writes_one(tmp_path: Path, tiny_model: Path) -> None:
+    src = make_av_clip(tmp_path / "voiced.mkv", 20)  # with its audio: the pipe carries both
+    from_file, from_pipe = tmp_path / "file.itok", tmp_path / "pipe.itok"
+    assert infotok("encode", src, from_file, "--model", tiny_model).returncode == 0
+    run = _piped("encode", "-", from_pipe, "--model", tiny_model, stdin=src.read_bytes())
+    assert run.returncode == 0, run.stderr
+    assert from_pipe.read_bytes() == from_file.read_bytes()
+    with ContainerReader(from_pipe) as reader:
+        assert reader.side_span[1] > 0  # the audio came through the pipe too
+    assert only(tmp_path) == ["file.itok", "pipe.itok", "voiced.mkv"]  # no spool left
+    y4m = tmp_path / "o.y4m"
+    assert infotok("decode", from_pipe, y4m, "--model", tiny_model).returncode == 0
+    run = _piped("decode", from_pipe, "-", "--model", tiny_model, "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(b"YUV4MPEG2 ") and run.stdout == y4m.read_bytes()
+    note = run.stderr.decode()  # y4m holds no audio, and says so
+    assert "y4m on stdout: this output format holds no audio" in note
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "needle"),
+    [
+        (("encode", "-", "o.itok"), b"", 1, "stdin: empty input"),
+        (("encode", "-", "o.itok"), b"not a video\n" * 50, 1, "stdin: not a readable video"),
+        (("decode", "missing.itok", "-", "--json"), b"", 2, "--json prints to stdout"),
+    ],
+)
+def test_pipe_mistakes_are_one_line(
+    tmp_path: Path, args: tuple[str, ...], stdin: bytes, code: int, needle: str
+) -> None:
+    run = _piped(*args, stdin=stdin, cwd=tmp_path)
+    lines = run.stderr.decode().strip().splitlines()
+    assert run.returncode == code and len(lines) == 1 and needle in lines[0], run.stderr
     assert only(tmp_path) == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import ExitStack
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +43,8 @@ def encode(
     src: Annotated[
         Path,
         typer.Argument(
-            help="Input video (anything FFmpeg reads) or image folder; or a folder of videos."
+            help="Input video (anything FFmpeg reads), image folder or - (a pipe: read whole "
+            "first); or a folder of videos."
         ),
     ],
     dst: Annotated[
@@ -113,6 +116,8 @@ def encode(
     """
     from infotok_codec.bitstream import CODERS
     from infotok_codec.codec import check_refine, encode_file
+    from infotok_codec.media import is_pipe, spooled_stdin
+    from infotok_codec.outputs import check_output
     from infotok_codec.rate import choose_rate, parse_quantity
     from infotok_codec.routing import ROUTERS
 
@@ -160,7 +165,10 @@ def encode(
             quiet=quiet,
         )
         return
-    with progress_bars(quiet or as_json) as progress:
+    with ExitStack() as stack, progress_bars(quiet or as_json) as progress:
+        if is_pipe(src):
+            check_output(dst, force)  # before the pipe is read, not after
+            src = stack.enter_context(spooled_stdin(dst))
         result = encode_file(
             src,
             dst,
@@ -253,7 +261,9 @@ def decode(
     src: Annotated[Path, typer.Argument(help="Input .itok file, or a token file (.npz).")],
     dst: Annotated[
         Path | None,
-        typer.Argument(help="Output video: .mp4, .mkv, .y4m, or a folder for PNGs."),
+        typer.Argument(
+            help="Output video: .mp4, .mkv, .y4m, a folder for PNGs, or - for y4m on stdout."
+        ),
     ] = None,
     frames: Annotated[str | None, typer.Option(help="Only frames A:B (end exclusive).")] = None,
     tokens: Annotated[
@@ -269,7 +279,12 @@ def decode(
 ) -> None:
     """Decode an .itok file or a token file to video (format by extension) and/or tokens."""
     from infotok_codec.codec import decode_file
+    from infotok_codec.media import is_pipe
 
+    if is_pipe(dst) and as_json:
+        raise typer.BadParameter("--json prints to stdout, where - writes the video")
+    if is_pipe(dst) and sys.stdout.isatty():
+        raise typer.BadParameter("- writes y4m video to stdout, which is a terminal: pipe it")
     set_threads(threads)
     with progress_bars(quiet or as_json) as progress:
         result = decode_file(

@@ -32,7 +32,7 @@ from infotok_codec.bitstream.header import (
 )
 from infotok_codec.codec.engine import ChunkModel, Progress, as_model
 from infotok_codec.errors import InfotokError, ModelError
-from infotok_codec.media import HOLDS_SIDE_STREAMS, AudioMuxer, VideoWriter, output_kind
+from infotok_codec.media import HOLDS_SIDE_STREAMS, AudioMuxer, VideoWriter, is_pipe, output_kind
 from infotok_codec.model import (
     LoadedModel,
 )
@@ -121,7 +121,7 @@ def decode_file(
     progress: Progress | None = None,
 ) -> DecodeResult:
     """Decode an `.itok` file, or a token file (`.npz`, `infotok_codec.bitstream.tokens`), to a
-    video (format by extension) and/or a token file.
+    video (format by extension; ``-``: y4m on standard output) and/or a token file.
 
     With `audio`, an `.itok` file's audio track goes into `.mkv` and `.mp4` outputs, cut to the
     decoded frames (`AudioReader.read_span`); `DecodeResult.notes` says where it could not.
@@ -132,11 +132,12 @@ def decode_file(
     tokens_path = Path(tokens_out) if tokens_out is not None else None
     if out is None and tokens_path is None:
         raise InfotokError("nothing to write: give an output video and/or --tokens")
-    if out is not None:
+    to_pipe = is_pipe(dst)  # y4m on standard output
+    if out is not None and not to_pipe:
         check_output(out, force, folder_ok=True, inputs=[src])  # or a folder of PNG frames
     if tokens_path is not None:
         check_output(tokens_path, force, inputs=[src])
-        if out is not None and same_file(tokens_path, out):
+        if out is not None and not to_pipe and same_file(tokens_path, out):
             raise InfotokError(f"{tokens_path}: is also the output video")
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -171,7 +172,8 @@ def decode_file(
             if output_kind(out) in HOLDS_SIDE_STREAMS:
                 muxer = AudioMuxer(tracks.tracks, tracks.read_span(first, stop))
             else:
-                notes.append(f"{out}: this output format holds no audio; the audio is left out")
+                name = "y4m on stdout" if to_pipe else out
+                notes.append(f"{name}: this output format holds no audio; the audio is left out")
         tokens = (
             stack.enter_context(TokenWriter(tokens_path, header))
             if tokens_path is not None

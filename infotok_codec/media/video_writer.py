@@ -2,7 +2,9 @@
 
 `VideoWriter` takes RGB ``uint8`` arrays of shape ``(n, H, W, 3)`` and writes them in a format
 chosen by the file's extension (`output_kind`), atomically, with any side streams (audio) muxed
-beside them.
+beside them; or, to standard output (``-``, `pipe.PIPE`), as a y4m stream for a pipe
+(``… - | ffplay -``), written as it comes: a pipe cannot be written atomically, so a failure
+leaves its reader a truncated stream.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
 from infotok_codec.errors import VideoError
+from infotok_codec.media.pipe import is_pipe
 from infotok_codec.media.video_reader import Size, describe_error
 from infotok_codec.outputs import WholeOrNothing, make_temp, remove_temp
 
@@ -30,6 +33,7 @@ MP4_CRF = 12
 
 MP4_PRESET = "medium"
 
+_STDOUT_URL = "pipe:1"  # FFmpeg's own writer on file descriptor 1
 _FOLDER_FRAME = "frame_{:06d}.png"
 _FOLDER_FRAME_RE = re.compile(r"frame_\d{6,}\.png")
 
@@ -40,8 +44,11 @@ _AVCOL_RANGE_MPEG = 1
 
 
 def output_kind(path: str | os.PathLike[str]) -> str:
-    """``"mp4"``, ``"mkv"``, ``"y4m"`` or ``"png"`` (a folder: no extension or a trailing /)."""
+    """``"mp4"``, ``"mkv"``, ``"y4m"`` or ``"png"`` (a folder: no extension or a trailing /);
+    standard output (``-``) is ``"y4m"``."""
     text = os.fspath(path)
+    if is_pipe(text):
+        return "y4m"
     if text.endswith(("/", os.sep)) or not Path(text).suffix:
         return "png"
     suffix = Path(text).suffix.lower()
@@ -51,6 +58,11 @@ def output_kind(path: str | os.PathLike[str]) -> str:
         f"{text}: unknown output extension {suffix!r} "
         "(use .mp4, .mkv, .y4m, or a folder path for PNG frames)"
     )
+
+
+def _remove_unless_pipe(tmp: str) -> None:
+    if tmp != _STDOUT_URL:
+        remove_temp(tmp)
 
 
 def _is_own_frame_folder(folder: Path) -> bool:
@@ -124,6 +136,7 @@ class VideoWriter(WholeOrNothing):
         """
         self.kind = output_kind(path)
         self.path = Path(path)
+        self.pipe = is_pipe(path)
         self.width, self.height = int(width), int(height)
         self.fps = Fraction(fps)
         if self.width < 1 or self.height < 1:
@@ -139,12 +152,17 @@ class VideoWriter(WholeOrNothing):
         self._container: Any = None
         self._stream: Any = None
         self._png: Any = None
-        try:
-            self._tmp = make_temp(self.path, folder=self.kind == "png")
-        except OSError as err:
-            raise VideoError(f"{self.path}: cannot create output ({describe_error(err)})") from None
+        if self.pipe:
+            self._tmp = _STDOUT_URL  # nothing to remove
+        else:
+            try:
+                self._tmp = make_temp(self.path, folder=self.kind == "png")
+            except OSError as err:
+                raise VideoError(
+                    f"{self.path}: cannot create output ({describe_error(err)})"
+                ) from None
         # Removes the temporary output if the writer is dropped without close().
-        self._cleanup = weakref.finalize(self, remove_temp, self._tmp)
+        self._cleanup = weakref.finalize(self, _remove_unless_pipe, self._tmp)
         try:
             self._open()
         except (av.FFmpegError, OSError) as err:
@@ -152,6 +170,8 @@ class VideoWriter(WholeOrNothing):
             raise VideoError(f"{self.path}: cannot start encoder ({describe_error(err)})") from None
 
     def _check_target(self) -> None:
+        if self.pipe:
+            return
         if not self.path.parent.is_dir():
             raise VideoError(f"{self.path}: folder {self.path.parent} does not exist")
         if self.kind == "png":
@@ -291,6 +311,8 @@ class VideoWriter(WholeOrNothing):
 
     def _publish(self) -> None:
         """Move the finished temporary output onto ``path`` (atomic for files)."""
+        if self.pipe:
+            return
         if self.kind != "png":
             os.replace(self._tmp, self.path)
             return
