@@ -179,6 +179,11 @@ def test_encode_reads_a_pipe_and_decode_writes_one(tmp_path: Path, tiny_model: P
     assert run.stdout.startswith(b"YUV4MPEG2 ") and run.stdout == y4m.read_bytes()
     note = run.stderr.decode()  # y4m holds no audio, and says so
     assert "y4m on stdout: this output format holds no audio" in note
+    # "./-" is a file named "-", as in ffmpeg: only a bare "-" is the pipe.
+    (tmp_path / "-").write_bytes(src.read_bytes())
+    run = _piped("encode", "./-", "dash.itok", "--model", tiny_model, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "dash.itok").read_bytes() == from_file.read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -187,6 +192,9 @@ def test_encode_reads_a_pipe_and_decode_writes_one(tmp_path: Path, tiny_model: P
         (("encode", "-", "o.itok"), b"", 1, "stdin: empty input"),
         (("encode", "-", "o.itok"), b"not a video\n" * 50, 1, "stdin: not a readable video"),
         (("decode", "missing.itok", "-", "--json"), b"", 2, "--json prints to stdout"),
+        (("decode", "-", "o.mkv"), b"", 2, "stdin (-) is not one"),
+        (("decode", "missing.itok", "--tokens", "-"), b"", 2, "token file cannot go to stdout"),
+        (("encode", "missing.mkv", "-"), b"", 2, "cannot go to stdout"),
     ],
 )
 def test_pipe_mistakes_are_one_line(

@@ -41,14 +41,14 @@ from infotok_codec.errors import InfotokError
 @app.command()
 def encode(
     src: Annotated[
-        Path,
+        str,  # not a Path: "-" is the pipe, "./-" a file of that name (a Path folds the two)
         typer.Argument(
             help="Input video (anything FFmpeg reads), image folder or - (a pipe: read whole "
-            "first); or a folder of videos."
+            "first); or a folder of videos.",
         ),
     ],
     dst: Annotated[
-        Path, typer.Argument(help="Output .itok file; for a folder of videos, a folder.")
+        str, typer.Argument(help="Output .itok file; for a folder of videos, a folder.")
     ],
     budget: Annotated[
         float | None,
@@ -116,7 +116,7 @@ def encode(
     """
     from infotok_codec.bitstream import CODERS
     from infotok_codec.codec import check_refine, encode_file
-    from infotok_codec.media import is_pipe, spooled_stdin
+    from infotok_codec.media import PIPE, spooled_stdin
     from infotok_codec.outputs import check_output
     from infotok_codec.rate import choose_rate, parse_quantity
     from infotok_codec.routing import ROUTERS
@@ -140,13 +140,16 @@ def encode(
         check_refine(refine)
     except InfotokError as exc:
         raise typer.BadParameter(f"--refine: {exc}") from None
+    if dst == PIPE:
+        raise typer.BadParameter("an .itok file cannot go to stdout (it ends in a seek index)")
     set_threads(threads)
-    if src.is_dir() and dst.suffix.lower() != ".itok":
+    source, target = Path(src), Path(dst)
+    if src != PIPE and source.is_dir() and target.suffix.lower() != ".itok":
         if rate.mode != "budget":
             raise typer.BadParameter("a folder of videos is encoded at a --budget only")
         _encode_folder(
-            src,
-            dst,
+            source,
+            target,
             dict(
                 budget=rate.target,
                 router=router,
@@ -166,12 +169,12 @@ def encode(
         )
         return
     with ExitStack() as stack, progress_bars(quiet or as_json) as progress:
-        if is_pipe(src):
-            check_output(dst, force)  # before the pipe is read, not after
-            src = stack.enter_context(spooled_stdin(dst))
+        if src == PIPE:
+            check_output(target, force)  # before the pipe is read, not after
+            source = stack.enter_context(spooled_stdin(target))
         result = encode_file(
-            src,
-            dst,
+            source,
+            target,
             rate=rate,
             router=router,
             model=model,
@@ -260,9 +263,9 @@ def _encode_folder(
 def decode(
     src: Annotated[Path, typer.Argument(help="Input .itok file, or a token file (.npz).")],
     dst: Annotated[
-        Path | None,
+        str | None,  # not a Path: "-" is the pipe, "./-" a file of that name
         typer.Argument(
-            help="Output video: .mp4, .mkv, .y4m, a folder for PNGs, or - for y4m on stdout."
+            help="Output video: .mp4, .mkv, .y4m, a folder for PNGs, or - for y4m on stdout.",
         ),
     ] = None,
     frames: Annotated[str | None, typer.Option(help="Only frames A:B (end exclusive).")] = None,
@@ -279,17 +282,27 @@ def decode(
 ) -> None:
     """Decode an .itok file or a token file to video (format by extension) and/or tokens."""
     from infotok_codec.codec import decode_file
-    from infotok_codec.media import is_pipe
+    from infotok_codec.media import PIPE
 
-    if is_pipe(dst) and as_json:
-        raise typer.BadParameter("--json prints to stdout, where - writes the video")
-    if is_pipe(dst) and sys.stdout.isatty():
-        raise typer.BadParameter("- writes y4m video to stdout, which is a terminal: pipe it")
+    if str(src) == PIPE:  # a Path: "./-" is "-" too, and a file of that name is as unlikely
+        raise typer.BadParameter("decode reads an .itok or token file; stdin (-) is not one")
+    output: str | Path | None = dst  # the str "-" is the pipe; any other name a Path
+    if dst == PIPE:
+        if as_json:
+            raise typer.BadParameter("--json prints to stdout, where - writes the video")
+        if sys.stdout is None:
+            raise typer.BadParameter("- writes y4m video to stdout, which is closed")
+        if sys.stdout.isatty():
+            raise typer.BadParameter("- writes y4m video to stdout, which is a terminal: pipe it")
+    elif dst is not None:
+        output = Path(dst)
+    if tokens is not None and str(tokens) == PIPE:
+        raise typer.BadParameter("--tokens -: a token file cannot go to stdout")
     set_threads(threads)
     with progress_bars(quiet or as_json) as progress:
         result = decode_file(
             src,
-            dst,
+            output,
             frames=frames,
             tokens_out=tokens,
             model=model,

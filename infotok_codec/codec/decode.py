@@ -32,7 +32,14 @@ from infotok_codec.bitstream.header import (
 )
 from infotok_codec.codec.engine import ChunkModel, Progress, as_model
 from infotok_codec.errors import InfotokError, ModelError
-from infotok_codec.media import HOLDS_SIDE_STREAMS, AudioMuxer, VideoWriter, is_pipe, output_kind
+from infotok_codec.media import (
+    HOLDS_SIDE_STREAMS,
+    PIPE,
+    AudioMuxer,
+    VideoWriter,
+    is_pipe,
+    output_kind,
+)
 from infotok_codec.model import (
     LoadedModel,
 )
@@ -132,7 +139,7 @@ def decode_file(
     tokens_path = Path(tokens_out) if tokens_out is not None else None
     if out is None and tokens_path is None:
         raise InfotokError("nothing to write: give an output video and/or --tokens")
-    to_pipe = is_pipe(dst)  # y4m on standard output
+    to_pipe = is_pipe(dst)  # y4m on standard output (the str "-"; a Path is always a file)
     if out is not None and not to_pipe:
         check_output(out, force, folder_ok=True, inputs=[src])  # or a folder of PNG frames
     if tokens_path is not None:
@@ -169,7 +176,7 @@ def decode_file(
             else None
         )
         if out is not None and tracks is not None and tracks.tracks:
-            if output_kind(out) in HOLDS_SIDE_STREAMS:
+            if not to_pipe and output_kind(out) in HOLDS_SIDE_STREAMS:
                 muxer = AudioMuxer(tracks.tracks, tracks.read_span(first, stop))
             else:
                 name = "y4m on stdout" if to_pipe else out
@@ -180,7 +187,9 @@ def decode_file(
             else None
         )
         writer = (
-            stack.enter_context(VideoWriter(out, header.width, header.height, fps, muxer))
+            stack.enter_context(
+                VideoWriter(PIPE if to_pipe else out, header.width, header.height, fps, muxer)
+            )
             if out is not None
             else None
         )

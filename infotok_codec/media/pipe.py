@@ -11,18 +11,20 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from infotok_codec.errors import InfotokError, VideoError
-from infotok_codec.outputs import make_temp, remove_temp
+from infotok_codec.outputs import remove_temp
 
 PIPE = "-"
 """The path that means standard input (a source) or standard output (a decoded video)."""
 
 
 def is_pipe(path: str | os.PathLike[str] | None) -> bool:
-    return path is not None and os.fspath(path) == PIPE
+    """The str ``-`` only: a `Path` always names a file (``Path("./-")`` prints as ``-``)."""
+    return isinstance(path, str) and path == PIPE
 
 
 @contextlib.contextmanager
@@ -36,9 +38,10 @@ def spooled_stdin(beside: Path) -> Iterator[Path]:
     """
     if sys.stdin is None or sys.stdin.isatty():
         raise VideoError("stdin: no input piped in (encode - reads a video from a pipe)")
-    spool = make_temp(beside)
+    # Private (0600, unlike outputs): it holds someone's video only while the encode runs.
+    handle, spool = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".stdin", dir=beside.parent)
     try:
-        with open(spool, "wb") as file:
+        with os.fdopen(handle, "wb") as file:
             shutil.copyfileobj(sys.stdin.buffer, file, 1 << 20)
         if os.path.getsize(spool) == 0:
             raise VideoError("stdin: empty input")

@@ -46,9 +46,9 @@ _AVCOL_RANGE_MPEG = 1
 def output_kind(path: str | os.PathLike[str]) -> str:
     """``"mp4"``, ``"mkv"``, ``"y4m"`` or ``"png"`` (a folder: no extension or a trailing /);
     standard output (``-``) is ``"y4m"``."""
-    text = os.fspath(path)
-    if is_pipe(text):
+    if is_pipe(path):
         return "y4m"
+    text = os.fspath(path)
     if text.endswith(("/", os.sep)) or not Path(text).suffix:
         return "png"
     suffix = Path(text).suffix.lower()
