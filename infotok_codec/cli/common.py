@@ -20,6 +20,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 app = typer.Typer(
@@ -141,6 +142,8 @@ def progress_bars(quiet: bool) -> Iterator[Any]:
         TextColumn("frames"),
         TextColumn("{task.fields[fps]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=err_console,
         transient=False,
     )
