@@ -144,7 +144,7 @@ def test_bench_without_the_judges_packages_runs_without_them(
     rows = json.loads((out / "results.json").read_text())["results"]
     assert rows and all("lpips" not in r["metrics"] and "vmaf" not in r["metrics"] for r in rows)
     asked = without_judges(*common, "--metrics", "psnr,vmaf", "--out", tmp_path / "res2")
-    assert_one_line_error(asked, 1, "metric 'vmaf' needs the vmaf-torch package")
+    assert_one_line_error(asked, 2, "metric 'vmaf' needs the vmaf-torch package")  # usage
     assert not (tmp_path / "res2").exists()
 
 
