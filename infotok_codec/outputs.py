@@ -95,8 +95,12 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     tmp = make_temp(target)
+    mode = os.stat(tmp).st_mode  # what an ordinary open gives under the umask
     try:
         yield Path(tmp)
+        # Some writers replace the file with a private one (safetensors writes 0600).
+        if os.stat(tmp).st_mode != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         remove_temp(tmp)

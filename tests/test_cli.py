@@ -17,7 +17,7 @@ import pytest
 from infotok_codec.bitstream import VERSION, ContainerReader
 from infotok_codec.media import probe
 
-from helpers import assert_one_line_error, infotok, make_av_clip, read_all
+from helpers import assert_one_line_error, infotok, make_av_clip, read_all, write_tiny_model
 
 
 def only(folder: Path) -> list[str]:
@@ -255,6 +255,9 @@ def test_outputs_get_the_permissions_of_an_ordinary_file(
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    # Model files too, though safetensors writes its files private (0600).
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    assert model.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_missing_output_folder(tmp_path: Path, tiny_model: Path, clip) -> None:
