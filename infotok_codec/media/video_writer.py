@@ -60,11 +60,6 @@ def output_kind(path: str | os.PathLike[str]) -> str:
     )
 
 
-def _remove_unless_pipe(tmp: str) -> None:
-    if tmp != _STDOUT_URL:
-        remove_temp(tmp)
-
-
 def _is_own_frame_folder(folder: Path) -> bool:
     """True for an empty folder or one holding only frames a `VideoWriter` wrote."""
     return all(_FOLDER_FRAME_RE.fullmatch(p.name) for p in folder.iterdir())
@@ -153,7 +148,7 @@ class VideoWriter(WholeOrNothing):
         self._stream: Any = None
         self._png: Any = None
         if self.pipe:
-            self._tmp = _STDOUT_URL  # nothing to remove
+            self._tmp = _STDOUT_URL
         else:
             try:
                 self._tmp = make_temp(self.path, folder=self.kind == "png")
@@ -161,8 +156,11 @@ class VideoWriter(WholeOrNothing):
                 raise VideoError(
                     f"{self.path}: cannot create output ({describe_error(err)})"
                 ) from None
-        # Removes the temporary output if the writer is dropped without close().
-        self._cleanup = weakref.finalize(self, _remove_unless_pipe, self._tmp)
+        # Removes the temporary output if the writer is dropped without close(); a pipe has
+        # none, so its finalizer is detached at once (calling a detached one does nothing).
+        self._cleanup = weakref.finalize(self, remove_temp, self._tmp)
+        if self.pipe:
+            self._cleanup.detach()
         try:
             self._open()
         except (av.FFmpegError, OSError) as err:
