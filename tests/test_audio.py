@@ -100,6 +100,29 @@ def test_frames_range_cuts_the_audio_to_the_same_span(tmp_path: Path, tiny_model
     assert _audio_packets(out) == wanted
 
 
+def test_an_encoded_frame_range_carries_the_audio_of_those_frames(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # The mirror of the decode test above: the span is cut when encoding, not when decoding.
+    src = _source(tmp_path, "aac-in-mp4", frames=48)
+    itok = tmp_path / "part.itok"
+    encode_file(src, itok, frames="20:40", model=tiny_model, budget=0.5)
+    out = tmp_path / "part.mkv"
+    decode_file(itok, out, model=tiny_model)
+    audio_frame = Fraction(1024, 48000)
+    offset, length = _offset_and_length(out)
+    assert 0 <= offset < audio_frame + MKV_TICK
+    assert abs(length - Fraction(20, 25)) <= audio_frame + MKV_TICK
+    assert len(read_all(out)) == 20
+    with av.open(str(src)) as container:
+        wanted = [
+            bytes(p)
+            for p in container.demux(container.streams.audio[0])
+            if p.size and Fraction(20, 25) <= p.pts * p.time_base < Fraction(40, 25)
+        ]
+    assert _audio_packets(out) == wanted
+
+
 def test_no_audio_leaves_the_track_out(tmp_path: Path, tiny_model: Path) -> None:
     src = _source(tmp_path, "aac-in-mp4")
     itok = tmp_path / "a.itok"

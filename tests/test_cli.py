@@ -104,6 +104,20 @@ def test_existing_output_is_untouched_without_force(tmp_path: Path, tiny_model: 
     assert out.read_bytes()[:4] == b"ITOK"
 
 
+def test_encode_frames_takes_a_range_and_refuses_a_bad_one_untouched(
+    tmp_path: Path, tiny_model: Path, clip
+) -> None:
+    src, out = clip(frames=20), tmp_path / "o.itok"
+    out.write_bytes(b"precious")
+    run = infotok("encode", src, out, "--model", tiny_model, "--frames", "12:21", "--force")
+    assert_one_line_error(run, 1, "--frames 12:21: need 0 <= A < B <= 20")
+    assert out.read_bytes() == b"precious"
+    run = infotok("encode", src, out, "--model", tiny_model, "--frames", "12:", "--force", "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert (summary["frames"], summary["first_frame"]) == (8, 12)
+
+
 def test_output_that_is_a_folder_is_refused_even_with_force(
     tmp_path: Path, tiny_model: Path, clip
 ) -> None:

@@ -10,10 +10,11 @@ import pytest
 
 from infotok_codec import ModelError
 from infotok_codec.codec import decode_file, encode_file, read_tokens
+from infotok_codec.errors import InfotokError
 from infotok_codec.inspect import file_info
 from infotok_codec.media import probe, read_frames
 
-from helpers import DEV, psnr
+from helpers import DEV, make_clip, pattern, psnr
 
 
 @pytest.mark.parametrize(
@@ -103,6 +104,50 @@ def test_frame_range_decodes_only_those_frames(clip, tiny_model: Path, tmp_path:
     whole = np.concatenate(list(read_frames(tmp_path / "all.mkv")))
     part = np.concatenate(list(read_frames(tmp_path / "part.mkv")))
     assert np.array_equal(part, whole[18:35])
+
+
+def test_a_frame_range_encodes_as_a_clip_of_just_those_frames(
+    clip, tiny_model: Path, tmp_path: Path
+) -> None:
+    # Lossless sources (FFV1): frames 7:30 of the long clip are the short clip's frames, so the
+    # two encodes must be the same bytes, at every router (pass 1 reads the span too).
+    long_src, short_src = clip(frames=40, name="long.mkv"), tmp_path / "short.mkv"
+    make_clip(short_src, pattern(40, 48, 64)[7:30], codec="ffv1")
+    for router in ("elbo", "uniform"):
+        cut = encode_file(
+            long_src,
+            tmp_path / "cut.itok",
+            frames="7:30",
+            budget=0.6,
+            router=router,
+            model=tiny_model,
+            force=True,
+        )
+        alone = encode_file(
+            short_src,
+            tmp_path / "alone.itok",
+            budget=0.6,
+            router=router,
+            model=tiny_model,
+            force=True,
+        )
+        assert (cut.frames, cut.first_frame, alone.first_frame) == (23, 7, 0)
+        assert (tmp_path / "cut.itok").read_bytes() == (tmp_path / "alone.itok").read_bytes()
+    # Either end may be left open, as in decode's --frames.
+    assert encode_file(long_src, tmp_path / "t.itok", frames="33:", model=tiny_model).frames == 7
+    assert (
+        encode_file(long_src, tmp_path / "h.itok", frames=":5", model=tiny_model, force=True).frames
+        == 5
+    )
+
+
+@pytest.mark.parametrize("frames", ["30:20", "5:41", "-1:5", "1_0:20", "7", "a:b"])
+def test_a_bad_frame_range_is_refused_before_anything_is_written(
+    clip, tiny_model: Path, tmp_path: Path, frames: str
+) -> None:
+    with pytest.raises(InfotokError, match="--frames"):
+        encode_file(clip(frames=40), tmp_path / "o.itok", frames=frames, model=tiny_model)
+    assert not (tmp_path / "o.itok").exists()
 
 
 def test_read_tokens_matches_the_tokens_file_and_the_mask(

@@ -218,3 +218,13 @@ def test_bad_settings_and_folders_without_videos_are_refused_before_any_work(
     (tmp_path / "file").write_text("x")
     run = infotok("encode", tmp_path / "d", tmp_path / "file", "--model", tiny_model)
     assert_one_line_error(run, 1, "exists and is not a folder")
+
+
+def test_a_frame_range_is_refused_for_a_folder_of_videos(tiny_model: Path, tmp_path: Path) -> None:
+    # Its videos differ in length; a range is for one video (exit 2: a usage error).
+    run = infotok(
+        "encode", make_dataset(tmp_path / "d"), tmp_path / "out", "--frames", "0:8",
+        "--model", tiny_model,
+    )  # fmt: skip
+    assert_one_line_error(run, 2, "--frames is for one video")
+    assert not (tmp_path / "out").exists()

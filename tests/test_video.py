@@ -54,6 +54,19 @@ def test_read_frames_yields_full_chunks_then_the_rest(tmp_path: Path) -> None:
     assert list(read_frames(clip, max_frames=0)) == []
 
 
+def test_read_frames_from_a_start_frame_skips_the_frames_before(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "clip.mkv", pattern(37, 32, 48), codec="ffv1")
+    whole = read_all(clip)
+    chunks = list(read_frames(clip, chunk_frames=16, start=9, max_frames=20))
+    assert [c.shape[0] for c in chunks] == [16, 4]
+    assert np.array_equal(np.concatenate(chunks), whole[9:29])
+    assert np.array_equal(read_all(clip, start=36), whole[36:])
+    with pytest.raises(VideoError, match="no frames from frame 37 on"):
+        list(read_frames(clip, start=37))
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        read_frames(clip, start=-1)
+
+
 def test_chunks_stay_valid_after_the_next_one(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "clip.mkv", pattern(8, 16, 16), codec="ffv1")
     chunks = list(read_frames(clip, chunk_frames=3))

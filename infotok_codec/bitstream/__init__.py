@@ -4,7 +4,13 @@ Layout in docs/FORMAT.md. Everything here is integer arithmetic on bytes and num
 torch), so every machine writes and accepts the same bytes.
 """
 
-from infotok_codec.bitstream.audio import AudioPacket, AudioReader, AudioTrack, side_writer
+from infotok_codec.bitstream.audio import (
+    AudioPacket,
+    AudioReader,
+    AudioTrack,
+    packets_in_span,
+    side_writer,
+)
 from infotok_codec.bitstream.chunk_coding import decode_chunk, encode_chunk
 from infotok_codec.bitstream.container import ContainerReader, ContainerWriter
 from infotok_codec.bitstream.context_coder import Chain, fit_key_prior
@@ -34,5 +40,6 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "fit_key_prior",
+    "packets_in_span",
     "side_writer",
 ]

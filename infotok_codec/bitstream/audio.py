@@ -14,8 +14,9 @@ anything is allocated, every record has a CRC32, and any fault is a `FormatError
 
 from __future__ import annotations
 
+import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
@@ -118,6 +119,27 @@ class AudioPacket:
 def frame_of(seconds: Fraction, header: Header) -> int:
     """The video frame shown at ``seconds`` after the first one (may be < 0 or >= frames)."""
     return int(seconds * header.fps_num // header.fps_den)
+
+
+def packets_in_span(
+    packets: Iterable[AudioPacket],
+    track: AudioTrack,
+    fps: Fraction,
+    span: tuple[int, int],
+    frames: int,
+) -> list[AudioPacket]:
+    """The packets that go with video frames ``span = [first, stop)`` of a video of `frames`
+    frames at `fps`, their times made relative to frame ``first``: those starting in the span,
+    plus all audio before the video when ``first == 0`` and all after it when ``stop ==
+    frames``. Decoding a range of an `.itok` file and encoding a range of a source cut alike."""
+    first, stop = span
+    shift = round(Fraction(first) / fps / track.time_base)
+    kept = []
+    for p in packets:
+        frame = math.floor(p.seconds(track) * fps)
+        if (first == 0 or frame >= first) and (stop == frames or frame < stop):
+            kept.append(AudioPacket(p.pts - shift, p.duration, p.keyframe, p.data))
+    return kept
 
 
 def chunk_of(packet: AudioPacket, track: AudioTrack, header: Header) -> int:
@@ -327,17 +349,18 @@ class AudioReader:
         relative to frame ``first``: those starting in the span, plus all audio before the
         video when ``first == 0`` and all after it when ``stop`` is the frame count."""
         header = self.header
-        out: list[list[AudioPacket]] = []
-        for t, track in enumerate(self.tracks):
-            shift = round(Fraction(first * header.fps_den, header.fps_num) / track.time_base)
-            kept = []
-            for k in range(first // header.chunk_frames, -(-stop // header.chunk_frames)):
-                for p in self.block(k, t):
-                    frame = frame_of(p.seconds(track), header)
-                    if (first == 0 or frame >= first) and (stop == header.frames or frame < stop):
-                        kept.append(AudioPacket(p.pts - shift, p.duration, p.keyframe, p.data))
-            out.append(kept)
-        return out
+        fps = Fraction(header.fps_num, header.fps_den)
+        blocks = range(first // header.chunk_frames, -(-stop // header.chunk_frames))
+        return [
+            packets_in_span(
+                (p for k in blocks for p in self.block(k, t)),
+                track,
+                fps,
+                (first, stop),
+                header.frames,
+            )
+            for t, track in enumerate(self.tracks)
+        ]
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,10 @@ def encode(
     no_audio: Annotated[
         bool, typer.Option("--no-audio", help="Leave the source's audio out.")
     ] = False,
+    frames: Annotated[
+        str | None,
+        typer.Option(help="Only the source's frames A:B (end exclusive), audio cut to them."),
+    ] = None,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -147,6 +151,8 @@ def encode(
     if src != PIPE and source.is_dir() and target.suffix.lower() != ".itok":
         if rate.mode != "budget":
             raise typer.BadParameter("a folder of videos is encoded at a --budget only")
+        if frames is not None:
+            raise typer.BadParameter("--frames is for one video, not a folder of videos")
         _encode_folder(
             source,
             target,
@@ -186,6 +192,7 @@ def encode(
             force=force,
             audio=not no_audio,
             refine=refine,
+            frames=frames,
             progress=progress,
         )
     if result.warning:

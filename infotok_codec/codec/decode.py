@@ -31,6 +31,7 @@ from infotok_codec.bitstream.header import (
     Header,
 )
 from infotok_codec.codec.engine import ChunkModel, Progress, as_model
+from infotok_codec.codec.frame_range import parse_frame_range
 from infotok_codec.errors import InfotokError, ModelError
 from infotok_codec.media import (
     HOLDS_SIDE_STREAMS,
@@ -75,26 +76,6 @@ def check_model_matches(header: Header, model: LoadedModel) -> None:
             f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
             f"this is model {model.name} ({model.sha256.hex()[:12]}): pass the right --model"
         )
-
-
-def parse_frame_range(
-    text: str | None, frames: int, span: tuple[int, int] | None = None
-) -> tuple[int, int]:
-    """'A:B' (either side may be empty) → [A, B) inside [0, frames), or inside `span` (the
-    frames a token file holds; the default range then)."""
-    lo, hi = span if span is not None else (0, frames)
-    if not text:
-        return lo, hi
-    try:
-        a_text, b_text = text.split(":")
-        a = int(a_text) if a_text else lo
-        b = int(b_text) if b_text else hi
-    except ValueError:
-        raise InfotokError(f"--frames {text!r} is not A:B") from None
-    if not lo <= a < b <= hi:
-        held = "" if span is None else f" (the token file holds frames {lo}:{hi})"
-        raise InfotokError(f"--frames {text}: need {lo} <= A < B <= {hi}{held}")
-    return a, b
 
 
 def iter_tokens(

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -26,8 +26,11 @@ from typing import BinaryIO
 import numpy as np
 
 from infotok_codec.bitstream import (
+    AudioPacket,
+    AudioTrack,
     Chain,
     check_coder,
+    packets_in_span,
     side_writer,
 )
 from infotok_codec.bitstream.chunk_coding import encode_chunk
@@ -46,6 +49,7 @@ from infotok_codec.codec.engine import (
     check_light_head,
     check_refine,
 )
+from infotok_codec.codec.frame_range import parse_frame_range
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.media import probe, read_frames, read_source_audio
 from infotok_codec.model import (
@@ -107,6 +111,7 @@ class EncodeResult:
     warning: str | None = None  # a size or bitrate target out of reach, and what was written
     precision: str | None = None  # the network's arithmetic, "bf16" or "fp32" (None: no network)
     refine: int = 0  # steps of encoder-side refinement per chunk (`infotok_codec.model.refine`)
+    first_frame: int = 0  # where `frames` begin in the source (`encode --frames`)
 
 
 def encode_file(
@@ -125,6 +130,7 @@ def encode_file(
     force: bool = False,
     audio: bool = True,
     refine: int = 0,
+    frames: str | None = None,
     progress: Progress | None = None,
 ) -> EncodeResult:
     """Encode a video file into an `.itok` file: at `budget` of the full-rate token count, or
@@ -134,7 +140,9 @@ def encode_file(
     (`infotok_codec.bitstream.audio`). `bf16`: the network under bf16 autocast (None: where the
     device runs it natively; `infotok_codec.model.precision`). `refine`: steps of encoder-side
     search of every chunk's codes against the decoder (`infotok_codec.model.refine`; 0: none),
-    in every mode, so rate control measures and spends the refined tokens."""
+    in every mode, so rate control measures and spends the refined tokens. `frames` ("A:B",
+    either side may be empty) encodes only the source's frames [A, B), with the audio that goes
+    with them, cut as `decode_file --frames` cuts it."""
     if budget is not None and rate is not None:
         raise InfotokError("give a budget or a rate, not both")
     rate = rate or choose_rate(budget=budget)
@@ -155,6 +163,7 @@ def encode_file(
         light=router == "light",
         bf16=bf16,
         refine=refine,
+        frames=frames,
     ) as pass1:
         return rate_control.write(
             pass1,
@@ -193,6 +202,8 @@ class Analysis(Closing):
     `light` router's predictions (the model file's head on the conv features), and the features
     are spilled too (up to `FEATURE_SPILL_LIMIT`) so that pass 2 runs only the compressor; such an
     analysis serves `light` and `uniform` writes, the others `elbo`, `fixed` and `uniform`.
+    With `frames` ("A:B"), the video is the source's frames [A, B): `info` describes them, and
+    `span` says where they lie in the source.
     """
 
     def __init__(
@@ -207,6 +218,7 @@ class Analysis(Closing):
         light: bool = False,
         bf16: bool | None = None,
         refine: int = 0,
+        frames: str | None = None,
     ) -> None:
         check_chunk_frames(chunk_frames)
         check_refine(refine)
@@ -220,7 +232,10 @@ class Analysis(Closing):
         self.chunk_frames = chunk_frames
         self.progress = progress
         self.light = light
-        self.info = probe(self.src)
+        probed = probe(self.src)
+        self.source_frames = probed.frames
+        self.span = parse_frame_range(frames, probed.frames)
+        self.info = replace(probed, frames=self.span[1] - self.span[0])
         try:
             self.header("uniform", 1.0, "zstd")
         except FormatError as exc:
@@ -275,8 +290,11 @@ class Analysis(Closing):
 
     def read_chunks(self) -> Generator[np.ndarray, None, None]:
         """The input's chunks of frames, checked against the probed frame count."""
+        first, stop = self.span
+        # To the source's end when the span reaches it, so that an input that grew is noticed.
+        limit = None if stop == self.source_frames else stop - first
         total = 0
-        for frames in read_frames(self.src, self.chunk_frames):
+        for frames in read_frames(self.src, self.chunk_frames, start=first, max_frames=limit):
             total += len(frames)
             if total > self.info.frames:
                 break
@@ -301,6 +319,15 @@ class Analysis(Closing):
             return None
         self._spill.seek(chunk.features_offset)
         return np.load(self._spill)
+
+    def _audio(self) -> tuple[list[AudioTrack], list[list[AudioPacket]]]:
+        """The source's audio tracks and, per track, its packets that go with `span`."""
+        tracks, packets = read_source_audio(self.src)
+        fps = self.info.fps
+        return tracks, [
+            packets_in_span(track_packets, track, fps, self.span, self.source_frames)
+            for track, track_packets in zip(tracks, packets, strict=True)
+        ]
 
     def header(
         self,
@@ -382,7 +409,7 @@ class Analysis(Closing):
         route_s = time.perf_counter() - started
         started = time.perf_counter()
         # Demuxed before any chunk is coded, so a broken audio stream fails fast.
-        side = side_writer(header, *read_source_audio(self.src)) if audio else None
+        side = side_writer(header, *self._audio()) if audio else None
         chain = Chain()
         written, used = 0, []
         with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
@@ -427,4 +454,5 @@ class Analysis(Closing):
             rate=header.rate,
             precision=self.engine.precision,
             refine=self.engine.refine,
+            first_frame=self.span[0],
         )

@@ -251,6 +251,7 @@ def read_frames(
     path: str | os.PathLike[str],
     chunk_frames: int = 16,
     *,
+    start: int = 0,
     max_frames: int | None = None,
     short_side: int | None = None,
     center_crop: int | None = None,
@@ -260,6 +261,7 @@ def read_frames(
     Args:
         path: a video file FFmpeg can decode, or a folder of images.
         chunk_frames: frames per chunk, >= 1; every chunk has this many except maybe the last.
+        start: skip this many frames first (decoded, never converted to RGB).
         max_frames: stop after this many frames (None: all).
         short_side: scale so the shorter side equals this (area filter when shrinking,
             bicubic when enlarging); see `output_size` for the rounding.
@@ -273,20 +275,24 @@ def read_frames(
     Raises:
         VideoError: the input cannot be read, has no video, or has no frames; the crop
             does not fit the frame.
-        ValueError: a non-positive ``chunk_frames``, ``max_frames`` below 0, or bad sizes.
+        ValueError: a non-positive ``chunk_frames``, ``start`` or ``max_frames`` below 0, or
+            bad sizes.
     """
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
     if max_frames is not None and max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
     path = Path(path)
     _check_path(path)
-    return _read_frames(path, chunk_frames, max_frames, short_side, center_crop)
+    return _read_frames(path, chunk_frames, start, max_frames, short_side, center_crop)
 
 
 def _read_frames(
     path: Path,
     chunk_frames: int,
+    start: int,
     max_frames: int | None,
     short_side: int | None,
     center_crop: int | None,
@@ -305,7 +311,7 @@ def _read_frames(
     reformatter = VideoReformatter()
     frames = _native_frames(path)
     try:
-        for frame in frames:
+        for index, frame in enumerate(frames):
             if scaled is None:
                 native = (frame.width, frame.height)
                 scaled = _scaled_size(native, short_side)
@@ -315,6 +321,8 @@ def _read_frames(
                     raise VideoError(f"{path}: {err}") from None
                 left, top = (scaled[0] - out_w) // 2, (scaled[1] - out_h) // 2
                 crop_box = (top, top + out_h, left, left + out_w)
+            if index < start:  # sized by the video's first frame, as the frames kept are
+                continue
             if chunk is None:
                 chunk = np.empty(
                     (chunk_frames, crop_box[1] - crop_box[0], crop_box[3] - crop_box[2], 3),
@@ -324,7 +332,7 @@ def _read_frames(
                 rgb = _to_rgb(frame, scaled, reformatter)
             except av.FFmpegError as err:
                 raise VideoError(
-                    f"{path}: cannot convert frame {total} ({describe_error(err)})"
+                    f"{path}: cannot convert frame {index} ({describe_error(err)})"
                 ) from None
             chunk[filled] = rgb[crop_box[0] : crop_box[1], crop_box[2] : crop_box[3]]
             filled += 1
@@ -337,7 +345,7 @@ def _read_frames(
     finally:
         frames.close()
     if total == 0:
-        raise VideoError(f"{path}: no frames")
+        raise VideoError(f"{path}: no frames" + (f" from frame {start} on" if start else ""))
     if chunk is not None and filled:
         yield chunk[:filled].copy()
 
