@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="markdown",
 )
 # Markup off: paths, router and model names are printed as they are ("clip [eng].mp4", or a
 # header's "[/x]", which rich would read as a closing tag and raise on); styles go by argument.
