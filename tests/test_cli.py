@@ -118,6 +118,20 @@ def test_encode_frames_takes_a_range_and_refuses_a_bad_one_untouched(
     assert (summary["frames"], summary["first_frame"]) == (8, 12)
 
 
+@pytest.mark.parametrize("command", ["encode", "decode"])
+@pytest.mark.parametrize("frames", ["1_0:20", " 3:5", "+3:5", "3", "9" * 5000 + ":"])
+def test_a_frame_range_that_is_not_a_b_is_a_usage_error_before_any_work(
+    tmp_path: Path, tiny_model: Path, command: str, frames: str
+) -> None:
+    # Refused while parsing: the input does not exist, and no model is loaded. 5,000 digits
+    # are past what Python converts to an int; that is a one-line refusal too.
+    src = tmp_path / ("missing.mp4" if command == "encode" else "missing.itok")
+    out = tmp_path / ("o.itok" if command == "encode" else "o.mkv")
+    run = infotok(command, src, out, "--model", tiny_model, "--frames", frames)
+    assert_one_line_error(run, 2, "is not A:B")
+    assert not out.exists()
+
+
 def test_output_that_is_a_folder_is_refused_even_with_force(
     tmp_path: Path, tiny_model: Path, clip
 ) -> None:

@@ -116,9 +116,9 @@ class AudioPacket:
         return self.pts * track.time_base
 
 
-def frame_of(seconds: Fraction, header: Header) -> int:
+def frame_of(seconds: Fraction, fps: Fraction) -> int:
     """The video frame shown at ``seconds`` after the first one (may be < 0 or >= frames)."""
-    return int(seconds * header.fps_num // header.fps_den)
+    return math.floor(seconds * fps)
 
 
 def packets_in_span(
@@ -136,7 +136,7 @@ def packets_in_span(
     shift = round(Fraction(first) / fps / track.time_base)
     kept = []
     for p in packets:
-        frame = math.floor(p.seconds(track) * fps)
+        frame = frame_of(p.seconds(track), fps)
         if (first == 0 or frame >= first) and (stop == frames or frame < stop):
             kept.append(AudioPacket(p.pts - shift, p.duration, p.keyframe, p.data))
     return kept
@@ -145,7 +145,8 @@ def packets_in_span(
 def chunk_of(packet: AudioPacket, track: AudioTrack, header: Header) -> int:
     """The chunk whose block holds ``packet``: the one its start time falls in, audio before
     the video going to chunk 0 and audio after it to the last."""
-    k = frame_of(packet.seconds(track), header) // header.chunk_frames
+    fps = Fraction(header.fps_num, header.fps_den)
+    k = frame_of(packet.seconds(track), fps) // header.chunk_frames
     return min(max(k, 0), header.chunk_count - 1)
 
 

@@ -107,7 +107,10 @@ def encode(
     ] = False,
     frames: Annotated[
         str | None,
-        typer.Option(help="Only the source's frames A:B (end exclusive), audio cut to them."),
+        typer.Option(
+            help="Only the source's frames A:B (end exclusive), audio cut to them.",
+            callback=checked_by("check_frame_range"),
+        ),
     ] = None,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -275,7 +278,12 @@ def decode(
             help="Output video: .mp4, .mkv, .y4m, a folder for PNGs, or - for y4m on stdout.",
         ),
     ] = None,
-    frames: Annotated[str | None, typer.Option(help="Only frames A:B (end exclusive).")] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option(
+            help="Only frames A:B (end exclusive).", callback=checked_by("check_frame_range")
+        ),
+    ] = None,
     tokens: Annotated[
         Path | None, typer.Option("--tokens", help="Also write every chunk's tokens to a .npz.")
     ] = None,

@@ -31,6 +31,7 @@ from infotok_codec.codec.engine import (
     resolve_device,
     tiles,
 )
+from infotok_codec.codec.frame_range import check_frame_range
 
 __all__ = [
     "KEY_SECONDS",
@@ -42,6 +43,7 @@ __all__ = [
     "Progress",
     "as_model",
     "check_chunk_frames",
+    "check_frame_range",
     "check_light_head",
     "check_model_matches",
     "check_refine",

@@ -49,7 +49,7 @@ from infotok_codec.codec.engine import (
     check_light_head,
     check_refine,
 )
-from infotok_codec.codec.frame_range import parse_frame_range
+from infotok_codec.codec.frame_range import parse_frame_range, split_frame_range
 from infotok_codec.errors import FormatError, InfotokError
 from infotok_codec.media import probe, read_frames, read_source_audio
 from infotok_codec.model import (
@@ -222,6 +222,7 @@ class Analysis(Closing):
     ) -> None:
         check_chunk_frames(chunk_frames)
         check_refine(refine)
+        split_frame_range(frames)  # a typo costs nothing; the bounds wait for the frame count
         self.src = Path(src)
         # The model, device and head are checked before the input is probed (a full decode),
         # and the header before pass 1: a mistake costs seconds, not a pass over the video.

@@ -6,7 +6,25 @@ import re
 
 from infotok_codec.errors import InfotokError
 
-_RANGE = re.compile(r"([0-9]*):([0-9]*)", re.ASCII)
+# Whole numbers in ASCII digits ("1_0", "+3" and "٣" are not frame numbers), at most 18 of them
+# (a frame count fits; Python refuses to convert over 4,300).
+_RANGE = re.compile(r"([0-9]{0,18}):([0-9]{0,18})", re.ASCII)
+
+
+def split_frame_range(text: str | None) -> tuple[int | None, int | None]:
+    """'A:B' → (A, B), an empty side None; None or '' → (None, None). Syntax only, so that a
+    typo is refused before a video is read (`parse_frame_range` checks the bounds)."""
+    if not text:
+        return None, None
+    match = _RANGE.fullmatch(text)
+    if match is None:
+        raise InfotokError(f"--frames {text!r} is not A:B (frame numbers, end exclusive)")
+    return (int(match[1]) if match[1] else None), (int(match[2]) if match[2] else None)
+
+
+def check_frame_range(text: str | None) -> None:
+    """`split_frame_range`'s refusal alone (an option callback)."""
+    split_frame_range(text)
 
 
 def parse_frame_range(
@@ -15,13 +33,8 @@ def parse_frame_range(
     """'A:B' (either side may be empty) → [A, B) inside [0, frames), or inside `span` (the
     frames a token file holds; the default range then)."""
     lo, hi = span if span is not None else (0, frames)
-    if not text:
-        return lo, hi
-    match = _RANGE.fullmatch(text)  # whole numbers in ASCII digits: not "1_0", "+3" or "٣"
-    if match is None:
-        raise InfotokError(f"--frames {text!r} is not A:B")
-    a = int(match[1]) if match[1] else lo
-    b = int(match[2]) if match[2] else hi
+    a, b = split_frame_range(text)
+    a, b = lo if a is None else a, hi if b is None else b
     if not lo <= a < b <= hi:
         held = "" if span is None else f" (the token file holds frames {lo}:{hi})"
         raise InfotokError(f"--frames {text}: need {lo} <= A < B <= {hi}{held}")
