@@ -14,9 +14,11 @@ from infotok_codec import InfotokError, ModelError
 from infotok_codec.model import FSQ, Tokenizer, TokenizerConfig, compressor, load_model
 from infotok_codec.model.autoencoder import (
     BY_FRAME_ABOVE,
+    CausalTemporalConv,
     ResBlock,
     SpatialConv,
     by_frame,
+    by_products,
     depth_first_order,
     depth_first_shuffle,
     depth_first_unshuffle,
@@ -190,6 +192,31 @@ def test_large_activations_run_by_frame_as_the_batched_block_computes() -> None:
         one = x[:1]
         frames = conv.conv(one.transpose(1, 2)[0]).transpose(0, 1)[None]
         torch.testing.assert_close(conv(one), frames)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 8])
+def test_the_temporal_conv_as_matrix_products_computes_the_padded_conv(frames: int) -> None:
+    # Without autograd, in float32 on the CPU, the temporal conv runs as three matrix products;
+    # it must compute the replicate-padded Conv3d that training runs, for clips shorter than
+    # the kernel too, two clips at once, either layout, with and without a bias.
+    torch.manual_seed(frames)
+    for bias in (True, False):
+        conv = CausalTemporalConv(24)
+        if not bias:
+            conv.conv.bias = None
+        torch.nn.init.normal_(conv.conv.weight, std=0.2)
+        x = torch.randn(2, 24, frames, 12, 10)
+        with torch.enable_grad():
+            assert not by_products(x)
+            padded = conv(x).detach()
+        with torch.no_grad():
+            assert by_products(x)
+            for layout in (torch.contiguous_format, torch.channels_last_3d):
+                products = conv(x.clone(memory_format=layout))
+                assert products.is_contiguous(memory_format=torch.channels_last_3d)
+                torch.testing.assert_close(products, padded, rtol=1e-5, atol=1e-5)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert not by_products(x)  # bf16 keeps the conv: one rounding, not three
 
 
 def test_windows_in_groups_compute_what_one_pass_computes(monkeypatch: pytest.MonkeyPatch) -> None:
