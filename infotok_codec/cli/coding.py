@@ -109,7 +109,7 @@ def encode(
         str | None,
         typer.Option(
             help="Only the source's frames A:B (end exclusive), audio cut to them.",
-            callback=checked_by("check_frame_range"),
+            callback=checked_by("split_frame_range"),
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -281,7 +281,7 @@ def decode(
     frames: Annotated[
         str | None,
         typer.Option(
-            help="Only frames A:B (end exclusive).", callback=checked_by("check_frame_range")
+            help="Only frames A:B (end exclusive).", callback=checked_by("split_frame_range")
         ),
     ] = None,
     tokens: Annotated[

@@ -31,7 +31,7 @@ from infotok_codec.codec.engine import (
     resolve_device,
     tiles,
 )
-from infotok_codec.codec.frame_range import check_frame_range
+from infotok_codec.codec.frame_range import split_frame_range
 
 __all__ = [
     "KEY_SECONDS",
@@ -43,7 +43,6 @@ __all__ = [
     "Progress",
     "as_model",
     "check_chunk_frames",
-    "check_frame_range",
     "check_light_head",
     "check_model_matches",
     "check_refine",
@@ -54,5 +53,6 @@ __all__ = [
     "load_tables",
     "read_tokens",
     "resolve_device",
+    "split_frame_range",
     "tiles",
 ]

@@ -22,11 +22,6 @@ def split_frame_range(text: str | None) -> tuple[int | None, int | None]:
     return (int(match[1]) if match[1] else None), (int(match[2]) if match[2] else None)
 
 
-def check_frame_range(text: str | None) -> None:
-    """`split_frame_range`'s refusal alone (an option callback)."""
-    split_frame_range(text)
-
-
 def parse_frame_range(
     text: str | None, frames: int, span: tuple[int, int] | None = None
 ) -> tuple[int, int]:
