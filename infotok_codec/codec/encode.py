@@ -13,6 +13,7 @@ only the compressor.
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -321,8 +322,10 @@ class Analysis(Closing):
         self._spill.seek(chunk.features_offset)
         return np.load(self._spill)
 
+    @functools.cached_property
     def _audio(self) -> tuple[list[AudioTrack], list[list[AudioPacket]]]:
-        """The source's audio tracks and, per track, its packets that go with `span`."""
+        """The source's audio tracks and, per track, its packets that go with `span`; demuxed
+        once, at the first write (bench writes one analysis at many budgets)."""
         tracks, packets = read_source_audio(self.src)
         fps = self.info.fps
         return tracks, [
@@ -410,7 +413,7 @@ class Analysis(Closing):
         route_s = time.perf_counter() - started
         started = time.perf_counter()
         # Demuxed before any chunk is coded, so a broken audio stream fails fast.
-        side = side_writer(header, *self._audio()) if audio else None
+        side = side_writer(header, *self._audio) if audio else None
         chain = Chain()
         written, used = 0, []
         with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
