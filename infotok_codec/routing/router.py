@@ -57,7 +57,7 @@ def needs_error_map(router: str, budget: float) -> bool:
 
 def keep_count(rate: float, positions: int) -> int:
     """⌈r·N⌉ positions, at least one."""
-    return max(1, min(positions, math.ceil(rate * positions - 1e-9)))
+    return int(_keep_counts(np.float64(rate), np.int64(positions)))
 
 
 def allocate_counts(
@@ -99,8 +99,7 @@ def allocate_array(router: str, budget: float, n: np.ndarray, e: np.ndarray | No
     target = budget * n.sum()
 
     def counts(scale: float) -> np.ndarray:
-        rates = np.clip(scale * e / mean, floor, 1.0)
-        return np.maximum(1, np.minimum(n, np.ceil(rates * n - 1e-9))).astype(np.int64)
+        return _keep_counts(np.clip(scale * e / mean, floor, 1.0), n)
 
     lo, hi = 0.0, 1.0
     while counts(hi).sum() < target and hi < 1e12:
@@ -120,9 +119,10 @@ def allocate_array(router: str, budget: float, n: np.ndarray, e: np.ndarray | No
     return best
 
 
-def _keep_counts(budget: float, n: np.ndarray) -> np.ndarray:
-    """`keep_count` of every chunk."""
-    return np.maximum(1, np.minimum(n, np.ceil(budget * n - 1e-9))).astype(np.int64)
+def _keep_counts(rates: float | np.ndarray, n: np.ndarray) -> np.ndarray:
+    """⌈r·N⌉ positions of every chunk, at least one (the one formula `keep_count` and the
+    allocations share)."""
+    return np.maximum(1, np.minimum(n, np.ceil(rates * n - 1e-9))).astype(np.int64)
 
 
 def lattice_share(router: str) -> int:
