@@ -26,6 +26,10 @@ from infotok_codec.training import TrainOptions, init_weights, reconstruction_lo
 
 from helpers import TINY
 
+# The light router's head is fitted at every run's end at the same cost whatever the network
+# (400 windows, 600 steps by default: minutes for a tiny one); the tests ask for a small fit.
+QUICK_HEAD = {"router_windows": 8, "router_steps": 20}
+
 
 def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> None:
     src = clip(frames=40, width=96, height=80, name="train.mp4")
@@ -45,6 +49,7 @@ def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> 
             short_side=80,
             threads=2,
             config=TINY,
+            **QUICK_HEAD,
         )
     )
     assert report.steps == 20
@@ -55,7 +60,7 @@ def test_twenty_steps_lower_the_loss_and_write_a_model(clip, tmp_path: Path) -> 
     # The light router's head is fitted to the trained network at the end, like the tables.
     assert loaded.light_head is not None
     info = json.loads(loaded.metadata["light_router"])
-    assert info["windows"] > 0 and info["steps"] > 0
+    assert info["windows"] == 8 and info["steps"] == 20  # one clip: none held out
     recipe = json.loads(loaded.metadata["recipe"])
     assert recipe["steps"] == 20 and recipe["data_files"] == ["train.mp4"]
     assert len(loaded.metadata["data_manifest_sha256"]) == 64
@@ -81,6 +86,8 @@ def test_an_existing_model_file_is_not_replaced_without_force(clip, tmp_path: Pa
         ({"stage2_fraction": 2.0}, "stage2_fraction"),
         ({"threads": 0}, "threads"),
         ({"max_steps": 0}, "max steps"),
+        ({"router_windows": 1}, "router windows"),
+        ({"router_steps": 0}, "router steps"),
         ({"crop": 128, "short_side": 96}, "larger than the short side"),
         ({"resume": True, "init": Path("m.safetensors")}, "not both"),
         ({"decoder_only": True}, "give --init"),
@@ -125,6 +132,7 @@ def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
         threads=2,
         mse_weight=4.0,
         config=TINY,
+        **QUICK_HEAD,
     )
     train(TrainOptions(max_steps=3, **common))  # type: ignore[arg-type]
     report = train(TrainOptions(max_steps=5, resume=True, **common))  # type: ignore[arg-type]
@@ -149,6 +157,7 @@ def test_the_model_file_holds_the_weight_average_across_a_resume(clip, tmp_path:
         threads=2,
         lr=3e-3,
         config=TINY,
+        **QUICK_HEAD,
     )
     train(TrainOptions(max_steps=2, weight_average=0.5, **common))  # type: ignore[arg-type]
     train(TrainOptions(max_steps=4, weight_average=0.5, resume=True, **common))  # type: ignore[arg-type]
@@ -203,6 +212,10 @@ def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:
             "1",
             "--config",
             config,
+            "--router-windows",
+            "8",
+            "--router-steps",
+            "20",
         ],
         capture_output=True,
         text=True,
@@ -211,7 +224,9 @@ def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     with safe_open(str(out), framework="pt") as f:
         recipe = json.loads(f.metadata()["recipe"])
+        head = json.loads(f.metadata()["light_router"])
     assert recipe["processes"] == 2 and recipe["steps"] == 3
+    assert head["windows"] == 8 and head["steps"] == 20
 
 
 def test_decoder_only_training_keeps_every_token(clip, tiny_model: Path, tmp_path: Path) -> None:
@@ -231,6 +246,7 @@ def test_decoder_only_training_keeps_every_token(clip, tiny_model: Path, tmp_pat
         short_side=64,
         threads=2,
         config=TINY,
+        **QUICK_HEAD,
     )
     train(TrainOptions(max_steps=3, **common))  # type: ignore[arg-type]
     before, after = load_model(tiny_model).tokenizer, load_model(out).tokenizer

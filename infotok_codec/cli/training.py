@@ -75,6 +75,18 @@ def train(
     short_side: Annotated[
         int, typer.Option(help="Scale training frames to this short side.")
     ] = 256,
+    router_windows: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Training windows the light router's head is fitted on at the end "
+            "(default: fit-router's).",
+        ),
+    ] = None,
+    router_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Adam steps of that fit (default: fit-router's)."),
+    ] = None,
     config: Annotated[
         str | None,
         typer.Option(
@@ -115,6 +127,11 @@ def train(
         max_steps=max_steps,
         short_side=short_side,
         config=model_config,
+        **{
+            name: value
+            for name, value in (("router_windows", router_windows), ("router_steps", router_steps))
+            if value is not None
+        },
     )
     report = run_training(opts)
     err_console.print(f"wrote {report.out} after {report.steps} steps ({report.minutes:.1f} min)")

@@ -323,7 +323,9 @@ def _finalize(
     imported with the module, at the start of a run: an edit to the package during a long run
     must not break it after its last checkpoint (run 4 did)."""
     tables_json = fit_coder(model, clips, device)
-    light_head = fit_light_router(model, clips, device)
+    light_head = fit_light_router(
+        model, clips, device, windows=opts.router_windows, steps=opts.router_steps
+    )
     console.log(f"fitted the light router's head: {light_head[1].to_json()}")
     recipe = {
         "options": {

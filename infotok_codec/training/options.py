@@ -8,6 +8,7 @@ from pathlib import Path
 
 from infotok_codec.errors import InfotokError
 from infotok_codec.model.tokenizer import TokenizerConfig
+from infotok_codec.routing.light_router_fit import FIT_STEPS, FIT_WINDOWS
 
 # Config fields `--init` may raise: a conv stage's new residual blocks start as the identity.
 GROWABLE = ("enc_blocks1", "enc_blocks2", "dec_blocks1", "dec_blocks2")
@@ -54,6 +55,10 @@ class TrainOptions:
     init: Path | None = None  # start from this model file's weights (fine-tuning)
     threads: int | None = None
     max_steps: int | None = None  # stop early after this many steps (tests, smoke runs)
+    # The `light` router's head, fitted at the end: training windows and Adam steps. The fit
+    # costs the same whatever the network's size, so a smoke run or a test asks for less.
+    router_windows: int = FIT_WINDOWS
+    router_steps: int = FIT_STEPS
     config: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
@@ -78,6 +83,8 @@ class TrainOptions:
             (self.checkpoint_minutes > 0, f"checkpoint minutes {self.checkpoint_minutes} <= 0"),
             (self.threads is None or self.threads >= 1, f"threads {self.threads} must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps {self.max_steps} < 1"),
+            (self.router_windows >= 2, f"router windows {self.router_windows} < 2"),
+            (self.router_steps >= 1, f"router steps {self.router_steps} < 1"),
             (self.crop <= self.short_side, f"crop {self.crop} is larger than the short side"),
             (not (self.resume and self.init), "give --resume or --init (a model file), not both"),
             (
