@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infotok_codec import ModelError
-from infotok_codec.codec import decode_file, encode_file, read_tokens
+from infotok_codec.codec import Analysis, decode_file, encode_file, read_tokens
 from infotok_codec.errors import InfotokError
 from infotok_codec.inspect import file_info
 from infotok_codec.media import probe, read_frames
@@ -288,16 +288,18 @@ def test_shipped_model_codes_the_sample_clip(tmp_path: Path) -> None:
 def test_every_token_coder_carries_the_same_tokens(tmp_path: Path) -> None:
     # The coders are lossless: same tokens, same video, whatever the coder; on real video the
     # default context coder's file is the smallest (it also sees the chunk before), then
-    # adaptive's (its contexts see repeated tokens).
+    # adaptive's (its contexts see repeated tokens). One analysis serves the four writes, as it
+    # serves bench's; `light`'s keeps the conv features, so a write runs only the compressor.
     sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
     sizes = {}
     tokens = {}
-    for coder in ("context", "adaptive", "range", "zstd"):
-        out = tmp_path / f"{coder}.itok"
-        encode_file(sample, out, budget=0.5, coder=coder)
-        assert file_info(out).coder == coder
-        sizes[coder] = out.stat().st_size
-        tokens[coder] = read_tokens(out)
+    with Analysis(sample, light=True) as analysis:
+        for coder in ("context", "adaptive", "range", "zstd"):
+            out = tmp_path / f"{coder}.itok"
+            analysis.write(out, router="light", budget=0.5, coder=coder)
+            assert file_info(out).coder == coder
+            sizes[coder] = out.stat().st_size
+            tokens[coder] = read_tokens(out)
     for coder in ("adaptive", "range", "zstd"):
         for a, b in zip(tokens["context"], tokens[coder], strict=True):
             assert np.array_equal(a.indices, b.indices) and np.array_equal(a.keep, b.keep)
@@ -308,10 +310,10 @@ def test_bf16_and_fp32_streams_decode_alike_in_either_precision(tmp_path: Path) 
     # bf16 changes which indices an encode picks and the pixels a decode writes, not the stream's
     # meaning: each precision's stream decodes in the other to nearly the same video, at the
     # quality fp32 gets. (Autocast runs bf16 on any CPU; natively it is also faster.)
-    # 8 frames of 128×128 (lossless): a CPU without native bf16 emulates it some 40× slower, and
-    # the whole 320×256×48 sample took over 20 minutes there.
+    # 8 frames of 64×128, two attention windows (lossless): a CPU without native bf16 emulates
+    # it some 40× slower; the whole 320×256×48 sample took over 20 minutes there.
     sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
-    frames = next(read_frames(sample, 8))[:, :128, :128].copy()
+    frames = next(read_frames(sample, 8))[:, :64, :128].copy()
     src = make_clip(tmp_path / "crop.mkv", frames, codec="ffv1", pix_fmt="yuv444p")
     decoded = {}
     for enc in (False, True):
@@ -340,7 +342,7 @@ def test_bf16_quantizes_in_float32() -> None:
     tokenizer = load_model().tokenizer.eval()
     sample = Path(__file__).resolve().parents[1] / "examples" / "bigbuckbunny.mp4"
     video = torch.from_numpy(next(read_frames(sample, 8))).float()
-    video = video.permute(3, 0, 1, 2)[None, :, :, :128, :128] / 127.5 - 1
+    video = video.permute(3, 0, 1, 2)[None, :, :, :64, :64] / 127.5 - 1  # one attention window
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         codes = tokenizer.quantized_codes(video)
     assert codes.dtype == torch.float32
