@@ -19,6 +19,11 @@ from infotok_codec.cli.common import (
     set_threads,
 )
 
+# routing.FIT_WINDOWS and FIT_STEPS, written out: the CLI imports no torch until it runs.
+# `train` and `fit-router` fit the light router's head alike, by default.
+FIT_WINDOWS = 400
+FIT_STEPS = 600
+
 
 @app.command()
 def train(
@@ -76,17 +81,12 @@ def train(
         int, typer.Option(help="Scale training frames to this short side.")
     ] = 256,
     router_windows: Annotated[
-        int | None,
+        int,
         typer.Option(
-            min=2,
-            help="Training windows the light router's head is fitted on at the end "
-            "(default: fit-router's).",
+            min=2, help="Training windows the light router's head is fitted on at the end."
         ),
-    ] = None,
-    router_steps: Annotated[
-        int | None,
-        typer.Option(min=1, help="Adam steps of that fit (default: fit-router's)."),
-    ] = None,
+    ] = FIT_WINDOWS,
+    router_steps: Annotated[int, typer.Option(min=1, help="Adam steps of that fit.")] = FIT_STEPS,
     config: Annotated[
         str | None,
         typer.Option(
@@ -127,11 +127,8 @@ def train(
         max_steps=max_steps,
         short_side=short_side,
         config=model_config,
-        **{
-            name: value
-            for name, value in (("router_windows", router_windows), ("router_steps", router_steps))
-            if value is not None
-        },
+        router_windows=router_windows,
+        router_steps=router_steps,
     )
     report = run_training(opts)
     err_console.print(f"wrote {report.out} after {report.steps} steps ({report.minutes:.1f} min)")
@@ -142,9 +139,8 @@ def fit_router(
     model: Annotated[Path, typer.Argument(help="Model file (.safetensors) to fit a head for.")],
     data: FitDataOption,
     out: FitOutOption = None,
-    # routing.FIT_WINDOWS and FIT_STEPS, written out: the CLI imports no torch until it runs.
-    windows: Annotated[int, typer.Option(min=2, help="Training windows to fit on.")] = 400,
-    steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 600,
+    windows: Annotated[int, typer.Option(min=2, help="Training windows to fit on.")] = FIT_WINDOWS,
+    steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = FIT_STEPS,
     threads: ThreadsOption = None,
     force: ForceOption = False,
 ) -> None:
