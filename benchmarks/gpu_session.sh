@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A lent GPU's session (issue 12): two calls, one machine, 15 minutes of device time in all.
+#
+#   train  (carry gpu_data .whl): `gpu_campaign.py train` for $MINUTES (default 5.5) from the
+#          shipped model; weights, history and log to $OUT/run.
+#   checks (carry gpu_checks .whl): the CUDA side of the codec, on the image's own torch:
+#          1. a dev clip encoded on CUDA, and its tokens read back on CUDA (`decode --tokens`),
+#             both to $OUT, so that the CPU here can check it reads the same indices;
+#          2. `infotok bench --device cuda` on the carried dev clips (one router, x264);
+#          3. the test suite, 16 workers, cut at $TEST_SECONDS (default 170): the log to $OUT.
+#
+# Made here: `gpu_campaign.py prepare` (gpu_data/, .whl/), and gpu_checks/ holding PyAV as
+# av.tar.xz (its 36 MB wheel, repacked: the tree, the model and PyAV must fit 64 MiB together),
+# wheels/ (typer, click, rich, pytorch-msssim: the image's versions may be older) and dev/
+# (the dev clips' first 64 frames, short side 256). The device has no ../shared.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+phase=${1:?train or checks}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+if [ "$phase" = train ]; then
+    df -h /dev/shm | tail -1
+    python3 benchmarks/gpu_campaign.py train gpu_data \
+        --init infotok_codec/models/infotok-s.safetensors.zst --minutes "${MINUTES:-5.5}" \
+        --workers 8 --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
+    exit "${PIPESTATUS[0]}"
+fi
+
+[ "$phase" = checks ] || { echo "error: unknown phase $phase"; exit 2; }
+xz -dc gpu_checks/av.tar.xz | tar -x -C /tmp/site || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site gpu_checks/wheels/*.whl || exit 1
+mkdir -p ../shared/data && rm -rf ../shared/data/dev && cp -r gpu_checks/dev ../shared/data/dev
+infotok() { python3 -m infotok_codec "$@"; }
+clip=gpu_checks/dev/cotrack_bear.mp4
+infotok encode "$clip" "$OUT/cuda.itok" --device cuda --budget 0.8 --quiet --json \
+    | tee "$OUT/encode.json"
+infotok decode "$OUT/cuda.itok" /tmp/cuda.mp4 --tokens "$OUT/cuda_tokens.npz" --device cuda \
+    --quiet --json
+time infotok bench gpu_checks/dev --device cuda --routers elbo --codecs x264 \
+    --budgets 0.5,1.0 --frames 32 --metrics psnr,msssim --out /tmp/bench --json \
+    > "$OUT/bench.json"
+tail -c 600 "$OUT/bench.json"
+timeout "${TEST_SECONDS:-170}" python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" \
+    -n 16 tests > "$OUT/pytest.log" 2>&1
+echo "pytest exit $?"
+tail -n 40 "$OUT/pytest.log"
