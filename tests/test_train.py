@@ -161,7 +161,7 @@ def test_the_model_file_holds_the_weight_average_across_a_resume(clip, tmp_path:
     )
     train(TrainOptions(max_steps=2, weight_average=0.5, **common))  # type: ignore[arg-type]
     train(TrainOptions(max_steps=4, weight_average=0.5, resume=True, **common))  # type: ignore[arg-type]
-    ckpt = torch.load(out.with_name(out.name + ".ckpt.pt"), weights_only=False)
+    ckpt = torch.load(out.with_name(out.name + ".ckpt.pt"), map_location="cpu", weights_only=False)
     shipped = load_model(out).tokenizer.state_dict()
     for name, average in ckpt["average"].items():
         assert torch.equal(shipped[name], average.to(torch.float16).float()), name
