@@ -5,7 +5,7 @@ Three steps, on two machines:
 - ``prepare`` (here): the training files, less the four that `infotok train` holds out, decoded
   as training decodes them (first `--frames` frames, short side 256) and written as x264 mp4s
   into a git-ignored folder small enough to travel with the working tree (64 MiB in all with the
-  tree's ~21 MB and the wheels), and the wheels the device image lacks (constriction, zstandard;
+  tree's ~28 MB and the wheels), and the wheels the device image lacks (constriction, zstandard;
   it has torch, numpy, numba, safetensors, rich and OpenCV) into `.whl/`. PyAV is not among
   them (36 MB): the clips are read back there with OpenCV, and training imports no PyAV.
 - ``train`` (there): `infotok train`'s stage-2 recipe (InfoTok's rate sampler over the codec's
@@ -25,15 +25,12 @@ Three steps, on two machines:
   (`infotok fit-router`) and, unless the tokens are unchanged (`--decoder-only`), its coder
   tables (`infotok fit-coder`).
 
-On the device (the command, within its 2,000 characters; `carry`: gpu_data and .whl)::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && \
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_campaign.py train gpu_data \
-        --init infotok_codec/models/infotok-s.safetensors.zst --minutes 8 --out $OUT
+On the device: ``MINUTES=5.5 bash benchmarks/gpu_session.sh train`` (`carry`: gpu_data and
+.whl), which installs the wheels and runs ``train gpu_data --init
+infotok_codec/models/infotok-s.safetensors.zst --minutes $MINUTES --workers 8 --out $OUT/run``.
 
 Here: ``python benchmarks/gpu_campaign.py prepare ../shared/data/train`` before, and
-``python benchmarks/gpu_campaign.py assemble /work/.device/... --init
+``python benchmarks/gpu_campaign.py assemble /work/.device/N/run --init
 infotok_codec/models/infotok-s.safetensors.zst --out runs/gpu/model.safetensors`` after.
 """
 
@@ -76,7 +73,7 @@ from infotok_codec.training import (
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ("constriction==0.5.0", "zstandard==0.25.0")
 PART_BYTES = 15_000_000  # the device returns files of at most 16 MiB
-TRAVEL_BYTES = 35_000_000  # data budget beside the tree (~21 MB) and the wheels (~6 MB)
+TRAVEL_BYTES = 32_000_000  # data budget beside the tree (~28 MB) and the wheels (~6 MB)
 
 
 # -- here, before ------------------------------------------------------------------------
@@ -294,7 +291,7 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, default=ROOT / "gpu_data")
     p.add_argument("--wheels", type=Path, default=ROOT / ".whl")
-    p.add_argument("--frames", type=int, default=160, help="per clip (64: 11 MB at CRF 18)")
+    p.add_argument("--frames", type=int, default=200, help="per clip (200: 24 MB at CRF 18)")
     p.add_argument("--crf", type=int, default=18)
     p = sub.add_parser("train", help="there: the recipe for --minutes")
     p.add_argument("data", type=Path)
