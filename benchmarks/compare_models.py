@@ -1,11 +1,12 @@
 """Two models' `infotok bench` results on the same clips, compared at equal bits (issue 12).
 
 A new network can gain PSNR at every budget and still spend more bytes for it (its tokens
-carry more information), so a budget-by-budget table alone does not say it is better. This
-prints, for one router, per clip and as mean and median over clips: the PSNR change at each
-budget with the bpp change, the PSNR change at equal bpp (the candidate's curve read at the
-baseline's bpp, linear in log bpp, inside both curves), and the Bjøntegaard delta rate of the
-candidate against the baseline (`infotok_codec.bench.bd_rate`: negative saves bits).
+carry more information), so a budget-by-budget table alone does not say it is better. For one
+router this prints, as mean and median over clips: the PSNR change at each budget with the bpp
+ratio, and the PSNR change at equal bpp (the candidate's curve, its upper envelope in bpp order,
+read at the baseline's bpp, linear in log bpp, where that bpp lies inside it); then the
+Bjøntegaard delta rate of the candidate against the baseline (`infotok_codec.bench.bd_rate`:
+negative saves bits), per clip with its PSNR changes. `--out` writes every per-clip figure.
 
     python benchmarks/compare_models.py BASELINE_DIR CANDIDATE_DIR [--router elbo] [--out JSON]
 """
@@ -41,12 +42,21 @@ def curves(results_dir: Path, router: str) -> tuple[dict[str, Curve], dict[str, 
     return out, report["settings"]
 
 
+def envelope(curve: Curve) -> Curve:
+    """The curve in bpp order, each point's PSNR the best at that bpp or below: a clip can
+    spend fewer bits at a higher budget (the routers' masks cost bits), and reading the
+    candidate between such points would compare against a point its own curve beats."""
+    rates, quality = curve
+    order = np.argsort(rates, kind="stable")
+    return rates[order], np.maximum.accumulate(quality[order])
+
+
 def compare(base: dict[str, Curve], cand: dict[str, Curve]) -> dict[str, dict[str, Any]]:
     """Per clip: PSNR and bpp deltas at each budget, PSNR at equal bpp, BD-rate."""
     per_clip = {}
     for clip in sorted(base.keys() & cand.keys()):
         (rb, qb), (rc, qc) = base[clip], cand[clip]
-        at_equal = [quality_at((rc, qc), float(r)) for r in rb]
+        at_equal = [quality_at(envelope((rc, qc)), float(r)) for r in rb]
         per_clip[clip] = {
             "psnr_delta": (qc - qb).round(4).tolist(),
             "bpp_ratio": (rc / rb).round(4).tolist(),
