@@ -1,27 +1,57 @@
 #!/usr/bin/env bash
 # A lent GPU's session (issue 12): two calls, one machine, 15 minutes of device time in all.
 #
+#   prepare (here): gpu_checks/ for the checks (gpu_data/ and .whl/ are `gpu_campaign.py
+#          prepare`'s).
 #   train  (carry gpu_data .whl): `gpu_campaign.py train` for $MINUTES (default 5.5) from the
-#          shipped model; weights, history and log to $OUT/run.
+#          shipped model; weights and history to $OUT/run, the log to $OUT/train.log.
 #   checks (carry gpu_checks .whl): the CUDA side of the codec, on the image's own torch:
 #          1. a dev clip encoded on CUDA, and its tokens read back on CUDA (`decode --tokens`),
 #             both to $OUT, so that the CPU here can check it reads the same indices;
 #          2. `infotok bench --device cuda` on the carried dev clips (one router, x264);
 #          3. the test suite, 16 workers, cut at $TEST_SECONDS (default 240): the log to $OUT.
 #
-# Made here: `gpu_campaign.py prepare` (gpu_data/, .whl/), and gpu_checks/ holding PyAV as
-# av.tar.xz (its 36 MB wheel, repacked: the tree, the model and PyAV must fit 64 MiB together),
-# wheels/ (click, rich, pytorch-msssim) and dev/ (the dev clips' first 64 frames, short side
-# 256). The device has no ../shared. Not typer: the image's 0.27 serves the CLI, and 0.29's
-# option parsing imports pydantic, which the image lacks (2026-12-04: every CLI call failed).
+# Made here: `gpu_campaign.py prepare` (gpu_data/, .whl/), and `gpu_session.sh prepare`:
+# gpu_checks/ holding PyAV as av.tar.xz (its 36 MB wheel unpacked and recompressed: the tree,
+# the model and PyAV must fit 64 MiB together), wheels/ (click, rich, pytorch-msssim) and dev/
+# (the dev clips' first 64 frames, short side 256). The device has no ../shared. Not typer:
+# the image's 0.27 serves the CLI, and 0.29's option parsing imports pydantic, which the image
+# lacks (2026-12-04: every CLI call failed).
 # Not the judges (stlpips-pytorch is a 64 MB wheel): their tests fail there for want of them.
 #
 # Seen 2026-12-04: the train call took 368 s for MINUTES=5.5 (1,983 steps of 16 windows), the
 # machine's start about 50 s more; the suite on 16 workers needs about 3 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?train or checks}
-rm -rf /tmp/site  # a warm machine keeps the last call's packages
+phase=${1:?prepare, train or checks}
+
+if [ "$phase" = prepare ]; then  # here, with pip's registry and ../shared/data/dev
+    set -e
+    [ ! -e gpu_checks ] || { echo "error: gpu_checks exists: remove it first"; exit 2; }
+    mkdir -p gpu_checks/wheels gpu_checks/dev /tmp/gpu_checks_av
+    av_version=$(python -c 'import av; print(av.__version__)')
+    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d /tmp/gpu_checks_av "av==$av_version"
+    (cd /tmp/gpu_checks_av && unzip -q -o av-*.whl -x '*.dist-info/RECORD' && rm av-*.whl \
+        && tar -cf - . | xz -9e -T2) > gpu_checks/av.tar.xz
+    python -m pip download -q --no-deps -d gpu_checks/wheels click rich pytorch-msssim
+    python - <<'EOF'
+from pathlib import Path
+import sys
+sys.path.insert(0, "benchmarks")
+from gpu_campaign import _write_mp4
+from infotok_codec.training import load_clip
+for clip in sorted(Path("../shared/data/dev").iterdir()):
+    _write_mp4(load_clip(clip, 256, 64), Path("gpu_checks/dev") / clip.name, 20)
+EOF
+    du -sh gpu_checks
+    exit 0
+fi
+
+rm -rf /tmp/site /tmp/cuda.mp4 /tmp/bench  # a warm machine keeps the last call's files
+python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
+    || { echo "error: no CUDA device: this runs on the lent GPU"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -37,21 +67,29 @@ if [ "$phase" = train ]; then
 fi
 
 [ "$phase" = checks ] || { echo "error: unknown phase $phase"; exit 2; }
+if ls gpu_checks/wheels/typer* >/dev/null 2>&1; then
+    echo "error: gpu_checks/wheels holds typer: the image's own serves (see above)"; exit 2
+fi
 xz -dc gpu_checks/av.tar.xz | tar -x -C /tmp/site || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site gpu_checks/wheels/*.whl || exit 1
-mkdir -p ../shared/data && rm -rf ../shared/data/dev && cp -r gpu_checks/dev ../shared/data/dev
+# The tests read ../shared/data/dev; the device has no ../shared (never replace a real one).
+[ -e ../shared ] || { mkdir -p ../shared/data && cp -r gpu_checks/dev ../shared/data/dev; }
+failed=0
 infotok() { python3 -m infotok_codec "$@"; }
 clip=gpu_checks/dev/cotrack_bear.mp4
 infotok encode "$clip" "$OUT/cuda.itok" --device cuda --budget 0.8 --quiet --json \
-    | tee "$OUT/encode.json"
+    | tee "$OUT/encode.json" || failed=1
 infotok decode "$OUT/cuda.itok" /tmp/cuda.mp4 --tokens "$OUT/cuda_tokens.npz" --device cuda \
-    --quiet --json
+    --quiet --json || failed=1
 time infotok bench gpu_checks/dev --device cuda --routers elbo --codecs x264 \
     --budgets 0.5,1.0 --frames 32 --metrics psnr,msssim --out /tmp/bench --json \
-    > "$OUT/bench.json"
+    > "$OUT/bench.json" || failed=1
 tail -c 600 "$OUT/bench.json"
 timeout "${TEST_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" \
     -n 16 tests > "$OUT/pytest.log" 2>&1
-echo "pytest exit $?"
+status=$?
+echo "pytest exit $status"
 tail -n 40 "$OUT/pytest.log"
+[ "$status" -eq 0 ] || failed=1
+exit "$failed"
