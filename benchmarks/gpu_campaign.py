@@ -29,6 +29,8 @@ On the device: ``MINUTES=5.5 bash benchmarks/gpu_session.sh train`` (`carry`: gp
 .whl), which installs the wheels and runs ``train gpu_data --init
 infotok_codec/models/infotok-s.safetensors.zst --minutes $MINUTES --workers 8 --out $OUT/run``.
 
+``prepare-checks`` (here) makes what `gpu_session.sh checks` carries, in `gpu_checks/`.
+
 Here: ``python benchmarks/gpu_campaign.py prepare ../shared/data/train`` before, and
 ``python benchmarks/gpu_campaign.py assemble /work/.device/N/run --init
 infotok_codec/models/infotok-s.safetensors.zst --out runs/gpu/model.safetensors`` after.
@@ -38,10 +40,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import random
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +103,47 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"{len(files)} clips ({len(held_out)} held out), {total / 1e6:.1f} MB in {args.out}")
     if total > TRAVEL_BYTES:
         sys.exit(f"error: {total / 1e6:.1f} MB is over {TRAVEL_BYTES / 1e6:.0f}: lower --frames")
+    _download_wheels(WHEELS, args.wheels)
+
+
+def prepare_checks(args: argparse.Namespace) -> None:
+    """What `gpu_session.sh checks` carries: PyAV unpacked and recompressed (its wheel is 36 MB;
+    the tree, the model and PyAV must fit 64 MiB together), the pure-Python wheels the image's
+    versions may lack, and the dev clips' first 64 frames (the device has no ../shared)."""
+    import av
+
+    if args.out.exists():
+        sys.exit(f"error: {args.out} exists: remove it first")
+    with tempfile.TemporaryDirectory() as tmp:
+        _download_wheels([f"av=={av.__version__}"], Path(tmp))
+        (wheel,) = Path(tmp).glob("av-*.whl")
+        unpacked = Path(tmp) / "av"
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(unpacked)
+        args.out.mkdir(parents=True)
+        packed = args.out / "av.tar.xz"
+        with (
+            lzma.open(packed, "wb", preset=9 | lzma.PRESET_EXTREME) as xz,
+            tarfile.open(fileobj=xz, mode="w") as tar,
+        ):
+            for item in sorted(unpacked.iterdir()):
+                tar.add(item, arcname=item.name)
+    # Not typer: the image's own serves, and ours (0.29) imports pydantic, which it lacks.
+    _download_wheels(["click", "rich", "pytorch-msssim"], args.out / "wheels")
+    (args.out / "dev").mkdir()
+    for clip in sorted(args.dev.iterdir()):
+        _write_mp4(load_clip(clip, 256, 64), args.out / "dev" / clip.name, 20)
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"{size / 1e6:.1f} MB in {args.out}")
+
+
+def _download_wheels(names: Sequence[str], dest: Path) -> None:
+    """Wheels for the device's Python (CPython 3.12, x86-64 Linux), without their dependencies."""
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        + ["--python-version", "3.12", "--implementation", "cp", "-d", str(args.wheels)]
+        + ["--python-version", "3.12", "--implementation", "cp", "-d", str(dest)]
         + [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64")]
-        + ["--platform=manylinux2014_x86_64", *WHEELS],
+        + ["--platform=manylinux2014_x86_64", *names],
         check=True,
     )
 
@@ -293,6 +336,9 @@ def main() -> None:
     p.add_argument("--wheels", type=Path, default=ROOT / ".whl")
     p.add_argument("--frames", type=int, default=200, help="per clip (200: 24 MB at CRF 18)")
     p.add_argument("--crf", type=int, default=18)
+    p = sub.add_parser("prepare-checks", help="here: what gpu_session.sh checks carries")
+    p.add_argument("--dev", type=Path, default=ROOT.parent / "shared" / "data" / "dev")
+    p.add_argument("--out", type=Path, default=ROOT / "gpu_checks")
     p = sub.add_parser("train", help="there: the recipe for --minutes")
     p.add_argument("data", type=Path)
     p.add_argument("--init", type=Path, required=True)
@@ -316,7 +362,13 @@ def main() -> None:
     p.add_argument("--force", action="store_true", help="replace --out")
     args = parser.parse_args()
     try:
-        {"prepare": prepare, "train": train, "assemble": assemble}[args.step](args)
+        step = {
+            "prepare": prepare,
+            "prepare-checks": prepare_checks,
+            "train": train,
+            "assemble": assemble,
+        }[args.step]
+        step(args)
     except InfotokError as exc:
         sys.exit(f"error: {exc}")
 

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # A lent GPU's session (issue 12): two calls, one machine, 15 minutes of device time in all.
 #
-#   prepare (here): gpu_checks/ for the checks (gpu_data/ and .whl/ are `gpu_campaign.py
-#          prepare`'s).
 #   train  (carry gpu_data .whl): `gpu_campaign.py train` for $MINUTES (default 5.5) from the
 #          shipped model; weights and history to $OUT/run, the log to $OUT/train.log.
 #   checks (carry gpu_checks .whl): the CUDA side of the codec, on the image's own torch:
@@ -11,43 +9,17 @@
 #          2. `infotok bench --device cuda` on the carried dev clips (one router, x264);
 #          3. the test suite, 16 workers, cut at $TEST_SECONDS (default 240): the log to $OUT.
 #
-# Made here: `gpu_campaign.py prepare` (gpu_data/, .whl/), and `gpu_session.sh prepare`:
-# gpu_checks/ holding PyAV as av.tar.xz (its 36 MB wheel unpacked and recompressed: the tree,
-# the model and PyAV must fit 64 MiB together), wheels/ (click, rich, pytorch-msssim) and dev/
-# (the dev clips' first 64 frames, short side 256). The device has no ../shared. Not typer:
-# the image's 0.27 serves the CLI, and 0.29's option parsing imports pydantic, which the image
-# lacks (2026-12-04: every CLI call failed).
-# Not the judges (stlpips-pytorch is a 64 MB wheel): their tests fail there for want of them.
+# Made here: `gpu_campaign.py prepare` (gpu_data/, .whl/) and `gpu_campaign.py prepare-checks`
+# (gpu_checks/: PyAV as av.tar.xz, wheels/ for click, rich and pytorch-msssim, and dev/, the dev
+# clips' first 64 frames). Not typer: the image's 0.27 serves the CLI, and 0.29's option
+# parsing imports pydantic, which the image lacks (2026-12-04: every CLI call failed). Not the
+# judges (stlpips-pytorch is a 64 MB wheel): their tests fail there for want of them.
 #
 # Seen 2026-12-04: the train call took 368 s for MINUTES=5.5 (1,983 steps of 16 windows), the
 # machine's start about 50 s more; the suite on 16 workers needs about 3 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?prepare, train or checks}
-
-if [ "$phase" = prepare ]; then  # here, with pip's registry and ../shared/data/dev
-    set -e
-    [ ! -e gpu_checks ] || { echo "error: gpu_checks exists: remove it first"; exit 2; }
-    mkdir -p gpu_checks/wheels gpu_checks/dev /tmp/gpu_checks_av
-    av_version=$(python -c 'import av; print(av.__version__)')
-    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d /tmp/gpu_checks_av "av==$av_version"
-    (cd /tmp/gpu_checks_av && unzip -q -o av-*.whl -x '*.dist-info/RECORD' && rm av-*.whl \
-        && tar -cf - . | xz -9e -T2) > gpu_checks/av.tar.xz
-    python -m pip download -q --no-deps -d gpu_checks/wheels click rich pytorch-msssim
-    python - <<'EOF'
-from pathlib import Path
-import sys
-sys.path.insert(0, "benchmarks")
-from gpu_campaign import _write_mp4
-from infotok_codec.training import load_clip
-for clip in sorted(Path("../shared/data/dev").iterdir()):
-    _write_mp4(load_clip(clip, 256, 64), Path("gpu_checks/dev") / clip.name, 20)
-EOF
-    du -sh gpu_checks
-    exit 0
-fi
+phase=${1:?train or checks}
 
 rm -rf /tmp/site /tmp/cuda.mp4 /tmp/bench  # a warm machine keeps the last call's files
 python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
