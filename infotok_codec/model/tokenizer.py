@@ -372,9 +372,13 @@ def _read_model(
     """Plain safetensors or packed (`pack_model`) alike. The sha256 is of the safetensors
     bytes, so a model keeps its identity (and the streams that name it) packed or not."""
     path = Path(path) if path is not None else DEFAULT_MODEL_PATH
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
-    data = _safetensors_bytes(path)
+    return _parse_model(path, _safetensors_bytes(path), tensors)
+
+
+def _parse_model(
+    path: Path, data: bytes, tensors: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, str], bytes]:
+    """`_read_model` of the safetensors bytes `data` read from `path`."""
     try:
         header = json.loads(data[8 : _weights_offset(data)])
         metadata = dict(header.get("__metadata__") or {})
@@ -390,6 +394,8 @@ def _read_model(
 
 def _safetensors_bytes(path: Path) -> bytes:
     """The file's bytes, unpacked when it is a packed model."""
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -426,8 +432,8 @@ def pack_model(src: str | Path, dst: str | Path, *, force: bool = False) -> None
     one (the repository takes no file of 25 MB or more)."""
     src, dst = Path(src), Path(dst)
     check_output(dst, force)
-    read_model_metadata(src)  # a model file, or a one-line ModelError
     data = _safetensors_bytes(src)
+    _parse_model(src, data, tensors=False)  # a model file, or a one-line ModelError
     start = _weights_offset(data)
     body = np.frombuffer(data, dtype=np.uint8, offset=start)
     if len(body) % 2:
