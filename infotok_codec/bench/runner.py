@@ -473,6 +473,7 @@ def run_bench(
     check_results_folder(out_dir, force)
     clips = find_videos(paths)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded.check_encodes()
     if "light" in settings.routers:
         check_light_head(loaded)
     device = str(resolve_device(settings.device))

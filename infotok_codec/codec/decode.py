@@ -71,10 +71,16 @@ def _chunk_tokens(
 
 
 def check_model_matches(header: Header, model: LoadedModel) -> None:
-    if header.model_hash != model.sha256:
+    _check_stream_hash(header, model.stream_hash, f"this is model {model.name}")
+
+
+def _check_stream_hash(header: Header, reads: bytes, this: str) -> None:
+    """Refuse a model that does not read `header`'s stream: `reads` is the hash of the model
+    whose streams it reads (`LoadedModel.stream_hash`)."""
+    if header.model_hash != reads:
         raise ModelError(
             f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
-            f"this is model {model.name} ({model.sha256.hex()[:12]}): pass the right --model"
+            f"{this}, which reads model {reads.hex()[:12]}'s streams: pass the right --model"
         )
 
 
@@ -210,15 +216,10 @@ def load_tables(header: Header, model: LoadedModel | str | Path | None) -> Frequ
         check_model_matches(header, model)
         tables_json = model.tables_json
     else:
-        from infotok_codec.model import read_model_metadata
+        from infotok_codec.model import read_model_metadata, stream_hash
 
         meta, sha = read_model_metadata(model)
-        if sha != header.model_hash:
-            raise ModelError(
-                f"the file was written by model {header.model_name} "
-                f"({header.model_hash.hex()[:12]}), "
-                f"the model given has hash {sha.hex()[:12]}: pass the right --model"
-            )
+        _check_stream_hash(header, stream_hash(meta, sha), "the model given")
         tables_json = meta.get("entropy_tables", "")
     if not tables_json:
         return FrequencyTables.uniform(header.fsq_levels)

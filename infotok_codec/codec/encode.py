@@ -228,6 +228,7 @@ class Analysis(Closing):
         # The model, device and head are checked before the input is probed (a full decode),
         # and the header before pass 1: a mistake costs seconds, not a pass over the video.
         self.loaded = as_model(model)
+        self.loaded.check_encodes()
         self.engine = ChunkModel(self.loaded, device, bf16, refine)
         if light and with_error:
             check_light_head(self.loaded)

@@ -11,6 +11,7 @@ from infotok_codec.model.fsq import FSQ
 from infotok_codec.model.precision import autocast, use_bf16
 from infotok_codec.model.refine import refine_indices
 from infotok_codec.model.tokenizer import (
+    FAST_DECODER_PATH,
     SPACE_FACTOR,
     LoadedModel,
     Tokenizer,
@@ -19,10 +20,13 @@ from infotok_codec.model.tokenizer import (
     load_model,
     read_model_metadata,
     replace_tables,
+    save_decoder_file,
     save_model,
+    stream_hash,
 )
 
 __all__ = [
+    "FAST_DECODER_PATH",
     "FSQ",
     "SPACE_FACTOR",
     "LoadedModel",
@@ -35,6 +39,8 @@ __all__ = [
     "read_model_metadata",
     "refine_indices",
     "replace_tables",
+    "save_decoder_file",
     "save_model",
+    "stream_hash",
     "use_bf16",
 ]

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,14 @@ MODEL_FORMAT = "infotok-model-2"
 # the encoder they were trained as, so streams written with them still decode.
 MODEL_FORMATS = (MODEL_FORMAT, "infotok-model-1")
 DEFAULT_MODEL_PATH = Path(__file__).parents[1] / "models" / "infotok-s.safetensors.zst"
+FAST_DECODER_PATH = DEFAULT_MODEL_PATH.with_name("infotok-s-fast.safetensors.zst")
+"""The shipped model's fast decoder (`decode --fast`): a decoder file for its streams."""
+DECODES_KEY = "decodes_streams_of"
+"""Metadata of a *decoder file*: the sha256 (hex) of the model whose streams it decodes. Its
+encoding half and coder tables are that model's, its decoding half its own (a slimmer one), so
+it reads that model's tokens and writes none (encoding with it is refused)."""
+ENCODING_PARTS = ("encoder", "compressor", "to_code", "will_drop")
+"""The tokenizer's attributes that make the codes (the rest decodes them)."""
 PACKED_MAGIC = b"\x28\xb5\x2f\xfd"
 """A packed model file (`pack_model`) is one zstd frame; a safetensors file starts otherwise."""
 MAX_MODEL_BYTES = 1 << 31
@@ -159,10 +168,9 @@ class Tokenizer(nn.Module):
 
     def encoding_parameters(self) -> list[nn.Parameter]:
         """The parameters the codes depend on: encoder, compressor, "will drop", projection to
-        codes. Freezing them keeps every token (and what the coder tables were fitted on) as it
-        is while the decoding half trains."""
-        parts = (self.encoder, self.compressor, self.to_code)
-        return [self.will_drop, *(p for part in parts for p in part.parameters())]
+        codes (`ENCODING_PARTS`). Freezing them keeps every token (and what the coder tables
+        were fitted on) as it is while the decoding half trains."""
+        return [p for name, p in self.named_parameters() if name.split(".")[0] in ENCODING_PARTS]
 
     # -- the two halves ----------------------------------------------------------------------
     def quantized_codes(
@@ -296,6 +304,27 @@ def save_model(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def save_decoder_file(
+    model: Tokenizer,
+    path: str | Path,
+    token_model: str | Path | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write `model` as a decoder file (`DECODES_KEY`) for the streams of `token_model` (the
+    shipped model when None): its own decoding half, the token model's coder tables. Its
+    encoding half must be the token model's, tensor for tensor (as `--decoder-only` training
+    keeps it), or it would not read that model's tokens."""
+    tensors, metadata, sha256 = read_model_file(token_model)
+    ours = model.state_dict()
+    for name in (n for n, _ in model.named_parameters() if n.split(".")[0] in ENCODING_PARTS):
+        theirs = tensors.get(name)
+        if theirs is None or not torch.equal(ours[name].to(theirs.dtype), theirs):
+            raise ModelError(f"{name} is not the token model's: the tokens would differ")
+    extra = {**(extra or {}), DECODES_KEY: sha256.hex()}
+    save_model(model, path, tables_json=metadata.get("entropy_tables", ""), extra=extra)
+
+
 def replace_light_head(
     src: str | Path,
     dst: str | Path,
@@ -352,6 +381,27 @@ class LoadedModel:
     def name(self) -> str:
         return self.tokenizer.config.name
 
+    @property
+    def stream_hash(self) -> bytes:
+        """The model hash that the streams this model reads name: its own, or for a decoder
+        file the hash of the model it decodes for."""
+        return stream_hash(self.metadata, self.sha256)
+
+    def check_encodes(self) -> None:
+        """Refuse a decoder file where a stream, a light head or coder tables would be made:
+        its tokens are another model's, and so are the streams they belong in."""
+        if DECODES_KEY in self.metadata:
+            raise ModelError(
+                f"model {self.name} is a decoder for the streams of model "
+                f"{self.metadata[DECODES_KEY][:12]}: encode (or fit) with that model"
+            )
+
+
+def stream_hash(metadata: dict[str, str], sha256: bytes) -> bytes:
+    """`LoadedModel.stream_hash` from a model file's metadata and sha256."""
+    text = metadata.get(DECODES_KEY)
+    return sha256 if text is None else bytes.fromhex(text)
+
 
 def read_model_metadata(path: str | Path | None = None) -> tuple[dict[str, str], bytes]:
     """A model file's metadata and sha256, without building the network (for token tools)."""
@@ -389,6 +439,8 @@ def _parse_model(
         raise ModelError(
             f"{path}: format {metadata.get('format')!r} is not one of {', '.join(MODEL_FORMATS)}"
         )
+    if not re.fullmatch(r"[0-9a-f]{64}", metadata.get(DECODES_KEY, "0" * 64)):
+        raise ModelError(f"{path}: {DECODES_KEY} is not a sha256 in lowercase hex")
     return weights, metadata, hashlib.sha256(data).digest()
 
 

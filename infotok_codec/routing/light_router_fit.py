@@ -185,6 +185,7 @@ def refit_model_file(
 
     check_output(Path(dst), force)
     loaded = load_model(src)
+    loaded.check_encodes()
     clips = media.read_clips(data, max_frames=max_frames, short_side=short_side)
     head, info = fit_light_router(
         loaded.tokenizer, clips, torch.device("cpu"), windows=windows, steps=steps

@@ -110,6 +110,7 @@ def refit_model_file(
 
     check_output(Path(dst), force)
     loaded = load_model(src)
+    loaded.check_encodes()
     clips = media.read_clips(data, max_frames=max_frames, short_side=short_side)
     tables_json = fit_coder(loaded.tokenizer, clips, torch.device("cpu"))
     replace_tables(src, dst, tables_json, force=force)
