@@ -1,15 +1,33 @@
-"""A slimmer decoding half for the same tokens (issue 14: decode speed), started from the
+r"""A slimmer decoding half for the same tokens (issue 14: decode speed), started from the
 shipped one by keeping some of its blocks.
 
 The decoder network is the whole cost of a decode, and at 1080p the roofline in
 benchmarks/README.md ("Speed at 1080p") puts the target out of reach of today's decoding half on
 two cores. Residual blocks can be dropped and the rest fine-tuned: a decoder that keeps the
-encoding half untouched decodes the very same streams' tokens. `shrink` writes a model file
-whose decoding half keeps only the listed blocks (the encoding half, coder tables and light head
-are copied), ready for `infotok train --decoder-only --init`:
+encoding half untouched decodes the very same streams' tokens.
+
+- `shrink` writes a model file whose decoding half keeps only the listed blocks (the encoding
+  half, coder tables and light head are copied), for `infotok train --decoder-only --init`.
+- `finish` turns trained weights (a run's checkpoint, whose weight average it takes, or a
+  model file) into a packed *decoder file* for the token model's streams: its tensors, the
+  token model's coder tables, and the token model's sha256 under `decodes_streams_of`. The
+  encoding half must be the token model's, tensor for tensor, or the tokens would differ.
+- `compare` encodes each dev clip with the token model (the bench's protocol: first 64 frames,
+  256×256, `elbo`) at a few budgets and decodes every stream with both, timing the decodes
+  (whole `decode_file` calls, the two decoders in turn): PSNR-RGB per clip and frames/s, JSON
+  and PNG.
 
     python benchmarks/fast_decoder.py shrink --out runs/fast/init.safetensors \
         --decompressor 0 --stage2 0,1,8 --stage1 0,1,2
+    infotok train ../shared/data/train --out runs/fast/fast.safetensors \
+        --init runs/fast/init.safetensors --decoder-only \
+        --config '{"name": "infotok-s-fast", "dec_depth": 1, "dec_blocks2": 3}' \
+        --stage2-fraction 1.0 --full-rate-share 0.25 --lr 3e-4 --warmup-steps 30 \
+        --minutes 120 --threads 2 --crop 128 --batch 2 --weight-average 0.99
+    python benchmarks/fast_decoder.py finish runs/fast/fast.safetensors.ckpt.pt \
+        --out infotok_codec/models/infotok-s-fast.safetensors.zst
+    python benchmarks/fast_decoder.py compare --threads 2 \
+        --out benchmarks/results/fast_decoder/compare.json
 """
 
 from __future__ import annotations
@@ -17,12 +35,27 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
+import tempfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from safetensors.torch import save_file
 
-from infotok_codec.model.tokenizer import TokenizerConfig, read_model_file
+from infotok_codec.errors import ModelError
+from infotok_codec.model import load_model, use_bf16
+from infotok_codec.model.tokenizer import (
+    FAST_DECODER_PATH,
+    Tokenizer,
+    TokenizerConfig,
+    pack_model,
+    read_model_file,
+    save_decoder_file,
+)
 
+ROOT = Path(__file__).resolve().parents[1]
 PARTS = {  # tensor prefix → (config field, option)
     "decompressor.blocks.": ("dec_depth", "decompressor"),
     "decoder.stage2.": ("dec_blocks2", "stage2"),
@@ -60,6 +93,122 @@ def shrink(src: Path | None, out: Path, keep: dict[str, list[int]], name: str) -
     return new
 
 
+def finish(trained: Path, token_model: Path | None, out: Path, force: bool) -> None:
+    """Write the decoder file of trained weights, a run's checkpoint (`.pt`: its weight
+    average) or a model file (`gpu_campaign.py assemble`'s), for `token_model`'s streams,
+    packed."""
+    if trained.suffix == ".pt":
+        ckpt = torch.load(trained, map_location="cpu", weights_only=False)
+        model = Tokenizer(TokenizerConfig.from_json(ckpt["config"]))
+        model.load_state_dict(ckpt["average"] or ckpt["model"])
+        state = ckpt["state"]
+        recipe = {
+            "steps": state["step"],
+            "minutes": round(state["elapsed"] / 60, 1),
+            "history": state["history"],
+        }
+    else:
+        loaded = load_model(trained)
+        model, recipe = loaded.tokenizer, json.loads(loaded.metadata.get("recipe", "{}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "decoder.safetensors"
+        try:
+            save_decoder_file(model, plain, token_model, extra={"recipe": recipe})
+        except ModelError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        pack_model(plain, out, force=force)
+
+
+def compare(
+    decoder: Path, token_model: Path | None, dev: Path, budgets: list[float], frames: int
+) -> dict[str, Any]:
+    """Each dev clip encoded with `token_model` and decoded with it and with `decoder`."""
+    from infotok_codec.bench import BenchSettings
+    from infotok_codec.bench.runner import prepare_source
+    from infotok_codec.codec import decode_file, encode_file
+    from infotok_codec.media import find_videos, read_frames
+    from infotok_codec.metrics import psnr_pooled
+
+    models = {"full": load_model(token_model), "fast": load_model(decoder)}
+    settings = BenchSettings(budgets=tuple(budgets), routers=("elbo",), codecs=(), frames=frames)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for clip in find_videos([dev]):
+            reference, source = prepare_source(clip, settings, work)
+            for budget in budgets:
+                stream = work / "s.itok"
+                enc = encode_file(source, stream, budget=budget, model=models["full"], force=True)
+                row: dict[str, Any] = {"clip": clip.name, "budget": budget, "bytes": enc.bytes}
+                row["bpp"] = 8 * enc.bytes / reference[..., 0].size
+                for name, model in models.items():
+                    out = work / f"{name}.mkv"
+                    result = decode_file(stream, out, model=model, force=True)
+                    decoded = np.concatenate(list(read_frames(out, 64)))
+                    row[f"psnr_{name}"] = round(psnr_pooled(decoded, reference), 4)
+                    row[f"decode_s_{name}"] = round(result.seconds, 3)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    summary: dict[str, Any] = {}
+    for budget in budgets:
+        at = [r for r in rows if r["budget"] == budget]
+        delta = [r["psnr_fast"] - r["psnr_full"] for r in at]
+        summary[str(budget)] = {
+            **{
+                f"{stat}_{name}": round(fn([r[f"psnr_{name}"] for r in at]), 3)
+                for name in models
+                for stat, fn in (("mean", statistics.mean), ("median", statistics.median))
+            },
+            "delta_mean": round(statistics.mean(delta), 3),
+            "delta_median": round(statistics.median(delta), 3),
+            "delta_range": [round(min(delta), 3), round(max(delta), 3)],
+        }
+    for name in models:  # frames/s over every decode, whole calls
+        seconds = sum(r[f"decode_s_{name}"] for r in rows)
+        summary[f"decode_fps_{name}"] = round(frames * len(rows) / seconds, 3)
+    summary["decode_time_fast_over_full"] = round(
+        summary["decode_fps_full"] / summary["decode_fps_fast"], 3
+    )
+    return {
+        "decoder": decoder.name,
+        "decoder_sha256": models["fast"].sha256.hex(),
+        "token_model_sha256": models["full"].sha256.hex(),
+        "frames": frames,
+        "size": settings.size,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16" if use_bf16(None, torch.device("cpu")) else "fp32",
+        "summary": summary,
+        "rows": rows,
+    }
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, budgets = report["rows"], [float(b) for b in report["summary"] if b[0].isdigit()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, style in (("full", "o-"), ("fast", "s--")):
+        bpp = [statistics.mean(r["bpp"] for r in rows if r["budget"] == b) for b in budgets]
+        psnr = [report["summary"][str(b)][f"mean_{name}"] for b in budgets]
+        fps = report["summary"][f"decode_fps_{name}"]
+        left.plot(bpp, psnr, style, label=f"{name} decoder ({fps:.1f} frames/s)")
+    left.set(xlabel="bpp (mean over clips)", ylabel="PSNR-RGB, dB (mean)", title="same streams")
+    left.legend()
+    clips = sorted({r["clip"] for r in rows})
+    for i, b in enumerate(budgets):
+        delta = {r["clip"]: r["psnr_fast"] - r["psnr_full"] for r in rows if r["budget"] == b}
+        x = np.arange(len(clips)) + (i - (len(budgets) - 1) / 2) * 0.8 / len(budgets)
+        right.bar(x, [delta[c] for c in clips], 0.8 / len(budgets), label=f"budget {b}")
+    right.set_xticks(range(len(clips)), [c.rsplit(".", 1)[0] for c in clips], rotation=45)
+    right.set(ylabel="fast − full, dB", title="per clip")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,7 +218,32 @@ def main() -> None:
     cmd.add_argument("--name", default="infotok-s-fast")
     for _, option in PARTS.values():
         cmd.add_argument(f"--{option}", required=True, help="block indices to keep, e.g. 0,1,8")
+    cmd = sub.add_parser("finish", help="a trained checkpoint → a packed decoder file")
+    cmd.add_argument("trained", type=Path, help="a run's checkpoint (.pt) or a model file")
+    cmd.add_argument("--token-model", type=Path, default=None, help="default: shipped")
+    cmd.add_argument("--out", type=Path, required=True)
+    cmd.add_argument("--force", action="store_true")
+    cmd = sub.add_parser("compare", help="dev clips decoded with both decoders")
+    cmd.add_argument("--decoder", type=Path, default=FAST_DECODER_PATH)
+    cmd.add_argument("--token-model", type=Path, default=None, help="default: shipped")
+    cmd.add_argument("--dev", type=Path, default=ROOT.parent / "shared" / "data" / "dev")
+    cmd.add_argument("--budgets", default="0.5,0.75,1.0")
+    cmd.add_argument("--frames", type=int, default=64)
+    cmd.add_argument("--threads", type=int, default=2)
+    cmd.add_argument("--out", type=Path, required=True, help="JSON (and a PNG beside it)")
     args = parser.parse_args()
+    if args.command == "compare":
+        torch.set_num_threads(args.threads)
+        budgets = [float(b) for b in args.budgets.split(",")]
+        report = compare(args.decoder, args.token_model, args.dev, budgets, args.frames)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        plot(report, args.out.with_suffix(".png"))
+        print(json.dumps(report["summary"], indent=1))
+        return
+    if args.command == "finish":
+        finish(args.trained, args.token_model, args.out, args.force)
+        return
     keep = {
         option: [int(i) for i in getattr(args, option).split(",")] for _, option in PARTS.values()
     }

@@ -2,7 +2,9 @@
 # A lent GPU's session (issue 12): two calls, one machine, 15 minutes of device time in all.
 #
 #   train  (carry gpu_data .whl): `gpu_campaign.py train` for $MINUTES (default 5.5) from the
-#          shipped model; weights and history to $OUT/run, the log to $OUT/train.log.
+#          shipped model; weights and history to $OUT/run, the log to $OUT/train.log. With
+#          SHRINK="--decompressor 0 --stage2 0,1,8 --stage1 0,1,2", the fast decoder instead
+#          (`fast_decoder.py`): those blocks of the shipped decoding half, trained alone.
 #   checks (carry gpu_checks .whl): the CUDA side of the codec, on the image's own torch:
 #          1. a dev clip encoded on CUDA, and its tokens read back on CUDA (`decode --tokens`),
 #             both to $OUT, so that the CPU here can check it reads the same indices;
@@ -21,7 +23,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:?train or checks}
 
-rm -rf /tmp/site /tmp/cuda.mp4 /tmp/bench  # a warm machine keeps the last call's files
+rm -rf /tmp/site /tmp/cuda.mp4 /tmp/bench /tmp/fast_init.safetensors  # a warm machine keeps files
 python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
     || { echo "error: no CUDA device: this runs on the lent GPU"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -32,9 +34,19 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 
 if [ "$phase" = train ]; then
     df -h /dev/shm | tail -1
-    python3 benchmarks/gpu_campaign.py train gpu_data \
-        --init infotok_codec/models/infotok-s.safetensors.zst --minutes "${MINUTES:-5.5}" \
-        --workers 8 --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
+    init=infotok_codec/models/infotok-s.safetensors.zst
+    extra=()
+    if [ -n "${SHRINK:-}" ]; then
+        # The fast decoder instead: the shipped model with the decoding blocks SHRINK keeps
+        # (fast_decoder.py shrink's options), its encoding half frozen.
+        # shellcheck disable=SC2086
+        python3 benchmarks/fast_decoder.py shrink --out /tmp/fast_init.safetensors $SHRINK \
+            || exit 1
+        init=/tmp/fast_init.safetensors
+        extra=(--decoder-only)
+    fi
+    python3 benchmarks/gpu_campaign.py train gpu_data --init "$init" "${extra[@]}" \
+        --minutes "${MINUTES:-5.5}" --workers 8 --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
     exit "${PIPESTATUS[0]}"
 fi
 

@@ -11,7 +11,8 @@ The source is made here from real video: the first frames of a dev clip, scaled 
   of the functions that do it (tiles, chunks), as a share of the whole. Profiling costs a few
   per cent, so the shares, not these seconds, are the figures to read.
 
-Run: ``python benchmarks/speed_large.py --threads 2 [--precision fp32|bf16] [--out F]`` (writes
+Run: ``python benchmarks/speed_large.py --threads 2 [--precision fp32|bf16] [--fast] [--out F]``
+(`--fast`: also `decode --fast`, the fast decoder, timed the same way; writes
 benchmarks/results/speed_large.json and .png; about 10 minutes at 1080p on 2 idle cores). The
 network runs in bf16 where the CPU has native bf16 unless `--precision` says otherwise; the
 roofline then uses the bf16 matmul rate.
@@ -52,11 +53,13 @@ DECODE_STAGES = {
 }
 
 
-def network_gflop_per_frame(width: int, height: int, chunk_frames: int = 16) -> dict[str, float]:
-    """The shipped network's arithmetic per frame at this size, counted (FLOPs of every conv,
-    matmul and attention, `torch.utils.flop_counter`) on the tiles the codec runs, on the meta
-    device, so nothing is computed: `encode` is the conv encoder + compressor (a `light` encode's
-    network work), `decode` the de-compressor + conv decoder."""
+def network_gflop_per_frame(
+    width: int, height: int, chunk_frames: int = 16, model_path: Path | None = None
+) -> dict[str, float]:
+    """The network's arithmetic per frame at this size (the shipped model's, or `model_path`'s),
+    counted (FLOPs of every conv, matmul and attention, `torch.utils.flop_counter`) on the tiles
+    the codec runs, on the meta device, so nothing is computed: `encode` is the conv encoder +
+    compressor (a `light` encode's network work), `decode` the de-compressor + conv decoder."""
     import copy
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -64,7 +67,7 @@ def network_gflop_per_frame(width: int, height: int, chunk_frames: int = 16) -> 
     from infotok_codec.codec import tiles
     from infotok_codec.model import latent_shape, load_model
 
-    model = copy.deepcopy(load_model().tokenizer).to("meta").eval()
+    model = copy.deepcopy(load_model(model_path).tokenizer).to("meta").eval()
     flops = {"encode": 0, "decode": 0}
     with torch.no_grad():
         for y0, y1, x0, x1 in tiles(height, width):
@@ -193,6 +196,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed_large.json"
     )
+    parser.add_argument(
+        "--fast", action="store_true", help="also time `decode --fast` (the fast decoder)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from infotok_codec.codec import decode_file, encode_file
@@ -211,6 +217,23 @@ def main() -> None:
         enc = [*cli, "encode", str(src), str(itok), "--router", "light", "--budget", "0.8"]
         enc_peak, enc_s = peak_rss_mib([*enc, *flags, "--force"])
         dec_peak, dec_s = peak_rss_mib([*cli, "decode", str(itok), str(y4m), *flags, "--force"])
+        fast = None
+        if args.fast:
+            from infotok_codec.model import FAST_DECODER_PATH
+
+            command = [*cli, "decode", str(itok), str(y4m), "--fast", *flags, "--force"]
+            fast_peak, fast_s = peak_rss_mib(command)
+            fast = {
+                "seconds": round(fast_s, 2),
+                "fps": round(args.frames / fast_s, 3),
+                "peak_mib": round(fast_peak, 1),
+                "network_gflop_per_frame": round(
+                    network_gflop_per_frame(args.width, args.height, model_path=FAST_DECODER_PATH)[
+                        "decode"
+                    ],
+                    2,
+                ),
+            }
         size = itok.stat().st_size
         env = {"encode_file": encode_file, "decode_file": decode_file, "src": src, "itok": itok}
         env["y4m"], env["bf16"] = y4m, bf16
@@ -241,6 +264,7 @@ def main() -> None:
             "fps": round(args.frames / dec_s, 3),
             "peak_mib": round(dec_peak, 1),
         },
+        **({"decode_fast": fast} if fast else {}),
         "roofline": roofline(
             args.width,
             args.height,

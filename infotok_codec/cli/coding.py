@@ -288,6 +288,14 @@ def decode(
         Path | None, typer.Option("--tokens", help="Also write every chunk's tokens to a .npz.")
     ] = None,
     model: ModelOption = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast",
+            help="Decode with the shipped model's fast decoder: about half the network's time, "
+            "a few tenths of a dB lower (the same tokens).",
+        ),
+    ] = False,
     device: DeviceOption = "auto",
     bf16: Bf16Option = None,
     threads: ThreadsOption = None,
@@ -299,6 +307,12 @@ def decode(
     from infotok_codec.codec import decode_file
     from infotok_codec.media import PIPE
 
+    if fast:
+        if model is not None:
+            raise typer.BadParameter("give --fast (the shipped fast decoder) or --model, not both")
+        from infotok_codec.model import FAST_DECODER_PATH
+
+        model = FAST_DECODER_PATH
     if str(src) == PIPE:  # a Path: "./-" is "-" too, and a file of that name is as unlikely
         raise typer.BadParameter("decode reads an .itok or token file; stdin (-) is not one")
     output: str | Path | None = dst  # the str "-" is the pipe; any other name a Path
