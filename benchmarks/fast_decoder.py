@@ -35,7 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from infotok_codec.errors import ModelError
+from infotok_codec.errors import InfotokError
 from infotok_codec.model import load_model, use_bf16
 from infotok_codec.model.tokenizer import (
     FAST_DECODER_PATH,
@@ -54,6 +56,7 @@ from infotok_codec.model.tokenizer import (
     read_model_file,
     save_decoder_file,
 )
+from infotok_codec.outputs import atomic_file, check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = {  # tensor prefix → (config field, option)
@@ -68,7 +71,7 @@ def shrink(src: Path | None, out: Path, keep: dict[str, list[int]], name: str) -
     renumbered from 0 in the given order; returns the new config."""
     tensors, metadata, _ = read_model_file(src)
     config = json.loads(metadata["config"])
-    kept: dict[str, object] = {}
+    kept: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         for prefix, (_, option) in PARTS.items():
             if key.startswith(prefix):
@@ -81,15 +84,17 @@ def shrink(src: Path | None, out: Path, keep: dict[str, list[int]], name: str) -
         else:
             kept[key] = value
     for _, (field, option) in PARTS.items():
-        if max(keep[option]) >= config[field]:
-            raise SystemExit(f"error: --{option}: the model has {config[field]} blocks")
+        blocks = keep[option]
+        if not blocks or len(set(blocks)) < len(blocks) or max(blocks) >= config[field]:
+            raise SystemExit(f"error: --{option}: distinct blocks of the model's {config[field]}")
         config[field] = len(keep[option])
     config["name"] = name
     new = TokenizerConfig.from_json(json.dumps(config))
     metadata = {**metadata, "config": new.to_json()}
     metadata.pop("recipe", None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(kept, str(out), metadata=metadata)  # type: ignore[arg-type]
+    with atomic_file(out) as tmp:
+        save_file(kept, str(tmp), metadata=metadata)
     return new
 
 
@@ -97,6 +102,7 @@ def finish(trained: Path, token_model: Path | None, out: Path, force: bool) -> N
     """Write the decoder file of trained weights, a run's checkpoint (`.pt`: its weight
     average) or a model file (`gpu_campaign.py assemble`'s), for `token_model`'s streams,
     packed."""
+    check_output(out, force)  # before the work, not after it
     if trained.suffix == ".pt":
         ckpt = torch.load(trained, map_location="cpu", weights_only=False)
         model = Tokenizer(TokenizerConfig.from_json(ckpt["config"]))
@@ -112,10 +118,7 @@ def finish(trained: Path, token_model: Path | None, out: Path, force: bool) -> N
         model, recipe = loaded.tokenizer, json.loads(loaded.metadata.get("recipe", "{}"))
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "decoder.safetensors"
-        try:
-            save_decoder_file(model, plain, token_model, extra={"recipe": recipe})
-        except ModelError as exc:
-            raise SystemExit(f"error: {exc}") from None
+        save_decoder_file(model, plain, token_model, extra={"recipe": recipe})
         pack_model(plain, out, force=force)
 
 
@@ -141,6 +144,7 @@ def compare(
                 enc = encode_file(source, stream, budget=budget, model=models["full"], force=True)
                 row: dict[str, Any] = {"clip": clip.name, "budget": budget, "bytes": enc.bytes}
                 row["bpp"] = 8 * enc.bytes / reference[..., 0].size
+                row["frames"] = len(reference)
                 for name, model in models.items():
                     out = work / f"{name}.mkv"
                     result = decode_file(stream, out, model=model, force=True)
@@ -165,11 +169,12 @@ def compare(
         }
     for name in models:  # frames/s over every decode, whole calls
         seconds = sum(r[f"decode_s_{name}"] for r in rows)
-        summary[f"decode_fps_{name}"] = round(frames * len(rows) / seconds, 3)
+        summary[f"decode_fps_{name}"] = round(sum(r["frames"] for r in rows) / seconds, 3)
     summary["decode_time_fast_over_full"] = round(
         summary["decode_fps_full"] / summary["decode_fps_fast"], 3
     )
     return {
+        "command": "python " + shlex.join(sys.argv),
         "decoder": decoder.name,
         "decoder_sha256": models["fast"].sha256.hex(),
         "token_model_sha256": models["full"].sha256.hex(),
@@ -242,11 +247,18 @@ def main() -> None:
         print(json.dumps(report["summary"], indent=1))
         return
     if args.command == "finish":
-        finish(args.trained, args.token_model, args.out, args.force)
+        try:
+            finish(args.trained, args.token_model, args.out, args.force)
+        except InfotokError as exc:  # ModelError included
+            raise SystemExit(f"error: {exc}") from None
         return
-    keep = {
-        option: [int(i) for i in getattr(args, option).split(",")] for _, option in PARTS.values()
-    }
+    try:
+        keep = {
+            option: [int(i) for i in getattr(args, option).split(",")]
+            for _, option in PARTS.values()
+        }
+    except ValueError as exc:
+        raise SystemExit(f"error: block indices: {exc}") from None
     config = shrink(args.model, args.out, keep, args.name)
     print(config.to_json())
 

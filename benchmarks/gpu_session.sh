@@ -45,7 +45,7 @@ if [ "$phase" = train ]; then
         init=/tmp/fast_init.safetensors
         extra=(--decoder-only)
     fi
-    python3 benchmarks/gpu_campaign.py train gpu_data --init "$init" "${extra[@]}" \
+    python3 benchmarks/gpu_campaign.py train gpu_data --init "$init" ${extra[@]+"${extra[@]}"} \
         --minutes "${MINUTES:-5.5}" --workers 8 --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
     exit "${PIPESTATUS[0]}"
 fi

@@ -304,6 +304,7 @@ def encode_dataset(
     device = _device(device, shard)
     resolve_device(device)  # an unknown or absent device fails here, not once per file
     loaded = as_model(model)
+    loaded.check_encodes()  # a decoder file fails here, once, before the folder is made
     chosen_threads = _threads(threads, shard)
     if chosen_threads is not None:
         torch.set_num_threads(chosen_threads)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +15,17 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from infotok_codec.errors import ModelError
-from infotok_codec.model import load_model, save_decoder_file
+from infotok_codec.model import (
+    FAST_DECODER_PATH,
+    Tokenizer,
+    load_model,
+    read_model_metadata,
+    replace_tables,
+    save_decoder_file,
+)
 from infotok_codec.model.tokenizer import DECODES_KEY
 
-from helpers import DEV, assert_one_line_error, infotok, psnr, read_all
+from helpers import DEV, TINY, assert_one_line_error, infotok, psnr, read_all
 
 
 def decoder_file(token_model: Path, path: Path) -> Path:
@@ -47,6 +57,11 @@ def test_a_decoder_file_reads_its_models_streams(clip, tiny_model: Path, tmp_pat
     a, b = read_all(tmp_path / "full.mkv"), read_all(tmp_path / "other.mkv")
     assert a.shape == b.shape == (16, *a.shape[1:])
     assert not np.array_equal(a, b)  # and its own network decoded them
+    # Its tables are the token model's: a token file packs back to the very stream.
+    packed = tmp_path / "packed.itok"
+    run = infotok("pack", tmp_path / "other.npz", packed, "--model", decoder)
+    assert run.returncode == 0, run.stderr
+    assert packed.read_bytes() == stream.read_bytes()
 
 
 def test_a_decoder_file_refuses_another_models_streams(
@@ -56,11 +71,15 @@ def test_a_decoder_file_refuses_another_models_streams(
     assert infotok("encode", clip(frames=8), stream, "--model", other_model).returncode == 0
     decoder = decoder_file(tiny_model, tmp_path / "decoder.safetensors")
     run = infotok("decode", stream, tmp_path / "r.mkv", "--model", decoder)
-    assert_one_line_error(run, 1, "written by model tiny-test", "pass the right --model")
+    assert_one_line_error(
+        run, 1, "written by model tiny-test", "decode with the model that wrote it"
+    )
     assert not (tmp_path / "r.mkv").exists()
 
 
-@pytest.mark.parametrize("command", ["encode", "fit-router", "fit-coder"])
+@pytest.mark.parametrize(
+    "command", ["encode", "encode-folder", "bench", "bench-light", "fit-router", "fit-coder"]
+)
 def test_a_decoder_file_makes_no_streams_heads_or_tables(
     clip, tiny_model: Path, tmp_path: Path, command: str
 ) -> None:
@@ -68,21 +87,34 @@ def test_a_decoder_file_makes_no_streams_heads_or_tables(
     src, out = clip(frames=8), tmp_path / "out"
     args = {
         "encode": ("encode", src, out, "--model", decoder),
+        "encode-folder": ("encode", src.parent, out, "--model", decoder),
+        "bench": ("bench", src, "--out", out, "--model", decoder, "--codecs", "none"),
+        "bench-light": ("bench", src, "--out", out, "--model", decoder, "--routers", "light"),
         "fit-router": ("fit-router", decoder, "--data", src.parent, "--out", out),
         "fit-coder": ("fit-coder", decoder, "--data", src.parent, "--out", out),
     }[command]
     run = infotok(*args)
     assert_one_line_error(run, 1, "is a decoder for the streams of model", "encode (or fit)")
     assert not out.exists()
+    with pytest.raises(ModelError, match="keeps its token model's tables"):
+        replace_tables(decoder, tmp_path / "t.safetensors", "{}")
 
 
 def test_a_decoder_file_keeps_the_token_models_encoding_half(
     tiny_model: Path, other_model: Path, tmp_path: Path
 ) -> None:
+    out = tmp_path / "d.safetensors"
     model = load_model(other_model).tokenizer  # another encoder: other tokens
     with pytest.raises(ModelError, match="is not the token model's"):
-        save_decoder_file(model, tmp_path / "d.safetensors", tiny_model)
-    assert not (tmp_path / "d.safetensors").exists()
+        save_decoder_file(model, out, tiny_model)
+    shallower = Tokenizer(dataclasses.replace(TINY, enc_depth=2))  # one more compressor block
+    shallower.load_state_dict(load_model(tiny_model).tokenizer.state_dict(), strict=False)
+    with pytest.raises(ModelError, match="config enc_depth"):
+        save_decoder_file(shallower, out, tiny_model)
+    decoder = decoder_file(tiny_model, tmp_path / "decoder.safetensors")
+    with pytest.raises(ModelError, match="itself a decoder file"):
+        save_decoder_file(load_model(decoder).tokenizer, out, decoder)
+    assert not out.exists()
 
 
 def test_fast_and_model_are_one_choice(clip, tiny_model: Path, tmp_path: Path) -> None:
@@ -112,27 +144,44 @@ def test_any_decodes_streams_of_loads_as_a_hash_or_is_refused(
     assert loaded.stream_hash == bytes.fromhex(value) and len(value) == 64
 
 
+def test_a_decodes_streams_of_that_is_not_text_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    data = tiny_model.read_bytes()
+    (length,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"][DECODES_KEY] = 5  # safetensors itself writes only text
+    raw = json.dumps(header).encode()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
+    with pytest.raises(ModelError, match=DECODES_KEY):
+        read_model_metadata(bad)
+
+
+def test_the_shipped_fast_decoder_belongs_to_the_shipped_model() -> None:
+    """Re-shipping the model without making its fast decoder again fails here."""
+    fast_metadata, _ = read_model_metadata(FAST_DECODER_PATH)
+    metadata, sha256 = read_model_metadata()
+    assert fast_metadata[DECODES_KEY] == sha256.hex()
+    assert fast_metadata["entropy_tables"] == metadata["entropy_tables"]
+
+
 @pytest.mark.skipif(not DEV.is_dir(), reason="needs ../shared/data/dev")
 def test_the_shipped_fast_decoder_decodes_the_shipped_models_streams(tmp_path: Path) -> None:
-    """The packaged decoder belongs to the packaged model (re-shipping one without the other
-    fails here), reads a real clip's stream to the same tokens and decodes it near the full
-    decoder's quality (MODEL.md: a few tenths of a dB on the dev clips)."""
+    """`decode --fast` reads a real clip's stream to the same tokens and decodes it near the
+    full decoder's quality (MODEL.md: a few tenths of a dB on the dev clips)."""
     from infotok_codec.bench import reference_frames
-    from infotok_codec.codec import decode_file, encode_file
+    from infotok_codec.codec import encode_file
     from infotok_codec.media import VideoWriter
-    from infotok_codec.model import FAST_DECODER_PATH, read_model_metadata
 
-    fast = load_model(FAST_DECODER_PATH)
-    assert fast.stream_hash == read_model_metadata()[1]
     frames = reference_frames(DEV / "vllama_boat.mp4", 16, 128)
     src, stream = tmp_path / "src.mkv", tmp_path / "s.itok"
     with VideoWriter(src, 128, 128, 25) as writer:
         writer.write(frames)
     encode_file(src, stream, budget=0.8)
     quality = {}
-    for name, model in (("full", None), ("fast", fast)):
+    for name, flags in (("full", ()), ("fast", ("--fast",))):
         out = tmp_path / f"{name}.mkv"
-        decode_file(stream, out, model=model, tokens_out=tmp_path / f"{name}.npz")
+        run = infotok("decode", stream, out, "--tokens", tmp_path / f"{name}.npz", *flags)
+        assert run.returncode == 0, run.stderr
         quality[name] = psnr(read_all(out), frames)
     full, other = np.load(tmp_path / "full.npz"), np.load(tmp_path / "fast.npz")
     assert all(np.array_equal(full[key], other[key]) for key in full.files)

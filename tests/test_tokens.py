@@ -161,7 +161,7 @@ def test_a_token_file_from_another_model_is_refused(
     for command in ("decode", "pack"):
         out = tmp_path / ("o.mkv" if command == "decode" else "o.itok")
         run = infotok(command, tokens, out, "--model", other_model)
-        assert_one_line_error(run, 1, "pass the right --model")
+        assert_one_line_error(run, 1, "decode with the model that wrote it")
         assert not out.exists()
 
 

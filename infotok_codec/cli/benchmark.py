@@ -140,6 +140,7 @@ def bench(
 
     check_results_folder(out, force)  # run_bench checks too; here it fails before the bar shows
     loaded = load_model(model)
+    loaded.check_encodes()  # as run_bench does, before the bar shows
     if "light" in settings.routers:
         check_light_head(loaded)  # as run_bench does, before the bar shows
     total = settings.points(len(find_videos(paths)))

@@ -71,7 +71,10 @@ def _chunk_tokens(
 
 
 def check_model_matches(header: Header, model: LoadedModel) -> None:
-    _check_stream_hash(header, model.stream_hash, f"this is model {model.name}")
+    this = f"this is model {model.name} ({model.sha256.hex()[:12]})"
+    if model.stream_hash != model.sha256:
+        this = f"this is {model.name}, a decoder for model {model.stream_hash.hex()[:12]}'s streams"
+    _check_stream_hash(header, model.stream_hash, this)
 
 
 def _check_stream_hash(header: Header, reads: bytes, this: str) -> None:
@@ -80,7 +83,7 @@ def _check_stream_hash(header: Header, reads: bytes, this: str) -> None:
     if header.model_hash != reads:
         raise ModelError(
             f"the file was written by model {header.model_name} ({header.model_hash.hex()[:12]}), "
-            f"{this}, which reads model {reads.hex()[:12]}'s streams: pass the right --model"
+            f"{this}: decode with the model that wrote it (--model)"
         )
 
 
@@ -219,7 +222,10 @@ def load_tables(header: Header, model: LoadedModel | str | Path | None) -> Frequ
         from infotok_codec.model import read_model_metadata, stream_hash
 
         meta, sha = read_model_metadata(model)
-        _check_stream_hash(header, stream_hash(meta, sha), "the model given")
+        reads = stream_hash(meta, sha)
+        _check_stream_hash(
+            header, reads, f"the model given reads model {reads.hex()[:12]}'s streams"
+        )
         tables_json = meta.get("entropy_tables", "")
     if not tables_json:
         return FrequencyTables.uniform(header.fsq_levels)

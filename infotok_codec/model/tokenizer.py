@@ -56,6 +56,11 @@ encoding half and coder tables are that model's, its decoding half its own (a sl
 it reads that model's tokens and writes none (encoding with it is refused)."""
 ENCODING_PARTS = ("encoder", "compressor", "to_code", "will_drop")
 """The tokenizer's attributes that make the codes (the rest decodes them)."""
+TOKEN_FIELDS = (
+    *("levels", "c1", "c2", "enc_blocks1", "enc_blocks2"),
+    *("dim", "enc_depth", "heads", "window", "max_latent_frames"),
+)
+"""The config fields the codes depend on: a decoder file shares them with its token model."""
 PACKED_MAGIC = b"\x28\xb5\x2f\xfd"
 """A packed model file (`pack_model`) is one zstd frame; a safetensors file starts otherwise."""
 MAX_MODEL_BYTES = 1 << 31
@@ -313,13 +318,25 @@ def save_decoder_file(
 ) -> None:
     """Write `model` as a decoder file (`DECODES_KEY`) for the streams of `token_model` (the
     shipped model when None): its own decoding half, the token model's coder tables. Its
-    encoding half must be the token model's, tensor for tensor (as `--decoder-only` training
-    keeps it), or it would not read that model's tokens."""
+    encoding half must be the token model's, tensor for tensor and in every config field the
+    tokens depend on (as `--decoder-only` training keeps it), or it would not read that
+    model's tokens."""
     tensors, metadata, sha256 = read_model_file(token_model)
-    ours = model.state_dict()
-    for name in (n for n, _ in model.named_parameters() if n.split(".")[0] in ENCODING_PARTS):
-        theirs = tensors.get(name)
-        if theirs is None or not torch.equal(ours[name].to(theirs.dtype), theirs):
+    if DECODES_KEY in metadata:
+        raise ModelError("the token model is itself a decoder file: give the model it reads")
+    theirs = json.loads(metadata["config"])
+    ours = json.loads(model.config.to_json())
+    for field in TOKEN_FIELDS:
+        if ours[field] != theirs.get(field):
+            raise ModelError(f"config {field} is not the token model's: the tokens would differ")
+    state = model.state_dict()
+    names = {n for n in state if n.split(".")[0] in ENCODING_PARTS}
+    if metadata["format"] == "infotok-model-1":  # `load_model` gives those files a zero one
+        tensors = {"will_drop": torch.zeros_like(state["will_drop"]).half(), **tensors}
+    if names != {n for n in tensors if n.split(".")[0] in ENCODING_PARTS}:
+        raise ModelError("the encoding half's tensors are not the token model's")
+    for name in sorted(names):
+        if not torch.equal(state[name].to(tensors[name].dtype), tensors[name]):
             raise ModelError(f"{name} is not the token model's: the tokens would differ")
     extra = {**(extra or {}), DECODES_KEY: sha256.hex()}
     save_model(model, path, tables_json=metadata.get("entropy_tables", ""), extra=extra)
@@ -362,6 +379,8 @@ def _rewrite_model_file(
     src, dst = Path(src), Path(dst)
     check_output(dst, force)
     old, old_metadata, _ = read_model_file(src)
+    if DECODES_KEY in old_metadata:  # its tables and head are its token model's, as they are
+        raise ModelError(f"{src}: a decoder file keeps its token model's tables and head")
     kept = {k: v for k, v in old.items() if drop_prefix is None or not k.startswith(drop_prefix)}
     with atomic_file(dst) as tmp:
         save_file({**kept, **tensors}, str(tmp), metadata={**old_metadata, **metadata})
@@ -439,7 +458,8 @@ def _parse_model(
         raise ModelError(
             f"{path}: format {metadata.get('format')!r} is not one of {', '.join(MODEL_FORMATS)}"
         )
-    if not re.fullmatch(r"[0-9a-f]{64}", metadata.get(DECODES_KEY, "0" * 64)):
+    value = metadata.get(DECODES_KEY, "0" * 64)
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ModelError(f"{path}: {DECODES_KEY} is not a sha256 in lowercase hex")
     return weights, metadata, hashlib.sha256(data).digest()
 
