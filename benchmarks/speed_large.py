@@ -216,23 +216,19 @@ def main() -> None:
         cli = [sys.executable, "-m", "infotok_codec"]
         enc = [*cli, "encode", str(src), str(itok), "--router", "light", "--budget", "0.8"]
         enc_peak, enc_s = peak_rss_mib([*enc, *flags, "--force"])
-        dec_peak, dec_s = peak_rss_mib([*cli, "decode", str(itok), str(y4m), *flags, "--force"])
+        dec = [*cli, "decode", str(itok), str(y4m), *flags, "--force"]
+        dec_peak, dec_s = peak_rss_mib(dec)
         fast = None
         if args.fast:
             from infotok_codec.model import FAST_DECODER_PATH
 
-            command = [*cli, "decode", str(itok), str(y4m), "--fast", *flags, "--force"]
-            fast_peak, fast_s = peak_rss_mib(command)
+            fast_peak, fast_s = peak_rss_mib([*dec, "--fast"])
+            gflop = network_gflop_per_frame(args.width, args.height, model_path=FAST_DECODER_PATH)
             fast = {
                 "seconds": round(fast_s, 2),
                 "fps": round(args.frames / fast_s, 3),
                 "peak_mib": round(fast_peak, 1),
-                "network_gflop_per_frame": round(
-                    network_gflop_per_frame(args.width, args.height, model_path=FAST_DECODER_PATH)[
-                        "decode"
-                    ],
-                    2,
-                ),
+                "network_gflop_per_frame": round(gflop["decode"], 2),
             }
         size = itok.stat().st_size
         env = {"encode_file": encode_file, "decode_file": decode_file, "src": src, "itok": itok}

@@ -23,7 +23,7 @@ from infotok_codec.model import (
     replace_tables,
     save_decoder_file,
 )
-from infotok_codec.model.tokenizer import DECODES_KEY
+from infotok_codec.model.tokenizer import DECODES_KEY, ENCODING_PARTS
 
 from helpers import DEV, TINY, assert_one_line_error, infotok, psnr, read_all
 
@@ -34,7 +34,7 @@ def decoder_file(token_model: Path, path: Path) -> Path:
     torch.manual_seed(7)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not name.startswith(("encoder.", "compressor.", "to_code.", "will_drop")):
+            if name.split(".")[0] not in ENCODING_PARTS:
                 p.add_(torch.randn_like(p) * 0.05)
     save_decoder_file(model, path, token_model)
     return path

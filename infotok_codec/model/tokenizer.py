@@ -321,25 +321,18 @@ def save_decoder_file(
     encoding half must be the token model's, tensor for tensor and in every config field the
     tokens depend on (as `--decoder-only` training keeps it), or it would not read that
     model's tokens."""
-    tensors, metadata, sha256 = read_model_file(token_model)
-    if DECODES_KEY in metadata:
+    token = load_model(token_model)  # its weights as the codec runs them (format 1 included)
+    if DECODES_KEY in token.metadata:
         raise ModelError("the token model is itself a decoder file: give the model it reads")
-    theirs = json.loads(metadata["config"])
-    ours = json.loads(model.config.to_json())
-    for field in TOKEN_FIELDS:
-        if ours[field] != theirs.get(field):
+    for field in TOKEN_FIELDS:  # these fix the encoding half's tensors, names and shapes
+        if getattr(model.config, field) != getattr(token.tokenizer.config, field):
             raise ModelError(f"config {field} is not the token model's: the tokens would differ")
-    state = model.state_dict()
-    names = {n for n in state if n.split(".")[0] in ENCODING_PARTS}
-    if metadata["format"] == "infotok-model-1":  # `load_model` gives those files a zero one
-        tensors = {"will_drop": torch.zeros_like(state["will_drop"]).half(), **tensors}
-    if names != {n for n in tensors if n.split(".")[0] in ENCODING_PARTS}:
-        raise ModelError("the encoding half's tensors are not the token model's")
-    for name in sorted(names):
-        if not torch.equal(state[name].to(tensors[name].dtype), tensors[name]):
+    ours, theirs = model.state_dict(), token.tokenizer.state_dict()
+    for name in sorted(n for n in theirs if n.split(".")[0] in ENCODING_PARTS):
+        if not torch.equal(ours[name].half(), theirs[name].half()):  # as the file holds them
             raise ModelError(f"{name} is not the token model's: the tokens would differ")
-    extra = {**(extra or {}), DECODES_KEY: sha256.hex()}
-    save_model(model, path, tables_json=metadata.get("entropy_tables", ""), extra=extra)
+    extra = {**(extra or {}), DECODES_KEY: token.sha256.hex()}
+    save_model(model, path, tables_json=token.tables_json, extra=extra)
 
 
 def replace_light_head(
