@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import statistics
 import sys
@@ -71,23 +70,21 @@ def shrink(src: Path | None, out: Path, keep: dict[str, list[int]], name: str) -
     renumbered from 0 in the given order; returns the new config."""
     tensors, metadata, _ = read_model_file(src)
     config = json.loads(metadata["config"])
-    kept: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        for prefix, (_, option) in PARTS.items():
-            if key.startswith(prefix):
-                match = re.match(re.escape(prefix) + r"(\d+)\.(.*)", key)
-                assert match is not None, key
-                block, rest = int(match.group(1)), match.group(2)
-                if block in keep[option]:
-                    kept[f"{prefix}{keep[option].index(block)}.{rest}"] = value
-                break
-        else:
-            kept[key] = value
-    for _, (field, option) in PARTS.items():
+    for field, option in PARTS.values():
         blocks = keep[option]
         if not blocks or len(set(blocks)) < len(blocks) or max(blocks) >= config[field]:
             raise SystemExit(f"error: --{option}: distinct blocks of the model's {config[field]}")
-        config[field] = len(keep[option])
+        config[field] = len(blocks)
+    kept: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        prefix = next((p for p in PARTS if key.startswith(p)), None)
+        if prefix is None:
+            kept[key] = value
+            continue
+        block, rest = key[len(prefix) :].split(".", 1)
+        blocks = keep[PARTS[prefix][1]]
+        if int(block) in blocks:
+            kept[f"{prefix}{blocks.index(int(block))}.{rest}"] = value
     config["name"] = name
     new = TokenizerConfig.from_json(json.dumps(config))
     metadata = {**metadata, "config": new.to_json()}
@@ -193,7 +190,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, budgets = report["rows"], [float(b) for b in report["summary"] if b[0].isdigit()]
+    rows = report["rows"]
+    budgets = sorted({r["budget"] for r in rows})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, style in (("full", "o-"), ("fast", "s--")):
         bpp = [statistics.mean(r["bpp"] for r in rows if r["budget"] == b) for b in budgets]
