@@ -215,13 +215,35 @@ def test_light_pass_two_tokens_equal_a_masked_encode_from_the_frames(
     src = make_clip(tmp_path / "big.mkv", pattern(4, 1000, 1100), codec="ffv1")
     loaded = load_model(light_model)
     with Analysis(src, loaded, device="cpu", light=True) as analysis:
-        assert all(c.features_offset is not None for c in analysis.chunks)
+        # Spilled a tile at a time (2 × 3 tiles of 512): pass 2 holds one tile's at a time.
+        assert [len(c.features_offsets or []) for c in analysis.chunks] == [6]
         analysis.write(tmp_path / "o.itok", router="light", budget=0.4)
     engine = ChunkModel(loaded, "cpu")
     frames = np.concatenate(list(read_frames(src, 16)))
     (chunk,) = read_tokens(tmp_path / "o.itok", loaded)
     fresh = engine.tokens(frames, chunk.keep)
     assert np.array_equal(fresh[chunk.keep], chunk.indices[chunk.keep])
+
+
+def test_light_pass_two_codes_from_the_spilled_features_without_reading_the_input(
+    clip: Callable[..., Path], light_model: Path, tmp_path: Path
+) -> None:
+    # Pass 2 of a `light` encode runs the compressor on pass 1's features: the input is not
+    # read again, so a source replaced between the passes writes pass 1's stream. Refinement
+    # needs the frames, and refuses the replaced source as `elbo` does.
+    src = clip(frames=32, width=64, height=64, name="a.mkv")
+    loaded = load_model(light_model)
+    with Analysis(src, loaded, device="cpu", light=True) as analysis:
+        analysis.write(tmp_path / "before.itok", router="light", budget=0.5)
+        clip(frames=8, width=64, height=64, name="b.mkv").replace(src)
+        analysis.write(tmp_path / "after.itok", router="light", budget=0.5)
+    assert (tmp_path / "before.itok").read_bytes() == (tmp_path / "after.itok").read_bytes()
+    src = clip(frames=32, width=64, height=64, name="c.mkv")
+    with Analysis(src, loaded, device="cpu", light=True, refine=1) as analysis:
+        clip(frames=8, width=64, height=64, name="d.mkv").replace(src)
+        with pytest.raises(InfotokError, match="the input changed"):
+            analysis.write(tmp_path / "refined.itok", router="light", budget=0.5)
+    assert not (tmp_path / "refined.itok").exists()
 
 
 def test_an_analysis_serves_only_the_routers_its_maps_are_for(

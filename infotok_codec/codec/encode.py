@@ -7,8 +7,8 @@ router then sets every chunk's token count from those means, and pass 2 reads th
 chooses each chunk's positions from its spilled map and encodes the chunk knowing its keep-mask
 (the compressor moves what dropped positions hold into kept ones), then writes the record.
 Memory stays flat however long the video is. The `light` router's pass 1 runs only the conv
-encoder and the model's light-router head, and spills the conv features too, so its pass 2 runs
-only the compressor.
+encoder and the model's light-router head, and spills the conv features too, a tile at a time, so
+its pass 2 runs only the compressor, without reading the input again.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from infotok_codec.closing import Closing
 from infotok_codec.codec.engine import (
     ChunkModel,
     Progress,
+    TileFeatures,
     as_model,
     check_chunk_frames,
     check_light_head,
@@ -178,6 +179,18 @@ def encode_file(
         )
 
 
+def _spill(spill: BinaryIO, offsets: list[int], array: np.ndarray) -> int:
+    """Append `array` to the spill file, recording (and returning) where it starts."""
+    offsets.append(spill.tell())
+    np.save(spill, array)
+    return offsets[-1]
+
+
+def _load_spilled(spill: BinaryIO, offsets: list[int], index: int) -> np.ndarray:
+    spill.seek(offsets[index])
+    return np.load(spill)
+
+
 @dataclass
 class _ChunkPlan:
     """One chunk as pass 1 saw it: its size, and where its error map lies in the spill file."""
@@ -186,7 +199,8 @@ class _ChunkPlan:
     shape: tuple[int, int, int]
     offset: int | None  # None: no error map was computed
     mean_error: float
-    features_offset: int | None = None  # the spilled conv features (`light` analyses only)
+    # Where each tile's spilled conv features lie (`light` analyses only; None: not spilled).
+    features_offsets: list[int] | None = None
 
     @property
     def positions(self) -> int:
@@ -201,7 +215,8 @@ class Analysis(Closing):
     frame count. One analysis can be written out at any number of routers and budgets (`write`,
     pass 2, reads the input again); `bench` relies on that. With `light`, the maps are the
     `light` router's predictions (the model file's head on the conv features), and the features
-    are spilled too (up to `FEATURE_SPILL_LIMIT`) so that pass 2 runs only the compressor; such an
+    are spilled too (up to `FEATURE_SPILL_LIMIT`) so that pass 2 runs only the compressor (and
+    reads the input again only when some chunk's went past the limit, or to refine); such an
     analysis serves `light` and `uniform` writes, the others `elbo`, `fixed` and `uniform`.
     With `frames` ("A:B"), the video is the source's frames [A, B): `info` describes them, and
     `span` says where they lie in the source.
@@ -273,22 +288,24 @@ class Analysis(Closing):
         chunks: list[_ChunkPlan] = []
         spilled_features = 0
         for frames in self.read_chunks():
-            features = None
+            n = len(frames)
+            offsets: list[int] | None = None
             if self.light:
-                error, features = self.engine.light_error_map(frames)
+                nbytes = self.engine.feature_bytes(n, self.info.height, self.info.width)
+                if spilled_features + nbytes <= FEATURE_SPILL_LIMIT:
+                    spilled_features += nbytes
+                    offsets = []
+                keep = None if offsets is None else functools.partial(_spill, spill, offsets)
+                error = self.engine.light_error_map(frames, keep)
             else:
                 error = self.engine.error_map(frames)
-            offset = spill.tell()
-            np.save(spill, error)
-            features_offset = None
-            if features is not None and spilled_features + features.nbytes <= FEATURE_SPILL_LIMIT:
-                spilled_features += features.nbytes
-                features_offset = spill.tell()
-                np.save(spill, features)
+            # Dropped before the next chunk is read: two chunks of 1080p frames are 200 MB.
+            del frames
+            offset = _spill(spill, [], error)
             mean = float(error.mean(dtype=np.float64))
-            chunks.append(_ChunkPlan(len(frames), error.shape, offset, mean, features_offset))
+            chunks.append(_ChunkPlan(n, error.shape, offset, mean, offsets))
             if self.progress:
-                self.progress("analyse", len(frames), self.info.frames)
+                self.progress("analyse", n, self.info.frames)
         return chunks
 
     def read_chunks(self) -> Generator[np.ndarray, None, None]:
@@ -302,6 +319,7 @@ class Analysis(Closing):
             if total > self.info.frames:
                 break
             yield frames
+            del frames  # not held while the reader fills the next chunk
         if total != self.info.frames:
             raise InfotokError(f"{self.src}: read {total} frames, expected {self.info.frames}")
 
@@ -316,12 +334,21 @@ class Analysis(Closing):
         self._spill.seek(chunk.offset)
         return np.load(self._spill)
 
-    def _features(self, chunk: _ChunkPlan) -> np.ndarray | None:
-        """The chunk's spilled conv features `(T', h, w, dim)`, or None (pass 2 recomputes)."""
-        if chunk.features_offset is None or self._spill is None:
+    def _features(self, chunk: _ChunkPlan) -> TileFeatures | None:
+        """The chunk's spilled conv features, tile by tile as `ChunkModel.tokens` takes them,
+        each read from the spill when asked for; or None (pass 2 recomputes them)."""
+        if chunk.features_offsets is None or self._spill is None:
             return None
-        self._spill.seek(chunk.features_offset)
-        return np.load(self._spill)
+        return functools.partial(_load_spilled, self._spill, chunk.features_offsets)
+
+    def _pass_two_inputs(self) -> Generator[np.ndarray | None, None, None]:
+        """Pass 2's frames, chunk by chunk. When every chunk's conv features were spilled and no
+        refinement needs the frames, pass 2 codes from the features alone: the input is not read
+        again, and each chunk's frames are None."""
+        if self.engine.refine or any(c.features_offsets is None for c in self.chunks):
+            yield from self.read_chunks()
+        else:
+            yield from (None for _ in self.chunks)
 
     @functools.cached_property
     def _audio(self) -> tuple[list[AudioTrack], list[list[AudioPacket]]]:
@@ -404,6 +431,7 @@ class Analysis(Closing):
         check_output(dst, force, inputs=[self.src])
         info = self.info
         header = self.header(router, budget, coder, rate, key_interval)
+        size = (info.height, info.width)
         started = time.perf_counter()
         positions = [c.positions for c in self.chunks]
         errors = [c.mean_error for c in self.chunks]
@@ -417,28 +445,38 @@ class Analysis(Closing):
         side = side_writer(header, *self._audio) if audio else None
         chain = Chain()
         written, used = 0, []
-        with ContainerWriter(dst, header) as writer, closing(self.read_chunks()) as inputs:
-            for k, (chunk, frames) in enumerate(zip(self.chunks, inputs, strict=True)):
+        with ContainerWriter(dst, header) as writer, closing(self._pass_two_inputs()) as inputs:
+            for k, chunk in enumerate(self.chunks):
+                # `next`, not `zip`: zip's reused result tuple would hold the last chunk's frames
+                # while the reader fills the next (a 100 MB chunk at 1080p).
+                frames = next(inputs)
                 count = counts(k, written) if callable(counts) else counts[k]
-                if frames.shape[:3] != (chunk.frames, info.height, info.width):
+                if frames is not None and frames.shape[:3] != (chunk.frames, *size):
                     raise InfotokError(
                         f"{self.src}: chunk {k} is {frames.shape[:3]} (frames, height, width), "
-                        f"pass 1 saw {(chunk.frames, info.height, info.width)}: the input changed"
+                        f"pass 1 saw {(chunk.frames, *size)}: the input changed"
                     )
                 error = (
                     self._error(chunk) if router != "uniform" and count < chunk.positions else None
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
-                indices = self.engine.tokens(frames, keep, self._features(chunk))
+                features = self._features(chunk)
+                if frames is None:
+                    assert features is not None  # `_pass_two_inputs` reads the input otherwise
+                    indices = self.engine.tokens_of_features(features, keep, chunk.frames, *size)
+                else:
+                    indices = self.engine.tokens(frames, keep, features)
+                del frames
                 record = encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
                 writer.write_chunk(record)
                 written += record.nbytes
                 used.append(count)
                 if self.progress:
                     self.progress("write", chunk.frames, info.frames)
+            next(inputs, None)  # the reader checks that the input ends where pass 1 saw it end
             writer.close(side)
         write_s = time.perf_counter() - started
-        size = dst.stat().st_size
+        nbytes = dst.stat().st_size
         with ContainerReader(dst) as reader:
             audio_bytes = reader.side_span[1]
         return EncodeResult(
@@ -448,8 +486,8 @@ class Analysis(Closing):
             frames=info.frames,
             fps=info.fps,
             chunks=len(self.chunks),
-            bytes=size,
-            bpp=8 * size / (info.width * info.height * info.frames),
+            bytes=nbytes,
+            bpp=8 * nbytes / (info.width * info.height * info.frames),
             audio_bytes=audio_bytes,
             router=router,
             budget=budget,

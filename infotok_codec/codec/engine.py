@@ -8,6 +8,7 @@ size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -34,6 +35,9 @@ from infotok_codec.model import (
 
 Progress = Callable[[str, int, int], None]
 """Called as `progress(pass_name, frames_just_done, total_frames)` after each chunk."""
+TileFeatures = Callable[[int], np.ndarray]
+"""Called as `features(i)`: the conv features of the `i`th box of `tiles`, as `light_error_map`
+handed them out."""
 
 
 # -- running the model on one chunk ----------------------------------------------------------
@@ -63,6 +67,11 @@ class ChunkModel:
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
+    def feature_bytes(self, n: int, height: int, width: int) -> int:
+        """Bytes of the conv features `light_error_map` hands out for `n` frames of that size."""
+        itemsize = 2 if self.bf16 else 4
+        return math.prod(latent_shape(n, height, width)) * self.tokenizer.config.dim * itemsize
+
     def _autocast(self) -> AbstractContextManager[object]:
         return autocast(self.device, self.bf16)
 
@@ -75,29 +84,24 @@ class ChunkModel:
         self,
         frames: np.ndarray,
         keep: np.ndarray | None = None,
-        features: np.ndarray | None = None,
+        features: TileFeatures | None = None,
     ) -> np.ndarray:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
-        (indices at dropped positions are meaningless). `features` `(T', h, w, dim)`, the conv
-        encoder's output for these frames as `light_error_map` keeps it (float32, or bf16 bits
-        as int16), skips the conv encoder. With `refine` steps, each tile's codes are then
-        searched against the decoder, tile by tile as `frames` decodes them (`model.refine`)."""
+        (indices at dropped positions are meaningless). `features`, the conv encoder's output
+        for these frames tile by tile as `light_error_map` handed it out, skips the conv
+        encoder. With `refine` steps, each tile's codes are then searched against
+        the decoder, tile by tile as `frames` decodes them (`model.refine`)."""
         n, height, width = frames.shape[:3]
+        if features is not None and not self.refine:
+            return self.tokens_of_features(features, keep, n, height, width)
         indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
-        for y0, y1, x0, x1 in tiles(height, width):
+        for i, (y0, y1, x0, x1) in enumerate(tiles(height, width)):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
-            mask = None
-            if keep is not None and not keep[:, ly0:ly1, lx0:lx1].all():
-                mask = torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
-            feats = None
-            if features is not None:
-                feats = torch.from_numpy(np.ascontiguousarray(features[:, ly0:ly1, lx0:lx1]))
-                if feats.dtype == torch.int16:  # bf16 bits, as the conv encoder made them
-                    feats = feats.view(torch.bfloat16)
-                feats = feats.to(self.device).permute(3, 0, 1, 2)[None]  # channels-last view
+            mask = self._tile_mask(keep, ly0, ly1, lx0, lx1)
+            feats = None if features is None else self._tile_features(features(i))
+            video = self._video(frames[:, y0:y1, x0:x1])
             with self._autocast():
                 if self.refine:
-                    video = self._video(frames[:, y0:y1, x0:x1])
                     tile_keep = (
                         keep[:, ly0:ly1, lx0:lx1]
                         if keep is not None
@@ -106,12 +110,47 @@ class ChunkModel:
                     idx = refine_indices(
                         self.tokenizer, video, self.refine, mask, feats, self._bits(tile_keep)
                     )
-                elif feats is None:
-                    idx = self.tokenizer.encode(self._video(frames[:, y0:y1, x0:x1]), mask)
                 else:
-                    idx = self.tokenizer.encode_features(feats, mask)
+                    idx = self.tokenizer.encode(video, mask)
             indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
         return indices
+
+    def tokens_of_features(
+        self,
+        features: TileFeatures,
+        keep: np.ndarray | None,
+        n: int,
+        height: int,
+        width: int,
+    ) -> np.ndarray:
+        """`tokens` of `n` frames of `height`×`width` from their conv features alone: the
+        frames are not needed, and only one tile's features at a time (`features` may read them
+        from disk)."""
+        indices = np.zeros(latent_shape(n, height, width), dtype=np.int64)
+        for i, (y0, y1, x0, x1) in enumerate(tiles(height, width)):
+            (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
+            mask = self._tile_mask(keep, ly0, ly1, lx0, lx1)
+            feats = self._tile_features(features(i))
+            with self._autocast():
+                idx = self.tokenizer.encode_features(feats, mask)
+            indices[:, ly0:ly1, lx0:lx1] = idx[0].cpu()
+        return indices
+
+    def _tile_mask(
+        self, keep: np.ndarray | None, ly0: int, ly1: int, lx0: int, lx1: int
+    ) -> torch.Tensor | None:
+        """A tile's keep-mask `(1, T', h, w)` on the device, or None where it keeps everything."""
+        if keep is None or keep[:, ly0:ly1, lx0:lx1].all():
+            return None
+        return torch.from_numpy(keep[:, ly0:ly1, lx0:lx1]).to(self.device)[None]
+
+    def _tile_features(self, tile: np.ndarray) -> torch.Tensor:
+        """A tile's features `(T', h, w, dim)` as `light_error_map` kept them → `(1, dim, T',
+        h, w)` on the device, as the conv encoder made them (a channels-last view)."""
+        feats = torch.from_numpy(np.ascontiguousarray(tile))
+        if feats.dtype == torch.int16:  # bf16 bits
+            feats = feats.view(torch.bfloat16)
+        return feats.to(self.device).permute(3, 0, 1, 2)[None]
 
     def _bits(self, keep: np.ndarray) -> Callable[[torch.Tensor], float]:
         """What a tile's indices `(1, T', h, w)` cost under `keep`, coded by the context coder
@@ -125,27 +164,29 @@ class ChunkModel:
         return bits
 
     @torch.no_grad()
-    def light_error_map(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The `light` router's predicted error `(T', h, w)` float32, and the conv features
-        `(T', h, w, dim)` it was predicted from (for `tokens`): float32, or under bf16 their
-        bf16 bits as int16 (numpy has no bf16): exact, and half the bytes to hold and spill.
-        Channels last, as the conv encoder makes them: the copy moves whole feature vectors."""
+    def light_error_map(
+        self, frames: np.ndarray, keep_features: Callable[[np.ndarray], object] | None = None
+    ) -> np.ndarray:
+        """The `light` router's predicted error `(T', h, w)` float32. With `keep_features`, each
+        box of `tiles` in turn hands it the conv features `(T', h, w, dim)` the error was
+        predicted from (for `tokens`): float32, or under bf16 their bf16 bits as int16 (numpy
+        has no bf16): exact, and half the bytes to hold and spill. A tile at a time, so that a
+        chunk's features (130 MB at 1080p in float32) are never all in memory. Channels last,
+        as the conv encoder makes them: the copy moves whole feature vectors."""
         check_light_head(self.model)
         assert self.light_head is not None  # moved to the device with the model
         n, height, width = frames.shape[:3]
-        shape = latent_shape(n, height, width)
-        error = np.zeros(shape, dtype=np.float32)
-        dtype = np.int16 if self.bf16 else np.float32
-        features = np.zeros((*shape, self.tokenizer.config.dim), dtype=dtype)
+        error = np.zeros(latent_shape(n, height, width), dtype=np.float32)
         for y0, y1, x0, x1 in tiles(height, width):
             (ly0, ly1), (lx0, lx1) = _latent_span(y0, y1), _latent_span(x0, x1)
             with self._autocast():
                 feats = self.tokenizer.features(self._video(frames[:, y0:y1, x0:x1]))
                 error[:, ly0:ly1, lx0:lx1] = self.light_head.error_map(feats)[0].float().cpu()
-            tile = feats[0].permute(1, 2, 3, 0).cpu()
-            tile = tile.to(torch.bfloat16).view(torch.int16) if self.bf16 else tile.float()
-            features[:, ly0:ly1, lx0:lx1] = tile.numpy()
-        return error, features
+            if keep_features is not None:
+                tile = feats[0].permute(1, 2, 3, 0).cpu()
+                tile = tile.to(torch.bfloat16).view(torch.int16) if self.bf16 else tile.float()
+                keep_features(np.ascontiguousarray(tile.numpy()))
+        return error
 
     def error_map(self, frames: np.ndarray) -> np.ndarray:
         """The router's ELBO proxy `(T', h, w)` float32: full-rate error per latent position."""
