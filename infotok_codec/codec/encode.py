@@ -334,12 +334,13 @@ class Analysis(Closing):
         self._spill.seek(chunk.offset)
         return np.load(self._spill)
 
-    def _features(self, chunk: _ChunkPlan) -> TileFeatures | None:
-        """The chunk's spilled conv features, tile by tile as `ChunkModel.tokens` takes them,
-        each read from the spill when asked for; or None (pass 2 recomputes them)."""
-        if chunk.features_offsets is None or self._spill is None:
+    def chunk_features(self, k: int) -> TileFeatures | None:
+        """Chunk `k`'s spilled conv features, tile by tile as `ChunkModel.tokens` takes them,
+        each read from the spill when asked for; or None (`tokens` runs the conv encoder)."""
+        offsets = self.chunks[k].features_offsets
+        if offsets is None or self._spill is None:
             return None
-        return functools.partial(_load_spilled, self._spill, chunk.features_offsets)
+        return functools.partial(_load_spilled, self._spill, offsets)
 
     def _pass_two_inputs(self) -> Generator[np.ndarray | None, None, None]:
         """Pass 2's frames, chunk by chunk. When every chunk's conv features were spilled and no
@@ -460,7 +461,7 @@ class Analysis(Closing):
                     self._error(chunk) if router != "uniform" and count < chunk.positions else None
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
-                features = self._features(chunk)
+                features = self.chunk_features(k)
                 if frames is None:
                     assert features is not None  # `_pass_two_inputs` reads the input otherwise
                     indices = self.engine.tokens_of_features(features, keep, chunk.frames, *size)

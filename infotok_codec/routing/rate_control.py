@@ -242,7 +242,8 @@ class QualitySearch:
             engine = self.analysis.engine
             keep = dropped.keep(count)
             n, height, width = frames.shape[:3]
-            out = engine.frames(engine.tokens(frames, keep), keep, n, height, width)
+            indices = engine.tokens(frames, keep, self.analysis.chunk_features(k))
+            out = engine.frames(indices, keep, n, height, width)
             self.measured[k][count] = psnr_pooled(out, frames)
         return self.measured[k][count]
 
@@ -398,10 +399,11 @@ def byte_curves(
             zip(analysis.chunks, inputs, _chunk_errors(analysis, router), strict=True)
         ):
             sampled: dict[int, int] = {}  # count → bytes; a repeated count keeps its first
+            features = analysis.chunk_features(k)  # a `light` analysis's: no conv encoder here
             for rate, chain in zip(rates, chains, strict=True):
                 count = 1 if rate is None else routing.keep_count(rate, chunk.positions)
                 keep = routing.select_positions(router, error, chunk.shape, count)
-                indices = engine.tokens(frames, keep)
+                indices = engine.tokens(frames, keep, features)
                 nbytes = encode_chunk(header, k, keep, indices[keep], engine.tables, chain).nbytes
                 sampled.setdefault(count, nbytes)
             counts = sorted(sampled)
