@@ -179,11 +179,15 @@ def encode_file(
         )
 
 
-def _spill(spill: BinaryIO, offsets: list[int], array: np.ndarray) -> int:
-    """Append `array` to the spill file, recording (and returning) where it starts."""
-    offsets.append(spill.tell())
+def _spill(spill: BinaryIO, array: np.ndarray) -> int:
+    """Append `array` to the spill file; where it starts."""
+    offset = spill.tell()
     np.save(spill, array)
-    return offsets[-1]
+    return offset
+
+
+def _spill_tile(spill: BinaryIO, offsets: list[int], tile: np.ndarray) -> None:
+    offsets.append(_spill(spill, tile))
 
 
 def _load_spilled(spill: BinaryIO, offsets: list[int], index: int) -> np.ndarray:
@@ -295,13 +299,13 @@ class Analysis(Closing):
                 if spilled_features + nbytes <= FEATURE_SPILL_LIMIT:
                     spilled_features += nbytes
                     offsets = []
-                keep = None if offsets is None else functools.partial(_spill, spill, offsets)
+                keep = None if offsets is None else functools.partial(_spill_tile, spill, offsets)
                 error = self.engine.light_error_map(frames, keep)
             else:
                 error = self.engine.error_map(frames)
             # Dropped before the next chunk is read: two chunks of 1080p frames are 200 MB.
             del frames
-            offset = _spill(spill, [], error)
+            offset = _spill(spill, error)
             mean = float(error.mean(dtype=np.float64))
             chunks.append(_ChunkPlan(n, error.shape, offset, mean, offsets))
             if self.progress:
