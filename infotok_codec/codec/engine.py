@@ -89,8 +89,8 @@ class ChunkModel:
         """Indices `(T', h, w)` int64: full rate, or encoded knowing the keep-mask `(T', h, w)`
         (indices at dropped positions are meaningless). `features`, the conv encoder's output
         for these frames tile by tile as `light_error_map` handed it out, skips the conv
-        encoder. With `refine` steps, each tile's codes are then searched against
-        the decoder, tile by tile as `frames` decodes them (`model.refine`)."""
+        encoder. With `refine` steps, each tile's codes are then searched against the decoder,
+        tile by tile as `frames` decodes them (`model.refine`)."""
         n, height, width = frames.shape[:3]
         if features is not None and not self.refine:
             return self.tokens_of_features(features, keep, n, height, width)
