@@ -14,8 +14,9 @@ encoding half untouched decodes the very same streams' tokens.
   encoding half must be the token model's, tensor for tensor, or the tokens would differ.
 - `compare` encodes each dev clip with the token model (the bench's protocol: first 64 frames,
   256×256, `elbo`) at a few budgets and decodes every stream with both, timing the decodes
-  (whole `decode_file` calls, the two decoders in turn): PSNR-RGB per clip and frames/s, JSON
-  and PNG.
+  (whole `decode_file` calls, the two decoders in turn): PSNR-RGB per clip (and any of the
+  bench's other metrics, `--metrics`) and frames/s, JSON and PNG. Any decoder file for the
+  token model's streams can be compared, not only a slimmer one.
 
     python benchmarks/fast_decoder.py shrink --out runs/fast/init.safetensors \
         --decompressor 0 --stage2 0,1,8 --stage1 0,1,2
@@ -120,15 +121,23 @@ def finish(trained: Path, token_model: Path | None, out: Path, force: bool) -> N
 
 
 def compare(
-    decoder: Path, token_model: Path | None, dev: Path, budgets: list[float], frames: int
+    decoder: Path,
+    token_model: Path | None,
+    dev: Path,
+    budgets: list[float],
+    frames: int,
+    metrics: tuple[str, ...] = ("psnr",),
+    lpips_every: int = 1,
 ) -> dict[str, Any]:
-    """Each dev clip encoded with `token_model` and decoded with it and with `decoder`."""
+    """Each dev clip encoded with `token_model` and decoded with it ("full") and with `decoder`
+    ("fast", whatever the decoder under test is), scored by `metrics` (the bench's names)."""
     from infotok_codec.bench import BenchSettings
     from infotok_codec.bench.runner import prepare_source
     from infotok_codec.codec import decode_file, encode_file
     from infotok_codec.media import find_videos, read_frames
-    from infotok_codec.metrics import psnr_pooled
+    from infotok_codec.metrics import Scorer, check_metrics
 
+    check_metrics(metrics)
     models = {"full": load_model(token_model), "fast": load_model(decoder)}
     settings = BenchSettings(budgets=tuple(budgets), routers=("elbo",), codecs=(), frames=frames)
     rows = []
@@ -136,6 +145,7 @@ def compare(
         work = Path(tmp)
         for clip in find_videos([dev]):
             reference, source = prepare_source(clip, settings, work)
+            score = Scorer(reference, metrics, lpips_every)
             for budget in budgets:
                 stream = work / "s.itok"
                 enc = encode_file(source, stream, budget=budget, model=models["full"], force=True)
@@ -146,24 +156,19 @@ def compare(
                     out = work / f"{name}.mkv"
                     result = decode_file(stream, out, model=model, force=True)
                     decoded = np.concatenate(list(read_frames(out, 64)))
-                    row[f"psnr_{name}"] = round(psnr_pooled(decoded, reference), 4)
+                    for metric, value in score(decoded).items():
+                        if metric in metrics:
+                            row[f"{metric}_{name}"] = round(value, 4 if metric == "psnr" else 5)
                     row[f"decode_s_{name}"] = round(result.seconds, 3)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     summary: dict[str, Any] = {}
     for budget in budgets:
         at = [r for r in rows if r["budget"] == budget]
-        delta = [r["psnr_fast"] - r["psnr_full"] for r in at]
-        summary[str(budget)] = {
-            **{
-                f"{stat}_{name}": round(fn([r[f"psnr_{name}"] for r in at]), 3)
-                for name in models
-                for stat, fn in (("mean", statistics.mean), ("median", statistics.median))
-            },
-            "delta_mean": round(statistics.mean(delta), 3),
-            "delta_median": round(statistics.median(delta), 3),
-            "delta_range": [round(min(delta), 3), round(max(delta), 3)],
-        }
+        summary[str(budget)] = _deltas(at, "psnr")  # the keys earlier reports have
+        for metric in metrics:
+            if metric != "psnr" and all(f"{metric}_full" in r for r in at):
+                summary[str(budget)][metric] = _deltas(at, metric)
     for name in models:  # frames/s over every decode, whole calls
         seconds = sum(r[f"decode_s_{name}"] for r in rows)
         summary[f"decode_fps_{name}"] = round(sum(r["frames"] for r in rows) / seconds, 3)
@@ -179,8 +184,27 @@ def compare(
         "size": settings.size,
         "threads": torch.get_num_threads(),
         "precision": "bf16" if use_bf16(None, torch.device("cpu")) else "fp32",
+        "metrics": list(metrics),
+        "lpips_every": lpips_every,
         "summary": summary,
         "rows": rows,
+    }
+
+
+def _deltas(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Mean and median of `metric` for both decoders over `rows`, and of fast − full per clip
+    (for LPIPS, lower is better: a negative delta is a gain)."""
+    delta = [r[f"{metric}_fast"] - r[f"{metric}_full"] for r in rows]
+    digits = 3 if metric == "psnr" else 5
+    return {
+        **{
+            f"{stat}_{name}": round(fn([r[f"{metric}_{name}"] for r in rows]), digits)
+            for name in ("full", "fast")
+            for stat, fn in (("mean", statistics.mean), ("median", statistics.median))
+        },
+        "delta_mean": round(statistics.mean(delta), digits),
+        "delta_median": round(statistics.median(delta), digits),
+        "delta_range": [round(min(delta), digits), round(max(delta), digits)],
     }
 
 
@@ -233,12 +257,23 @@ def main() -> None:
     cmd.add_argument("--budgets", default="0.5,0.75,1.0")
     cmd.add_argument("--frames", type=int, default=64)
     cmd.add_argument("--threads", type=int, default=2)
+    cmd.add_argument("--metrics", default="psnr", help="the bench's names, e.g. psnr,msssim,lpips")
+    cmd.add_argument("--lpips-every", type=int, default=1, help="judge every k-th frame")
     cmd.add_argument("--out", type=Path, required=True, help="JSON (and a PNG beside it)")
     args = parser.parse_args()
     if args.command == "compare":
         torch.set_num_threads(args.threads)
         budgets = [float(b) for b in args.budgets.split(",")]
-        report = compare(args.decoder, args.token_model, args.dev, budgets, args.frames)
+        metrics = tuple(args.metrics.split(","))
+        report = compare(
+            args.decoder,
+            args.token_model,
+            args.dev,
+            budgets,
+            args.frames,
+            metrics,
+            args.lpips_every,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
         plot(report, args.out.with_suffix(".png"))

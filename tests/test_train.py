@@ -91,6 +91,8 @@ def test_an_existing_model_file_is_not_replaced_without_force(clip, tmp_path: Pa
         ({"crop": 128, "short_side": 96}, "larger than the short side"),
         ({"resume": True, "init": Path("m.safetensors")}, "not both"),
         ({"decoder_only": True}, "give --init"),
+        ({"msssim_weight": -1.0}, "ms-ssim weight"),
+        ({"msssim_weight": 1.0, "crop": 32}, "MS-SSIM's five scales"),
     ],
 )
 def test_unusable_settings_are_refused_before_any_work(
@@ -126,11 +128,12 @@ def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
         stage2_fraction=1.0,
         batch=2,
         frames=8,
-        crop=32,
+        crop=40,
         warmup_steps=2,
         short_side=64,
         threads=2,
         mse_weight=4.0,
+        msssim_weight=0.5,
         config=TINY,
         **QUICK_HEAD,
     )
@@ -138,7 +141,9 @@ def test_stage_two_and_resume(clip, tmp_path: Path) -> None:
     report = train(TrainOptions(max_steps=5, resume=True, **common))  # type: ignore[arg-type]
     assert report.steps == 5
     recipe = json.loads(load_model(out).metadata["recipe"])
-    assert recipe["options"]["mse_weight"] == 4.0 and recipe["options"]["stage2_fraction"] == 1.0
+    options = recipe["options"]
+    assert options["mse_weight"] == 4.0 and options["stage2_fraction"] == 1.0
+    assert options["msssim_weight"] == 0.5
 
 
 def test_the_model_file_holds_the_weight_average_across_a_resume(clip, tmp_path: Path) -> None:
@@ -180,6 +185,22 @@ def test_squared_error_term_weighs_concentrated_errors_more() -> None:
         reconstruction_loss(concentrated, x, 0.0).item()
     )
     assert reconstruction_loss(concentrated, x, 10.0) > reconstruction_loss(spread, x, 10.0) + 0.1
+
+
+def test_msssim_term_scores_frames_and_passes_gradients(clip) -> None:
+    from infotok_codec.media import read_frames
+    from infotok_codec.training.loop import frame_msssim, msssim_window
+
+    assert [msssim_window(s) for s in (256, 161, 160, 128, 64, 33, 32)] == [11, 11, 9, 7, 3, 3, 0]
+    frames = np.concatenate(list(read_frames(clip(frames=4, width=64, height=64), 4)))
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, T, H, W)
+    assert frame_msssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert reconstruction_loss(x, x, 10.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+    recon = (x + 0.2 * torch.randn_like(x)).requires_grad_()
+    term = reconstruction_loss(recon, x, 0.0, 1.0) - reconstruction_loss(recon, x, 0.0, 0.0)
+    assert 0.05 < term.item() < 1.0  # 1 − MS-SSIM of a noisy copy
+    term.backward()
+    assert recon.grad is not None and recon.grad.abs().sum() > 0
 
 
 def test_ddp_with_two_cpu_processes(clip, tmp_path: Path) -> None:

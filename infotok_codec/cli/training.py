@@ -55,6 +55,10 @@ def train(
         float,
         typer.Option(min=0.0, help="Weight of a squared-error term added to the L1 loss."),
     ] = 10.0,
+    msssim_weight: Annotated[
+        float,
+        typer.Option(min=0.0, help="Weight of 1 - MS-SSIM of the frames added to the loss."),
+    ] = 0.0,
     weight_average: Annotated[
         float,
         typer.Option(
@@ -119,6 +123,7 @@ def train(
         spread_share=spread_share,
         full_rate_share=full_rate_share,
         mse_weight=mse_weight,
+        msssim_weight=msssim_weight,
         weight_average=weight_average,
         decoder_only=decoder_only,
         bf16=bf16,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pytorch_msssim import ms_ssim
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
@@ -184,7 +185,9 @@ def train(opts: TrainOptions) -> TrainReport:
                     )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     recon = net(x, keep, encoder_grad=not opts.decoder_only)
-                    loss = reconstruction_loss(recon.float(), x, opts.mse_weight)
+                    loss = reconstruction_loss(
+                        recon.float(), x, opts.mse_weight, opts.msssim_weight
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -232,13 +235,35 @@ def train(opts: TrainOptions) -> TrainReport:
     )
 
 
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, mse_weight: float) -> torch.Tensor:
-    """L1, plus `mse_weight` times the mean squared error when it is non-zero."""
+def reconstruction_loss(
+    recon: torch.Tensor, x: torch.Tensor, mse_weight: float, msssim_weight: float = 0.0
+) -> torch.Tensor:
+    """L1, plus `mse_weight` times the mean squared error and `msssim_weight` times
+    1 − MS-SSIM of the frames, each when its weight is non-zero. Clips are `(B, 3, T, H, W)`
+    in [-1, 1]."""
     residual = recon - x
     loss = residual.abs().mean()
     if mse_weight:
         loss = loss + mse_weight * residual.square().mean()
+    if msssim_weight:
+        loss = loss + msssim_weight * (1 - frame_msssim(recon, x))
     return loss
+
+
+def msssim_window(side: int) -> int:
+    """The widest odd MS-SSIM window, at most the usual 11 taps, whose five scales fit a frame
+    of this short side (pytorch-msssim needs side > (window − 1) · 2^4), or 0 if none does."""
+    fitting = [w for w in (11, 9, 7, 5, 3) if side > (w - 1) * 16]
+    return fitting[0] if fitting else 0
+
+
+def frame_msssim(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean MS-SSIM over the frames of two clips `(B, 3, T, H, W)` in [-1, 1], differentiable
+    in `recon`: the five-scale score the bench reports, with a narrower window on crops too
+    small for 11 taps."""
+    frames = [clip.transpose(1, 2).flatten(0, 1).add(1).mul(0.5) for clip in (recon, x)]
+    window = msssim_window(min(frames[1].shape[-2:]))
+    return ms_ssim(frames[0], frames[1], data_range=1.0, win_size=window)
 
 
 def _step_limit(opts: TrainOptions, state: TrainState) -> bool:
