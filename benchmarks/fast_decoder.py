@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from infotok_codec.errors import InfotokError
 from infotok_codec.model import load_model, use_bf16
@@ -55,8 +54,9 @@ from infotok_codec.model.tokenizer import (
     pack_model,
     read_model_file,
     save_decoder_file,
+    write_safetensors,
 )
-from infotok_codec.outputs import atomic_file, check_output
+from infotok_codec.outputs import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = {  # tensor prefix → (config field, option)
@@ -91,8 +91,7 @@ def shrink(src: Path | None, out: Path, keep: dict[str, list[int]], name: str) -
     metadata = {**metadata, "config": new.to_json()}
     metadata.pop("recipe", None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as tmp:
-        save_file(kept, str(tmp), metadata=metadata)
+    write_safetensors(out, kept, metadata)
     return new
 
 

@@ -29,6 +29,7 @@ from infotok_codec.model.tokenizer import (
     PACKED_MAGIC,
     pack_model,
     read_model_metadata,
+    save_model,
 )
 
 from helpers import TINY
@@ -168,6 +169,24 @@ def test_model_hash_covers_weights_and_tables(tiny_model: Path, tmp_path: Path) 
         tiny_model, tmp_path / "t.safetensors", metadata={"entropy_tables": tables + " "}
     )
     assert load_model(changed).sha256 != load_model(tiny_model).sha256
+
+
+def test_the_same_model_saved_again_is_the_same_file(tiny_model: Path, tmp_path: Path) -> None:
+    # Streams name their model by the file's sha256: a model saved twice must keep its name
+    # (safetensors alone writes the metadata in a random order, a different file each time).
+    loaded = load_model(tiny_model)
+    extra = {"recipe": {"steps": 5}, "note": "a", "z": "b", "data_manifest_sha256": "00"}
+    files = [tmp_path / f"m{i}.safetensors" for i in range(3)]
+    for path in files:
+        save_model(loaded.tokenizer, path, tables_json=loaded.tables_json, extra=extra)
+    assert len({path.read_bytes() for path in files}) == 1
+    with safe_open(str(files[0]), framework="pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["recipe"]) == {"steps": 5} and metadata["z"] == "b"
+    assert torch.equal(
+        load_model(files[0]).tokenizer.state_dict()["to_code.weight"],
+        loaded.tokenizer.state_dict()["to_code.weight"],
+    )
 
 
 def test_large_activations_run_by_frame_as_the_batched_block_computes() -> None:

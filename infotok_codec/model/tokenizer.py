@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 import zstandard
 from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from infotok_codec.errors import ModelError
@@ -305,8 +305,22 @@ def save_model(
     if light_head is not None:
         tensors.update(head_tensors(light_head[0]))
         metadata[HEAD_KEY] = light_head[1].to_json()
+    write_safetensors(path, tensors, metadata)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """A safetensors file written whole or not at all, the same bytes for the same tensors and
+    metadata. The library writes the metadata in a random order (a Rust hash map), so the same
+    model saved twice had two sha256s, and streams name their model by its file's sha256; here
+    the header's metadata is put in key order, which leaves its length as it was."""
+    data = save(tensors, metadata=metadata)
+    start = _weights_offset(data)
+    header = json.loads(data[8:start])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format pads its header to 8 bytes with spaces
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(struct.pack("<Q", len(text)) + text + data[start:])
 
 
 def save_decoder_file(
@@ -375,8 +389,7 @@ def _rewrite_model_file(
     if DECODES_KEY in old_metadata:  # its tables and head are its token model's, as they are
         raise ModelError(f"{src}: a decoder file keeps its token model's tables and head")
     kept = {k: v for k, v in old.items() if drop_prefix is None or not k.startswith(drop_prefix)}
-    with atomic_file(dst) as tmp:
-        save_file({**kept, **tensors}, str(tmp), metadata={**old_metadata, **metadata})
+    write_safetensors(dst, {**kept, **tensors}, {**old_metadata, **metadata})
 
 
 @dataclass
