@@ -25,6 +25,7 @@ from infotok_codec.media import probe, read_frames
 from infotok_codec.model import load_model
 from infotok_codec.model.light_router import HEAD_KEY, HEAD_PREFIX
 from infotok_codec.routing import allocate_counts
+from infotok_codec.routing.rate_control import byte_curves
 
 from helpers import assert_one_line_error, infotok, make_clip, pattern
 
@@ -238,6 +239,11 @@ def test_light_pass_two_codes_from_the_spilled_features_without_reading_the_inpu
         clip(frames=8, width=64, height=64, name="b.mkv").replace(src)
         analysis.write(tmp_path / "after.itok", router="light", budget=0.5)
     assert (tmp_path / "before.itok").read_bytes() == (tmp_path / "after.itok").read_bytes()
+    # Rate control's byte sampling codes from the same features: the replaced source is not read.
+    with Analysis(src, loaded, device="cpu", light=True) as analysis:
+        before = byte_curves(analysis, "light", "context")
+        clip(frames=8, width=64, height=64, name="e.mkv").replace(src)
+        assert byte_curves(analysis, "light", "context") == before
     src = clip(frames=32, width=64, height=64, name="c.mkv")
     with Analysis(src, loaded, device="cpu", light=True, refine=1) as analysis:
         clip(frames=8, width=64, height=64, name="d.mkv").replace(src)

@@ -346,14 +346,25 @@ class Analysis(Closing):
             return None
         return functools.partial(_load_spilled, self._spill, offsets)
 
-    def _pass_two_inputs(self) -> Generator[np.ndarray | None, None, None]:
-        """Pass 2's frames, chunk by chunk. When every chunk's conv features were spilled and no
-        refinement needs the frames, pass 2 codes from the features alone: the input is not read
-        again, and each chunk's frames are None."""
+    def coding_inputs(self) -> Generator[np.ndarray | None, None, None]:
+        """The frames that coding the chunks needs (pass 2, rate control's byte sampling), chunk
+        by chunk. When every chunk's conv features were spilled and no refinement needs the
+        frames, chunks are coded from the features alone: the input is not read again, and each
+        chunk's frames are None (`tokens` takes them so)."""
         if self.engine.refine or any(c.features_offsets is None for c in self.chunks):
             yield from self.read_chunks()
         else:
             yield from (None for _ in self.chunks)
+
+    def tokens(self, k: int, frames: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
+        """Chunk `k`'s token indices keeping `keep`, from its frames (`coding_inputs`' item) or,
+        when those are None, from its spilled features alone."""
+        features = self.chunk_features(k)
+        if frames is None:
+            assert features is not None  # `coding_inputs` reads the input otherwise
+            size = (self.info.height, self.info.width)
+            return self.engine.tokens_of_features(features, keep, self.chunks[k].frames, *size)
+        return self.engine.tokens(frames, keep, features)
 
     @functools.cached_property
     def _audio(self) -> tuple[list[AudioTrack], list[list[AudioPacket]]]:
@@ -450,7 +461,7 @@ class Analysis(Closing):
         side = side_writer(header, *self._audio) if audio else None
         chain = Chain()
         written, used = 0, []
-        with ContainerWriter(dst, header) as writer, closing(self._pass_two_inputs()) as inputs:
+        with ContainerWriter(dst, header) as writer, closing(self.coding_inputs()) as inputs:
             for k, chunk in enumerate(self.chunks):
                 # `next`, not `zip`: zip's reused result tuple would hold the last chunk's frames
                 # while the reader fills the next (a 100 MB chunk at 1080p).
@@ -465,12 +476,7 @@ class Analysis(Closing):
                     self._error(chunk) if router != "uniform" and count < chunk.positions else None
                 )
                 keep = routing.select_positions(router, error, chunk.shape, count)
-                features = self.chunk_features(k)
-                if frames is None:
-                    assert features is not None  # `_pass_two_inputs` reads the input otherwise
-                    indices = self.engine.tokens_of_features(features, keep, chunk.frames, *size)
-                else:
-                    indices = self.engine.tokens(frames, keep, features)
+                indices = self.tokens(k, frames, keep)
                 del frames
                 record = encode_chunk(header, k, keep, indices[keep], self.engine.tables, chain)
                 writer.write_chunk(record)

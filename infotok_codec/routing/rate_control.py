@@ -226,12 +226,13 @@ class QualitySearch:
         analysis = self.analysis
         scale: float | None = None  # squared error per unit of dropped router error
         chunks = []
+        errors = _chunk_errors(analysis, self.router)
         with closing(analysis.read_chunks()) as inputs:
-            for k, (chunk, frames, error) in enumerate(
-                zip(analysis.chunks, inputs, _chunk_errors(analysis, self.router), strict=True)
-            ):
+            for k, chunk in enumerate(analysis.chunks):
+                frames, error = next(inputs), next(errors)  # not zip: it would hold the frames
                 dropped = DroppedError(self.router, error, chunk.shape)
                 outcome, scale = self._search(k, frames, dropped, target_db, scale)
+                del frames
                 chunks.append(outcome)
                 if analysis.progress:
                     analysis.progress("quality", chunk.frames, analysis.info.frames)
@@ -392,20 +393,21 @@ def byte_curves(
     )
     rates = (None, *SIZE_SAMPLE_RATES)  # None: a single kept position
     chains = [Chain() for _ in rates]
-    engine = analysis.engine
+    tables = analysis.engine.tables
     curves = []
-    with closing(analysis.read_chunks()) as inputs:
-        for k, (chunk, frames, error) in enumerate(
-            zip(analysis.chunks, inputs, _chunk_errors(analysis, router), strict=True)
-        ):
+    errors = _chunk_errors(analysis, router)
+    # A `light` analysis's spilled features code the chunks without reading the input again.
+    with closing(analysis.coding_inputs()) as inputs:
+        for k, chunk in enumerate(analysis.chunks):
+            frames, error = next(inputs), next(errors)  # not zip: it would hold the last frames
             sampled: dict[int, int] = {}  # count → bytes; a repeated count keeps its first
-            features = analysis.chunk_features(k)  # a `light` analysis's: no conv encoder here
             for rate, chain in zip(rates, chains, strict=True):
                 count = 1 if rate is None else routing.keep_count(rate, chunk.positions)
                 keep = routing.select_positions(router, error, chunk.shape, count)
-                indices = engine.tokens(frames, keep, features)
-                nbytes = encode_chunk(header, k, keep, indices[keep], engine.tables, chain).nbytes
+                indices = analysis.tokens(k, frames, keep)
+                nbytes = encode_chunk(header, k, keep, indices[keep], tables, chain).nbytes
                 sampled.setdefault(count, nbytes)
+            del frames
             counts = sorted(sampled)
             # A larger count never prices below a smaller one, so budgets price monotonically.
             priced = np.maximum.accumulate([sampled[n] for n in counts])
