@@ -337,7 +337,8 @@ def _oracle_rows(
     distortion: list[list[float]] = []  # [chunk][rate] sum of squared error
     counts_at: list[list[int]] = []
     with closing(analysis.read_chunks()) as inputs:
-        for error, frames in zip(analysis.chunk_errors(), inputs, strict=True):
+        for error in analysis.chunk_errors():
+            frames = next(inputs)  # not zip: its result tuple would hold the last chunk's frames
             row_d, row_c = [], []
             for r in ORACLE_RATES:
                 count = routing.keep_count(r, error.size)
@@ -345,6 +346,7 @@ def _oracle_rows(
                 out = engine.frames(engine.tokens(frames, keep), keep, len(frames), h, w)
                 row_d.append(float(np.sum((out.astype(np.float64) - frames) ** 2)))
                 row_c.append(count)
+            del frames
             distortion.append(row_d)
             counts_at.append(row_c)
     rows = []
