@@ -216,11 +216,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     rows = report["rows"]
     budgets = sorted({r["budget"] for r in rows})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = {"full": "token model's decoder", "fast": report["decoder"]}  # the one under test
     for name, style in (("full", "o-"), ("fast", "s--")):
         bpp = [statistics.mean(r["bpp"] for r in rows if r["budget"] == b) for b in budgets]
         psnr = [report["summary"][str(b)][f"mean_{name}"] for b in budgets]
         fps = report["summary"][f"decode_fps_{name}"]
-        left.plot(bpp, psnr, style, label=f"{name} decoder ({fps:.1f} frames/s)")
+        left.plot(bpp, psnr, style, label=f"{labels[name]} ({fps:.1f} frames/s)")
     left.set(xlabel="bpp (mean over clips)", ylabel="PSNR-RGB, dB (mean)", title="same streams")
     left.legend()
     clips = sorted({r["clip"] for r in rows})
@@ -229,7 +230,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         x = np.arange(len(clips)) + (i - (len(budgets) - 1) / 2) * 0.8 / len(budgets)
         right.bar(x, [delta[c] for c in clips], 0.8 / len(budgets), label=f"budget {b}")
     right.set_xticks(range(len(clips)), [c.rsplit(".", 1)[0] for c in clips], rotation=45)
-    right.set(ylabel="fast − full, dB", title="per clip")
+    right.set(ylabel=f"{report['decoder']} − token model's, dB", title="per clip")
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
