@@ -78,7 +78,7 @@ from infotok_codec.training import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-WHEELS = ("constriction==0.5.0", "zstandard==0.25.0")
+WHEELS = ("constriction==0.5.0", "zstandard==0.25.0", "pytorch-msssim==1.0.0")
 PART_BYTES = 15_000_000  # the device returns files of at most 16 MiB
 TRAVEL_BYTES = 32_000_000  # data budget beside the tree (~28 MB) and the wheels (~6 MB)
 
@@ -217,6 +217,7 @@ def train(args: argparse.Namespace) -> None:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         full_rate_share=0.25,
+        msssim_weight=args.msssim_weight,
     )
     groups = (
         param_groups(depth, args.lr, args.new_lr)
@@ -254,7 +255,7 @@ def train(args: argparse.Namespace) -> None:
                 recon = model(x, keep, encoder_grad=not args.decoder_only)
             else:  # the depth trial: full rate, each clip its own depth
                 recon = depth(x, torch.randint(1, args.depth + 1, (len(x),), device=device))
-            loss = reconstruction_loss(recon.float(), x, opts.mse_weight)
+            loss = reconstruction_loss(recon.float(), x, opts.mse_weight, opts.msssim_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -352,6 +353,7 @@ def main() -> None:
     # Items are float32 (50 MB a batch of 16): a few workers, since /dev/shm may be small there.
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--decoder-only", action="store_true")
+    p.add_argument("--msssim-weight", type=float, default=0.0, help="as `infotok train`'s")
     p.add_argument("--depth", type=int, default=1, help="> 1: the depth trial (depth_trial.py)")
     p.add_argument("--new-lr", type=float, default=1e-3, help="--depth: new projections' rate")
     p.add_argument("--config", type=json.loads, default=None, help="e.g. '{\"dec_blocks1\": 5}'")

@@ -45,8 +45,11 @@ if [ "$phase" = train ]; then
         init=/tmp/fast_init.safetensors
         extra=(--decoder-only)
     fi
+    # TRAIN_ARGS: more options for `gpu_campaign.py train`, e.g. run 20's recipe (MODEL.md):
+    # TRAIN_ARGS="--decoder-only --msssim-weight 1.0".
+    # shellcheck disable=SC2086
     python3 benchmarks/gpu_campaign.py train gpu_data --init "$init" ${extra[@]+"${extra[@]}"} \
-        --minutes "${MINUTES:-5.5}" --workers 8 --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
+        ${TRAIN_ARGS:-} --minutes "${MINUTES:-5.5}" --workers 8 --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
     exit "${PIPESTATUS[0]}"
 fi
 
