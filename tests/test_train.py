@@ -199,6 +199,8 @@ def test_msssim_term_scores_frames_and_passes_gradients(clip) -> None:
     recon = (x + 0.2 * torch.randn_like(x)).requires_grad_()
     term = reconstruction_loss(recon, x, 0.0, 1.0) - reconstruction_loss(recon, x, 0.0, 0.0)
     assert 0.05 < term.item() < 1.0  # 1 − MS-SSIM of a noisy copy
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # scored in float32 all the same
+        assert frame_msssim(recon, x).item() == pytest.approx(1 - term.item(), abs=1e-6)
     term.backward()
     assert recon.grad is not None and recon.grad.abs().sum() > 0
 

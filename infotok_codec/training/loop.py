@@ -260,10 +260,12 @@ def msssim_window(side: int) -> int:
 def frame_msssim(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean MS-SSIM over the frames of two clips `(B, 3, T, H, W)` in [-1, 1], differentiable
     in `recon`: the five-scale score the bench reports, with a narrower window on crops too
-    small for 11 taps."""
-    frames = [clip.transpose(1, 2).flatten(0, 1).add(1).mul(0.5) for clip in (recon, x)]
+    small for 11 taps. In float32 under any autocast: SSIM's variances are differences of
+    nearly equal means, which bf16 convolutions would leave mostly rounding."""
+    frames = [clip.float().transpose(1, 2).flatten(0, 1).add(1).mul(0.5) for clip in (recon, x)]
     window = msssim_window(min(frames[1].shape[-2:]))
-    return ms_ssim(frames[0], frames[1], data_range=1.0, win_size=window)
+    with torch.autocast(recon.device.type, enabled=False):
+        return ms_ssim(frames[0], frames[1], data_range=1.0, win_size=window)
 
 
 def _step_limit(opts: TrainOptions, state: TrainState) -> bool:
