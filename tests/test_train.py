@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from infotok_codec import InfotokError
+from infotok_codec.media import read_frames
 from infotok_codec.model.tokenizer import (
     DEFAULT_MODEL_PATH,
     Tokenizer,
@@ -23,6 +24,7 @@ from infotok_codec.model.tokenizer import (
     save_model,
 )
 from infotok_codec.training import TrainOptions, init_weights, reconstruction_loss, train
+from infotok_codec.training.loop import frame_msssim, msssim_window
 
 from helpers import TINY
 
@@ -188,9 +190,6 @@ def test_squared_error_term_weighs_concentrated_errors_more() -> None:
 
 
 def test_msssim_term_scores_frames_and_passes_gradients(clip) -> None:
-    from infotok_codec.media import read_frames
-    from infotok_codec.training.loop import frame_msssim, msssim_window
-
     assert [msssim_window(s) for s in (256, 161, 160, 128, 64, 33, 32)] == [11, 11, 9, 7, 3, 3, 0]
     frames = np.concatenate(list(read_frames(clip(frames=4, width=64, height=64), 4)))
     x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, T, H, W)

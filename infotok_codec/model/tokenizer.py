@@ -308,7 +308,9 @@ def save_model(
     write_safetensors(path, tensors, metadata)
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     """A safetensors file written whole or not at all, the same bytes for the same tensors and
     metadata. The library writes the metadata in a random order (a Rust hash map), so the same
     model saved twice had two sha256s, and streams name their model by its file's sha256; here
